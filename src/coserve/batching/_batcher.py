@@ -1,0 +1,565 @@
+"""The adaptive batcher: concurrent single submits in, batched calls of one function out.
+
+Dispatch is *pull with slots* (DESIGN.md §3): a dispatcher task waits until an execution slot is
+free and something is queued, then takes greedily, up to ``max_batch_size`` rows. With
+``max_wait > 0`` it lingers for more, until the batch is full or ``max_wait`` has passed since the
+oldest queued request arrived. While every slot is busy requests pile up, so batches grow with the
+load by themselves and a lone request at low load runs at once.
+
+The dispatcher never polls: it sleeps on one future, woken by a submit that matters (the first
+request, or enough rows to fill a batch while lingering), by a finished batch (a free slot), by its
+linger deadline, or by close. Each waiting caller is a suspended coroutine on its own future;
+deadlines are timers set once at submit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
+
+from coserve._exceptions import (
+    BatcherClosed,
+    BatchFailed,
+    DeadlineExceeded,
+    QueueFull,
+)
+from coserve.batching._queue import QueuedRequest, RequestQueue, RequestState
+from coserve.batching._statistics import BatcherStatistics, CloseReason, Counters
+
+__all__ = ["AsyncBatchFunction", "BatchFunction", "Batcher", "SyncBatchFunction"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+SyncBatchFunction = Callable[[list[T]], Sequence[R | Exception]]
+"""A function from a list of items to a list of results (an ``Exception`` fails only its item)."""
+AsyncBatchFunction = Callable[[list[T]], Awaitable[Sequence[R | Exception]]]
+"""The coroutine-function form of :data:`SyncBatchFunction`."""
+BatchFunction = SyncBatchFunction[T, R] | AsyncBatchFunction[T, R]
+"""What a :class:`Batcher` runs: sync (in an executor) or async (awaited on the loop)."""
+
+logger = logging.getLogger("coserve.batching")
+
+_NEVER = sys.maxsize  # a wake threshold no submit reaches: only a finished batch or close wakes
+
+
+def is_async_callable(fn: object) -> bool:
+    """Whether calling ``fn`` returns a coroutine (functions, partials, methods, objects)."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - we want the method, not callable()
+    )
+
+
+def _check_positive(name: str, value: float | None, *, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero) or value != value:
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+class Batcher(Generic[T, R]):
+    """Gathers items submitted concurrently into batches and runs ``fn`` once per batch.
+
+    ``fn`` takes a list of items and returns a list of results of the same length, in order. A
+    result slot holding an ``Exception`` instance fails only that item's caller. A sync ``fn`` runs
+    in ``executor`` (by default a thread pool of ``max_concurrent_batches`` threads that the
+    batcher owns), so the event loop never blocks on it; an async ``fn`` is awaited on the loop.
+
+    Use it as an async context manager, or call :meth:`aclose` when done::
+
+        async with Batcher(model_fn, max_batch_size=32) as batcher:
+            result = await batcher.submit(item, timeout=0.5)
+
+    A batcher binds to the event loop it first runs in (on ``async with`` or the first submit).
+
+    Args:
+        fn: The batch function, sync or async.
+        max_batch_size: The most rows in one batch.
+        max_wait: Seconds to linger for a fuller batch, counted from the oldest queued request;
+            0 dispatches whatever is queued as soon as a slot is free.
+        max_concurrent_batches: Execution slots: batches that may run at the same time.
+        max_queue_size: Requests that may wait; one more is rejected with ``QueueFull`` at once.
+        timeout: The default deadline of each request in seconds (None: no deadline).
+        executor: Where a sync ``fn`` runs; the batcher does not shut down an executor it was given.
+        grace_period: Seconds :meth:`aclose` lets queued and running work finish before failing
+            the rest with ``BatcherClosed``.
+        name: A name for logs and statistics; defaults to the function's qualified name.
+
+    Raises:
+        TypeError: ``fn`` is not callable, or an option has the wrong type.
+        ValueError: An option is out of range.
+    """
+
+    def __init__(
+        self,
+        fn: BatchFunction[T, R],
+        *,
+        max_batch_size: int = 64,
+        max_wait: float = 0.0,
+        max_concurrent_batches: int = 1,
+        max_queue_size: int = 1024,
+        timeout: float | None = None,
+        executor: Executor | None = None,
+        grace_period: float = 30.0,
+        name: str | None = None,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {fn!r}")
+        for option, value in (
+            ("max_batch_size", max_batch_size),
+            ("max_concurrent_batches", max_concurrent_batches),
+            ("max_queue_size", max_queue_size),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{option} must be an int, got {value!r}")
+            _check_positive(option, value)
+        _check_positive("max_wait", max_wait, allow_zero=True)
+        _check_positive("timeout", timeout)
+        _check_positive("grace_period", grace_period, allow_zero=True)
+
+        self._fn = fn
+        self._is_async = is_async_callable(fn)
+        self._max_batch_size = max_batch_size
+        self._max_wait = float(max_wait)
+        self._slots = max_concurrent_batches
+        self._max_queue_size = max_queue_size
+        self._timeout = timeout
+        self._executor = executor
+        self._owns_executor = False
+        self._grace_period = grace_period
+        self._name = name or getattr(fn, "__qualname__", None) or type(fn).__name__
+
+        self._queue: RequestQueue[T] = RequestQueue()
+        self._counters = Counters(max_batch_size)
+        self._running: dict[asyncio.Future[Any], list[QueuedRequest[T]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._wake_rows = _NEVER
+        self._closing = False
+        self._closed: asyncio.Future[None] | None = None
+
+    # -- public surface ---------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The name used in logs."""
+        return self._name
+
+    @property
+    def max_batch_size(self) -> int:
+        """The most rows in one batch."""
+        return self._max_batch_size
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` has begun: submits are refused from then on."""
+        return self._closing
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop this batcher is bound to, or None before it first runs."""
+        return self._loop
+
+    async def submit(
+        self,
+        item: T,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - a deadline the batcher enforces itself
+        priority: int = 0,
+        size: int = 1,
+    ) -> R:
+        """Queue ``item``, wait for its batch to run, and return its result.
+
+        Args:
+            item: One input for the batch function.
+            timeout: Seconds until this request's deadline; overrides the batcher's default. A
+                request still queued at its deadline is never run.
+            priority: Higher runs first; equal priorities run first come, first served.
+            size: How many rows this item counts for against ``max_batch_size``.
+
+        Returns:
+            The batch function's result for this item.
+
+        Raises:
+            QueueFull: ``max_queue_size`` requests are already waiting.
+            BatcherClosed: The batcher is closing, or closed before this request was answered.
+            DeadlineExceeded: The deadline passed first.
+            BatchFailed: The batch function raised, or returned the wrong number of results.
+            Exception: The per-item error the batch function returned for this item.
+        """
+        loop = self._loop or self._start()
+        if asyncio.get_running_loop() is not loop:
+            raise RuntimeError(f"batcher {self._name!r} is bound to another event loop")
+        counters = self._counters
+        queue = self._queue
+        if self._closing:
+            counters.rejected += 1
+            raise BatcherClosed(f"batcher {self._name!r} is closed")
+        if queue.count >= self._max_queue_size:
+            counters.rejected += 1
+            raise QueueFull(
+                f"batcher {self._name!r} has {queue.count} requests queued, its maximum"
+            )
+        if size != 1 and (isinstance(size, bool) or not 1 <= size <= self._max_batch_size):
+            raise ValueError(f"size must be between 1 and {self._max_batch_size}, got {size!r}")
+
+        future: asyncio.Future[R] = loop.create_future()
+        request = QueuedRequest(item, future, priority, size, loop.time())
+        if timeout is None:
+            timeout = self._timeout
+        elif timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {timeout!r}")
+        if timeout is not None:
+            request.deadline_timer = loop.call_at(
+                request.enqueued_at + timeout, self._expire, request, timeout
+            )
+        queue.push(request)
+        counters.submitted += 1
+        waiter = self._waiter
+        if waiter is not None and queue.rows >= self._wake_rows and not waiter.done():
+            waiter.set_result(None)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._abandon(request)
+            raise
+
+    def statistics(self) -> BatcherStatistics:
+        """A snapshot of the queue, the running batches and every counter."""
+        return self._counters.snapshot(
+            queued=self._queue.count,
+            queued_rows=self._queue.rows,
+            running_batches=len(self._running),
+            in_flight=sum(
+                1 for batch in self._running.values() for r in batch if not r.future.done()
+            ),
+        )
+
+    async def aclose(self, *, grace_period: float | None = None) -> None:
+        """Stop taking work, let queued and running work finish, then fail what is left.
+
+        New submits raise ``BatcherClosed`` at once. Everything queued is dispatched without
+        lingering; whatever has not finished when the grace period runs out fails with
+        ``BatcherClosed`` (a sync function already running in a thread cannot be interrupted; its
+        result is dropped). Safe to call more than once, and concurrently.
+
+        Args:
+            grace_period: Overrides the batcher's ``grace_period`` for this call.
+        """
+        _check_positive("grace_period", grace_period, allow_zero=True)
+        self._closing = True
+        loop = self._loop
+        if loop is None:
+            return
+        if self._closed is not None:
+            await asyncio.shield(self._closed)
+            return
+        self._closed = loop.create_future()
+        try:
+            await self._shut_down(self._grace_period if grace_period is None else grace_period)
+        finally:
+            self._closed.set_result(None)
+
+    async def __aenter__(self) -> Self:
+        if self._loop is None:
+            self._start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closing else "running" if self._loop else "not started"
+        return (
+            f"<Batcher {self._name!r} {state} max_batch_size={self._max_batch_size} "
+            f"max_wait={self._max_wait} queued={self._queue.count} running={len(self._running)}>"
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _start(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if self._closing:
+            raise BatcherClosed(f"batcher {self._name!r} is closed")
+        if not self._is_async and self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self._slots, thread_name_prefix=f"coserve-batch-{self._name}"
+            )
+            self._owns_executor = True
+        self._loop = loop
+        self._dispatcher = loop.create_task(self._dispatch(), name=f"coserve-batcher-{self._name}")
+        return loop
+
+    async def _shut_down(self, grace_period: float) -> None:
+        dispatcher = self._dispatcher
+        assert dispatcher is not None
+        self._wake()
+        finished, _ = await asyncio.wait({dispatcher}, timeout=grace_period)
+        if not finished:
+            logger.warning(
+                "batcher %r: grace period of %gs ran out with %d queued and %d running batches;"
+                " failing them with BatcherClosed",
+                self._name,
+                grace_period,
+                self._queue.count,
+                len(self._running),
+            )
+            await self._abort(
+                f"the batcher closed and its grace period of {grace_period:g}s ran out"
+            )
+        self.release_executor()
+
+    async def _abort(self, reason: str) -> None:
+        dispatcher = self._dispatcher
+        assert dispatcher is not None
+        dispatcher.cancel()
+        for request in self._queue.drain():
+            self._fail(request, BatcherClosed(reason))
+        running = list(self._running.items())
+        for future, batch in running:
+            for request in batch:
+                self._fail(request, BatcherClosed(reason))
+            future.cancel()
+        # Await what we cancelled so no task outlives the batcher; a sync fn's thread cannot be
+        # interrupted, but its asyncio wrapper future is already cancelled.
+        await asyncio.wait([dispatcher, *(future for future, _ in running)])
+
+    def release_executor(self) -> None:
+        """Shut down the thread pool made for a sync ``fn`` (never an executor it was given)."""
+        if self._owns_executor and self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+            self._owns_executor = False
+
+    # -- the dispatcher ----------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _sleep(self, wake_rows: int, deadline: float | None = None) -> None:
+        """Wait for a submit that brings ``wake_rows`` rows, a wake-up, or ``deadline``."""
+        loop = self._loop
+        assert loop is not None
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiter = waiter
+        self._wake_rows = wake_rows
+        timer = None if deadline is None else loop.call_at(deadline, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            self._wake_rows = _NEVER
+            if timer is not None:
+                timer.cancel()
+
+    async def _dispatch(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        queue = self._queue
+        max_rows = self._max_batch_size
+        max_wait = self._max_wait
+        try:
+            while True:
+                if len(self._running) >= self._slots:
+                    await self._sleep(_NEVER)  # until a batch finishes and frees a slot
+                    continue
+                if not queue.count:
+                    if self._closing and not self._running:
+                        return  # drained: nothing queued, nothing running
+                    await self._sleep(1)
+                    continue
+                if max_wait and queue.rows < max_rows and not self._closing:
+                    oldest = queue.oldest_enqueued_at()
+                    assert oldest is not None
+                    deadline = oldest + max_wait
+                    if loop.time() < deadline:
+                        await self._sleep(max_rows, deadline)
+                        continue
+                batch, rows, full = queue.take(max_rows)
+                if full:
+                    reason = CloseReason.FULL
+                elif self._closing:
+                    reason = CloseReason.SHUTDOWN
+                elif max_wait:
+                    reason = CloseReason.MAX_WAIT
+                else:
+                    reason = CloseReason.SLOT_FREE
+                self._start_batch(batch, rows, reason)
+        except asyncio.CancelledError:
+            self._fail_queued("the batcher's dispatcher was cancelled")
+            raise
+        except BaseException as exc:  # a bug in here must not leave callers waiting forever
+            logger.exception("batcher %r: dispatcher crashed; closing the batcher", self._name)
+            self._closing = True
+            self._fail_queued(f"the batcher's dispatcher crashed: {exc!r}")
+            raise
+
+    def _fail_queued(self, reason: str) -> None:
+        for request in self._queue.drain():
+            self._fail(request, BatcherClosed(reason))
+
+    def _start_batch(self, batch: list[QueuedRequest[T]], rows: int, reason: CloseReason) -> None:
+        loop = self._loop
+        assert loop is not None
+        counters = self._counters
+        counters.batches += 1
+        counters.batch_sizes[rows] += 1
+        counters.close_reasons[reason] += 1
+        now = loop.time()
+        record_queue_time = counters.queue_time.record
+        items = []
+        for request in batch:
+            items.append(request.item)
+            record_queue_time(now - request.enqueued_at)
+        future: asyncio.Future[Sequence[R | Exception]]
+        try:
+            if self._is_async:
+                call = self._fn(items)
+                future = asyncio.ensure_future(call)  # type: ignore[arg-type]
+            else:
+                future = loop.run_in_executor(self._executor, self._fn, items)  # type: ignore[arg-type]
+        except Exception as exc:  # e.g. fn(items) raised before returning a coroutine
+            future = loop.create_future()
+            future.set_exception(exc)
+        self._running[future] = batch
+        future.add_done_callback(functools.partial(self._finish_batch, batch, now))
+
+    def _finish_batch(
+        self,
+        batch: list[QueuedRequest[T]],
+        started_at: float,
+        future: asyncio.Future[Sequence[R | Exception]],
+    ) -> None:
+        loop = self._loop
+        assert loop is not None
+        del self._running[future]
+        self._counters.execution_time.record(loop.time() - started_at)
+        try:
+            self._deliver(batch, future)
+        except Exception:  # never let a delivery bug leave callers waiting
+            logger.exception("batcher %r: failed to deliver a batch's results", self._name)
+            for request in batch:
+                self._fail(request, BatchFailed("coserve failed to deliver this batch's results"))
+        finally:
+            self._wake()
+
+    def _deliver(
+        self, batch: list[QueuedRequest[T]], future: asyncio.Future[Sequence[R | Exception]]
+    ) -> None:
+        if future.cancelled():  # only _abort cancels a batch, and it already failed its callers
+            for request in batch:
+                self._fail(request, BatcherClosed("the batcher closed while this batch ran"))
+            return
+        error = future.exception()
+        if error is not None:
+            logger.error(
+                "batcher %r: the batch function raised on a batch of %d",
+                self._name,
+                len(batch),
+                exc_info=error,
+            )
+            for request in batch:
+                failure = BatchFailed(f"the batch function raised {error!r}")
+                failure.__cause__ = error
+                self._fail(request, failure)
+            return
+        results = future.result()
+        count = len(results) if isinstance(results, Sequence) else None
+        if count != len(batch):
+            got = f"{count} results" if count is not None else f"a {type(results).__name__}"
+            message = f"the batch function returned {got} for a batch of {len(batch)} items"
+            logger.error("batcher %r: %s", self._name, message)
+            for request in batch:
+                self._fail(request, BatchFailed(message))
+            return
+        counters = self._counters
+        item_errors: list[Exception] = []
+        for request, result in zip(batch, results, strict=True):
+            request.state = RequestState.DONE
+            timer = request.deadline_timer
+            if timer is not None:
+                timer.cancel()
+            caller = request.future
+            if caller.done():  # the caller went away (cancelled, or its deadline passed)
+                continue
+            if isinstance(result, Exception):
+                caller.set_exception(result)
+                counters.failed += 1
+                item_errors.append(result)
+            else:
+                caller.set_result(result)
+                counters.completed += 1
+        if item_errors:
+            logger.warning(
+                "batcher %r: %d of %d items failed, the first with %r",
+                self._name,
+                len(item_errors),
+                len(batch),
+                item_errors[0],
+            )
+
+    # -- request outcomes other than success -------------------------------------------------
+
+    def _fail(self, request: QueuedRequest[T], error: Exception) -> None:
+        """Fail one request with ``error`` unless it already has an outcome."""
+        timer = request.deadline_timer
+        if timer is not None:
+            timer.cancel()
+            request.deadline_timer = None
+        request.state = RequestState.DONE
+        if request.future.done():
+            return
+        request.future.set_exception(error)
+        if isinstance(error, BatcherClosed):
+            self._counters.aborted += 1
+        else:
+            self._counters.failed += 1
+
+    def _expire(self, request: QueuedRequest[T], timeout: float) -> None:
+        request.deadline_timer = None
+        if request.future.done():
+            return
+        if request.state is RequestState.QUEUED:
+            self._queue.discard(request)
+            where = "queued"
+        else:
+            where = "running"
+        request.future.set_exception(
+            DeadlineExceeded(f"the deadline of {timeout:g}s passed while the request was {where}")
+        )
+        self._counters.expired += 1
+        logger.debug("batcher %r: a request expired while %s", self._name, where)
+
+    def _abandon(self, request: QueuedRequest[T]) -> None:
+        """The caller was cancelled: drop its request if it has not run yet."""
+        timer = request.deadline_timer
+        if timer is not None:
+            timer.cancel()
+            request.deadline_timer = None
+        if not request.future.cancelled():
+            return  # it already had its outcome when the cancellation arrived
+        if request.state is RequestState.QUEUED:
+            self._queue.discard(request)
+        self._counters.cancelled += 1
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

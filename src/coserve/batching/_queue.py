@@ -1,0 +1,150 @@
+"""The batcher's request queue: priority lanes, FIFO within a lane, O(1) removal.
+
+Removal is lazy: a cancelled or expired request leaves the counts at once but stays in its lane
+until it reaches the head, where ``take`` drops it. Dead entries are compacted away when they
+outnumber the live ones, so the memory held stays bounded by the queue's bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections import deque
+from enum import IntEnum
+from typing import Any, Generic, TypeVar
+
+__all__ = ["QueuedRequest", "RequestQueue", "RequestState"]
+
+T = TypeVar("T")
+
+_COMPACT_MIN_DEAD = 64
+
+
+class RequestState(IntEnum):
+    """Where a request is in its life; it only ever moves forward."""
+
+    QUEUED = 0
+    RUNNING = 1
+    DONE = 2
+
+
+class QueuedRequest(Generic[T]):
+    """One submitted item, with its caller's future and its place in the queue."""
+
+    __slots__ = ("deadline_timer", "enqueued_at", "future", "item", "priority", "size", "state")
+
+    def __init__(
+        self,
+        item: T,
+        future: asyncio.Future[Any],
+        priority: int,
+        size: int,
+        enqueued_at: float,
+    ) -> None:
+        self.item = item
+        self.future = future
+        self.priority = priority
+        self.size = size
+        self.enqueued_at = enqueued_at
+        self.state = RequestState.QUEUED
+        self.deadline_timer: asyncio.TimerHandle | None = None
+
+
+class RequestQueue(Generic[T]):
+    """Queued requests in priority lanes; higher priority first, first in first out within one."""
+
+    __slots__ = ("_dead", "_descending", "_lanes", "count", "rows")
+
+    def __init__(self) -> None:
+        self._lanes: dict[int, deque[QueuedRequest[T]]] = {}
+        self._descending: list[int] = []  # lane priorities, highest first
+        self._dead = 0
+        self.count = 0
+        """Live requests queued."""
+        self.rows = 0
+        """Sum of the live requests' sizes."""
+
+    def push(self, request: QueuedRequest[T]) -> None:
+        """Queue a request at the back of its priority's lane."""
+        lane = self._lanes.get(request.priority)
+        if lane is None:
+            lane = self._lanes[request.priority] = deque()
+            # bisect on negated priorities keeps the list sorted highest first.
+            index = bisect.bisect_left([-p for p in self._descending], -request.priority)
+            self._descending.insert(index, request.priority)
+        lane.append(request)
+        self.count += 1
+        self.rows += request.size
+
+    def discard(self, request: QueuedRequest[T]) -> None:
+        """Forget a queued request (cancelled or expired) and mark it done."""
+        request.state = RequestState.DONE
+        self.count -= 1
+        self.rows -= request.size
+        self._dead += 1
+        if self._dead > _COMPACT_MIN_DEAD and self._dead > self.count:
+            self._compact()
+
+    def oldest_enqueued_at(self) -> float | None:
+        """When the longest-waiting live request was queued, or None if none is."""
+        oldest: float | None = None
+        for lane in self._lanes.values():
+            self._drop_dead_head(lane)
+            if lane and (oldest is None or lane[0].enqueued_at < oldest):
+                oldest = lane[0].enqueued_at
+        return oldest
+
+    def take(self, max_rows: int) -> tuple[list[QueuedRequest[T]], int, bool]:
+        """Take requests in priority order while their rows fit in ``max_rows``.
+
+        Never skips ahead: when the next request does not fit, taking stops there, so order is
+        kept. Returns the requests taken (now RUNNING), their rows, and whether the batch is full.
+        """
+        batch: list[QueuedRequest[T]] = []
+        rows = 0
+        for priority in self._descending:
+            lane = self._lanes[priority]
+            while lane:
+                request = lane[0]
+                if request.state is not RequestState.QUEUED:
+                    lane.popleft()
+                    self._dead -= 1
+                    continue
+                if rows + request.size > max_rows:
+                    self._account_taken(batch, rows)
+                    return batch, rows, True
+                lane.popleft()
+                request.state = RequestState.RUNNING
+                batch.append(request)
+                rows += request.size
+                if rows == max_rows:
+                    self._account_taken(batch, rows)
+                    return batch, rows, True
+        self._account_taken(batch, rows)
+        return batch, rows, False
+
+    def drain(self) -> list[QueuedRequest[T]]:
+        """Remove and return every live request, marked done (used when aborting)."""
+        live = [r for lane in self._lanes.values() for r in lane if r.state is RequestState.QUEUED]
+        for request in live:
+            request.state = RequestState.DONE
+        self._lanes.clear()
+        self._descending.clear()
+        self._dead = 0
+        self.count = 0
+        self.rows = 0
+        return live
+
+    def _account_taken(self, batch: list[QueuedRequest[T]], rows: int) -> None:
+        self.count -= len(batch)
+        self.rows -= rows
+
+    def _drop_dead_head(self, lane: deque[QueuedRequest[T]]) -> None:
+        while lane and lane[0].state is not RequestState.QUEUED:
+            lane.popleft()
+            self._dead -= 1
+
+    def _compact(self) -> None:
+        for priority, lane in self._lanes.items():
+            self._lanes[priority] = deque(r for r in lane if r.state is RequestState.QUEUED)
+        self._dead = 0

@@ -1,0 +1,191 @@
+"""What a batcher counts, and the frozen snapshot ``statistics()`` returns."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+
+import numpy as np
+
+__all__ = ["BatcherStatistics", "CloseReason", "DurationSummary"]
+
+_SAMPLES_KEPT = 4096
+
+
+class CloseReason(StrEnum):
+    """Why the dispatcher closed a batch when it did."""
+
+    FULL = "full"
+    """``max_batch_size`` rows were queued (or the next request would not fit)."""
+    MAX_WAIT = "max_wait"
+    """``max_wait`` passed since the oldest queued request arrived."""
+    SLOT_FREE = "slot_free"
+    """An execution slot was free, so whatever was queued went at once (``max_wait=0``)."""
+    SHUTDOWN = "shutdown"
+    """The batcher was closing and flushed its queue without lingering."""
+
+
+@dataclass(frozen=True, slots=True)
+class DurationSummary:
+    """A summary of durations in seconds; percentiles over the most recent samples.
+
+    Attributes:
+        count: How many durations were recorded in all.
+        mean: The mean over all of them.
+        p50: Median of the recent samples.
+        p90: 90th percentile of the recent samples.
+        p99: 99th percentile of the recent samples.
+        max: The largest ever recorded.
+    """
+
+    count: int = 0
+    mean: float = 0.0
+    p50: float = 0.0
+    p90: float = 0.0
+    p99: float = 0.0
+    max: float = 0.0
+
+
+class DurationRecorder:
+    """Keeps a running count, sum and max, and a window of recent samples for percentiles."""
+
+    __slots__ = ("_max", "_samples", "_sum", "count")
+
+    def __init__(self) -> None:
+        self._samples: deque[float] = deque(maxlen=_SAMPLES_KEPT)
+        self._sum = 0.0
+        self._max = 0.0
+        self.count = 0
+
+    def record(self, seconds: float) -> None:
+        """Add one duration."""
+        self._samples.append(seconds)
+        self._sum += seconds
+        self.count += 1
+        if seconds > self._max:
+            self._max = seconds
+
+    def summary(self) -> DurationSummary:
+        """Summarise what was recorded so far."""
+        if not self.count:
+            return DurationSummary()
+        p50, p90, p99 = np.percentile(np.fromiter(self._samples, float), [50, 90, 99])
+        return DurationSummary(
+            count=self.count,
+            mean=self._sum / self.count,
+            p50=float(p50),
+            p90=float(p90),
+            p99=float(p99),
+            max=self._max,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BatcherStatistics:
+    """A snapshot of a batcher's state and counters, as returned by ``statistics()``.
+
+    Every accepted request ends in exactly one of ``completed``, ``failed``, ``expired``,
+    ``cancelled`` or ``aborted``; until then it is ``queued`` or ``in_flight``. So
+    ``submitted == completed + failed + expired + cancelled + aborted + queued + in_flight``.
+    ``rejected`` counts submits refused outright (queue full, or closed); they are not submitted.
+
+    Attributes:
+        queued: Requests waiting in the queue.
+        queued_rows: Rows (sizes) of the queued requests.
+        running_batches: Batches executing now.
+        in_flight: Requests in executing batches whose caller still waits.
+        submitted: Requests accepted into the queue.
+        completed: Requests answered with a result.
+        failed: Requests answered with an error from the batch function.
+        expired: Requests whose deadline passed (queued ones never ran).
+        cancelled: Requests whose caller stopped waiting (queued ones never ran).
+        aborted: Requests failed with ``BatcherClosed`` when the grace period ran out.
+        rejected: Submits refused at once (``QueueFull`` or ``BatcherClosed``).
+        batches: Batches started.
+        batch_sizes: How many batches had each size, in rows.
+        close_reasons: How many batches closed for each :class:`CloseReason` value.
+        queue_time: Time from submit to the start of the request's batch.
+        execution_time: Wall time of each batch function call.
+    """
+
+    queued: int
+    queued_rows: int
+    running_batches: int
+    in_flight: int
+    submitted: int
+    completed: int
+    failed: int
+    expired: int
+    cancelled: int
+    aborted: int
+    rejected: int
+    batches: int
+    batch_sizes: Mapping[int, int] = field(default_factory=dict)
+    close_reasons: Mapping[str, int] = field(default_factory=dict)
+    queue_time: DurationSummary = DurationSummary()
+    execution_time: DurationSummary = DurationSummary()
+
+    @property
+    def mean_batch_size(self) -> float:
+        """The mean batch size in rows (0.0 before the first batch)."""
+        total = sum(size * n for size, n in self.batch_sizes.items())
+        return total / self.batches if self.batches else 0.0
+
+
+class Counters:
+    """The mutable counters behind :class:`BatcherStatistics`; plain attributes, cheap to bump."""
+
+    __slots__ = (
+        "aborted",
+        "batch_sizes",
+        "batches",
+        "cancelled",
+        "close_reasons",
+        "completed",
+        "execution_time",
+        "expired",
+        "failed",
+        "queue_time",
+        "rejected",
+        "submitted",
+    )
+
+    def __init__(self, max_batch_size: int) -> None:
+        self.submitted = 0
+        self.completed = 0
+        self.failed = 0
+        self.expired = 0
+        self.cancelled = 0
+        self.aborted = 0
+        self.rejected = 0
+        self.batches = 0
+        self.batch_sizes = [0] * (max_batch_size + 1)
+        self.close_reasons = dict.fromkeys(CloseReason, 0)
+        self.queue_time = DurationRecorder()
+        self.execution_time = DurationRecorder()
+
+    def snapshot(
+        self, *, queued: int, queued_rows: int, running_batches: int, in_flight: int
+    ) -> BatcherStatistics:
+        """Freeze the counters together with the queue's current state."""
+        return BatcherStatistics(
+            queued=queued,
+            queued_rows=queued_rows,
+            running_batches=running_batches,
+            in_flight=in_flight,
+            submitted=self.submitted,
+            completed=self.completed,
+            failed=self.failed,
+            expired=self.expired,
+            cancelled=self.cancelled,
+            aborted=self.aborted,
+            rejected=self.rejected,
+            batches=self.batches,
+            batch_sizes=MappingProxyType({s: n for s, n in enumerate(self.batch_sizes) if n}),
+            close_reasons=MappingProxyType({r.value: n for r, n in self.close_reasons.items()}),
+            queue_time=self.queue_time.summary(),
+            execution_time=self.execution_time.summary(),
+        )
