@@ -250,6 +250,22 @@ class TestDeadlines:
             model.release()
             assert await batcher.submit(2) == 20
 
+    @pytest.mark.looptime
+    async def test_expiry_while_running_leaves_batch_mates_unharmed(
+        self, model: RecordingModel
+    ) -> None:
+        """One caller timing out mid-batch does not change the others' results."""
+        async with Batcher(model) as batcher:
+            model.hold()
+            impatient = asyncio.create_task(batcher.submit(1, timeout=1.0))
+            patient = submit_all(batcher, [2, 3])
+            await asyncio.sleep(2.0)  # the batch [1, 2, 3] is running, held
+            with pytest.raises(DeadlineExceeded, match="running"):
+                await impatient
+            model.release()
+            assert await asyncio.gather(*patient) == [20, 30]
+        assert model.batches == [[1, 2, 3]]
+
     @pytest.mark.parametrize("bad", [0, -1.0])
     async def test_non_positive_timeout_is_refused(self, model: RecordingModel, bad: float) -> None:
         """A timeout must be positive."""

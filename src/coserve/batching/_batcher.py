@@ -197,14 +197,14 @@ class Batcher(Generic[T, R]):
             BatchFailed: The batch function raised, or returned the wrong number of results.
             Exception: The per-item error the batch function returned for this item.
         """
-        loop = self._loop or self._start()
-        if asyncio.get_running_loop() is not loop:
-            raise RuntimeError(f"batcher {self._name!r} is bound to another event loop")
         counters = self._counters
-        queue = self._queue
         if self._closing:
             counters.rejected += 1
             raise BatcherClosed(f"batcher {self._name!r} is closed")
+        loop = self._loop or self._start()
+        if asyncio.get_running_loop() is not loop:
+            raise RuntimeError(f"batcher {self._name!r} is bound to another event loop")
+        queue = self._queue
         if queue.count >= self._max_queue_size:
             counters.rejected += 1
             raise QueueFull(

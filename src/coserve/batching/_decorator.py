@@ -51,12 +51,24 @@ class Batched(Generic[T, R]):
         self, item: T, *, timeout: float | None = None, priority: int = 0
     ) -> Coroutine[Any, Any, R]:
         """Submit one item; await the returned coroutine for its result (see ``Batcher.submit``)."""
-        return self._current().submit(item, timeout=timeout, priority=priority)
+        loop = asyncio.events._get_running_loop()
+        if loop is None:  # e.g. asyncio.run(f(x)): pick the batcher once the loop runs
+            return self._submit_when_awaited(item, timeout, priority)
+        return self._current(loop).submit(item, timeout=timeout, priority=priority)
+
+    async def _submit_when_awaited(
+        self,
+        item: T,
+        timeout: float | None,  # noqa: ASYNC109 - passed on to Batcher.submit
+        priority: int,
+    ) -> R:
+        batcher = self._current(asyncio.get_running_loop())
+        return await batcher.submit(item, timeout=timeout, priority=priority)
 
     @property
     def batcher(self) -> Batcher[T, R]:
         """The batcher serving the running event loop (started lazily)."""
-        return self._current()
+        return self._current(asyncio.get_running_loop())
 
     def statistics(self) -> BatcherStatistics:
         """The statistics of the current batcher (all zero before first use)."""
@@ -71,8 +83,7 @@ class Batched(Generic[T, R]):
         if self._batcher is not None:
             await self._batcher.aclose(grace_period=grace_period)
 
-    def _current(self) -> Batcher[T, R]:
-        loop = asyncio.get_running_loop()
+    def _current(self, loop: asyncio.AbstractEventLoop) -> Batcher[T, R]:
         batcher = self._batcher
         if batcher is not None:
             bound = batcher.loop
