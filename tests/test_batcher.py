@@ -12,6 +12,7 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 
 from coserve import (
@@ -23,6 +24,7 @@ from coserve import (
     DeadlineExceeded,
     QueueFull,
 )
+from coserve.batching._queue import RequestQueue
 from helpers import RecordingModel, settle
 
 
@@ -359,6 +361,42 @@ class TestErrors:
         for outcome in outcomes:
             assert isinstance(outcome, BatchFailed)
             assert message in str(outcome)
+
+    async def test_numpy_array_of_results_is_split_by_row(self) -> None:
+        """A batch function may return a numpy array: each caller gets its own row."""
+
+        def fn(items: list[int]) -> np.ndarray:
+            return np.arange(len(items) * 2).reshape(len(items), 2) + 100 * np.array(items)[:, None]
+
+        async with Batcher(fn) as batcher:  # type: ignore[arg-type]
+            rows = await asyncio.gather(batcher.submit(1), batcher.submit(2))
+        assert [row.tolist() for row in rows] == [[100, 101], [202, 203]]
+
+    async def test_a_crashed_dispatcher_fails_its_callers_and_refuses_work(
+        self,
+        model: RecordingModel,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """If the dispatcher itself hits a bug, queued callers fail and the batcher closes."""
+        batcher = Batcher(model)
+        model.hold()
+        first = asyncio.create_task(batcher.submit(0))
+        await settle()
+
+        def broken_take(self: RequestQueue[int], max_rows: int) -> None:
+            raise RuntimeError("bug in take")
+
+        monkeypatch.setattr(RequestQueue, "take", broken_take)  # fault injection
+        queued = asyncio.create_task(batcher.submit(1))
+        model.release()
+        with pytest.raises(BatcherClosed, match="crashed"):
+            await queued
+        assert await first == 0
+        with pytest.raises(BatcherClosed):
+            await batcher.submit(2)
+        await batcher.aclose()
+        assert any("dispatcher crashed" in r.message for r in caplog.records)
 
     async def test_batcher_survives_failures(self) -> None:
         """After a failed batch the batcher keeps serving."""

@@ -13,7 +13,13 @@ clause catches them all; the subclasses let callers react to the category::
     │   ├── QueueFull                load shedding: the queue is at its bound
     │   └── BatcherClosed            shutting down: no new work, and the grace period ran out
     ├── DeadlineExceeded             a request's deadline passed (also a TimeoutError)
-    └── BatchFailed                  the batch function failed the whole batch
+    ├── BatchFailed                  the batch function failed the whole batch
+    └── ModelError                   a model could not be found, loaded or called as asked
+        ├── InvalidInput             a request does not fit the model's inputs (also ValueError)
+        ├── ModelNotFound            no such model or version in the repository (also KeyError)
+        ├── ModelLoadError           a model's files or config could not be loaded
+        │   └── ConfigError          a config.toml is malformed or names an unknown key
+        └── MissingDependency        the backend's optional extra is not installed (ImportError)
 
 Errors raised by user code (a batch function, a model) are never swallowed: they reach the caller
 either as themselves (a per-item error) or chained as the ``__cause__`` of :class:`BatchFailed`.
@@ -27,9 +33,15 @@ __all__ = [
     "BrokenChannelError",
     "ChannelError",
     "ClosedChannelError",
+    "ConfigError",
     "CoserveError",
     "DeadlineExceeded",
     "EndOfChannel",
+    "InvalidInput",
+    "MissingDependency",
+    "ModelError",
+    "ModelLoadError",
+    "ModelNotFound",
     "QueueFull",
     "RequestRejected",
     "WouldBlock",
@@ -78,3 +90,31 @@ class DeadlineExceeded(CoserveError, TimeoutError):  # noqa: N818 - the gRPC sta
 
 class BatchFailed(CoserveError):  # noqa: N818 - reads as an event: "batch failed"
     """The batch function failed the whole batch; the original error is the ``__cause__``."""
+
+
+class ModelError(CoserveError):
+    """A model could not be found, loaded or called as asked."""
+
+
+class InvalidInput(ModelError, ValueError):  # noqa: N818 - the gRPC status name
+    """A request does not fit the model: it names the input, what was expected and what came."""
+
+
+class ModelNotFound(ModelError, KeyError):  # noqa: N818 - reads as a status, like HTTP's
+    """No model (or version) of that name is loaded."""
+
+    def __str__(self) -> str:
+        # KeyError would repr() the message; show it as written.
+        return str(self.args[0]) if self.args else "model not found"
+
+
+class ModelLoadError(ModelError):
+    """A model's files could not be loaded."""
+
+
+class ConfigError(ModelLoadError):
+    """A model's config.toml is malformed, names an unknown key, or holds a bad value."""
+
+
+class MissingDependency(ModelError, ImportError):  # noqa: N818 - reads as a status
+    """The backend needs an optional extra that is not installed; the message says which."""

@@ -212,13 +212,13 @@ class Batcher(Generic[T, R]):
             )
         if size != 1 and (isinstance(size, bool) or not 1 <= size <= self._max_batch_size):
             raise ValueError(f"size must be between 1 and {self._max_batch_size}, got {size!r}")
-
-        future: asyncio.Future[R] = loop.create_future()
-        request = QueuedRequest(item, future, priority, size, loop.time())
         if timeout is None:
             timeout = self._timeout
         elif timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout!r}")
+
+        future: asyncio.Future[R] = loop.create_future()
+        request = QueuedRequest(item, future, priority, size, loop.time())
         if timeout is not None:
             request.deadline_timer = loop.call_at(
                 request.enqueued_at + timeout, self._expire, request, timeout
@@ -322,6 +322,8 @@ class Batcher(Generic[T, R]):
             await self._abort(
                 f"the batcher closed and its grace period of {grace_period:g}s ran out"
             )
+        elif not dispatcher.cancelled():
+            dispatcher.exception()  # a crash was logged when it happened; mark it retrieved
         self.release_executor()
 
     async def _abort(self, reason: str) -> None:
@@ -423,11 +425,8 @@ class Batcher(Generic[T, R]):
         counters.batch_sizes[rows] += 1
         counters.close_reasons[reason] += 1
         now = loop.time()
-        record_queue_time = counters.queue_time.record
-        items = []
-        for request in batch:
-            items.append(request.item)
-            record_queue_time(now - request.enqueued_at)
+        counters.queue_time.record_many([now - request.enqueued_at for request in batch])
+        items = [request.item for request in batch]
         future: asyncio.Future[Sequence[R | Exception]]
         try:
             if self._is_async:
@@ -481,7 +480,10 @@ class Batcher(Generic[T, R]):
                 self._fail(request, failure)
             return
         results = future.result()
-        count = len(results) if isinstance(results, Sequence) else None
+        try:
+            count: int | None = len(results)  # a list, a tuple, a numpy array of rows...
+        except TypeError:
+            count = None
         if count != len(batch):
             got = f"{count} results" if count is not None else f"a {type(results).__name__}"
             message = f"the batch function returned {got} for a batch of {len(batch)} items"
@@ -489,23 +491,24 @@ class Batcher(Generic[T, R]):
             for request in batch:
                 self._fail(request, BatchFailed(message))
             return
-        counters = self._counters
+        # The hot loop of the batcher: keep it to what every item needs.
         item_errors: list[Exception] = []
-        for request, result in zip(batch, results, strict=True):
-            request.state = RequestState.DONE
-            timer = request.deadline_timer
-            if timer is not None:
-                timer.cancel()
+        delivered = 0
+        for request, result in zip(batch, results, strict=False):  # lengths checked above
+            if request.deadline_timer is not None:
+                request.deadline_timer.cancel()
             caller = request.future
             if caller.done():  # the caller went away (cancelled, or its deadline passed)
                 continue
             if isinstance(result, Exception):
                 caller.set_exception(result)
-                counters.failed += 1
                 item_errors.append(result)
             else:
                 caller.set_result(result)
-                counters.completed += 1
+                delivered += 1
+        counters = self._counters
+        counters.completed += delivered
+        counters.failed += len(item_errors)
         if item_errors:
             logger.warning(
                 "batcher %r: %d of %d items failed, the first with %r",

@@ -100,6 +100,8 @@ class RequestQueue(Generic[T]):
         Never skips ahead: when the next request does not fit, taking stops there, so order is
         kept. Returns the requests taken (now RUNNING), their rows, and whether the batch is full.
         """
+        if not self._dead and self.rows == self.count:
+            return self._take_unit_rows(max_rows)
         batch: list[QueuedRequest[T]] = []
         rows = 0
         for priority in self._descending:
@@ -122,6 +124,25 @@ class RequestQueue(Generic[T]):
                     return batch, rows, True
         self._account_taken(batch, rows)
         return batch, rows, False
+
+    def _take_unit_rows(self, max_rows: int) -> tuple[list[QueuedRequest[T]], int, bool]:
+        """``take`` when no lane holds a dead entry and every request is one row: slice lanes."""
+        batch: list[QueuedRequest[T]] = []
+        for priority in self._descending:
+            lane = self._lanes[priority]
+            wanted = min(max_rows - len(batch), len(lane))
+            if wanted:
+                popleft = lane.popleft
+                batch += [popleft() for _ in range(wanted)]
+                if len(batch) == max_rows:
+                    break
+        running = RequestState.RUNNING
+        for request in batch:
+            request.state = running
+        taken = len(batch)
+        self.count -= taken
+        self.rows -= taken
+        return batch, taken, taken == max_rows
 
     def drain(self) -> list[QueuedRequest[T]]:
         """Remove and return every live request, marked done (used when aborting)."""
