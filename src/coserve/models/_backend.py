@@ -1,0 +1,119 @@
+"""The backend protocol: what every model runtime (TensorFlow, ONNX, PyTorch, Python) provides."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from types import ModuleType
+
+import numpy as np
+
+from coserve._exceptions import MissingDependency, ModelLoadError
+from coserve.models._specs import TensorSpec
+
+__all__ = ["Backend", "Tensors", "override_specs", "require"]
+
+Tensors = Mapping[str, np.ndarray]
+"""Named arrays: a batch of inputs or of outputs, the first dimension of each being the batch."""
+
+logger = logging.getLogger("coserve.models")
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """Import an optional dependency, or say which extra to install.
+
+    Raises:
+        MissingDependency: The module is not installed.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise MissingDependency(
+            f"this model needs {module!r}, which is not installed: pip install 'coserve[{extra}]'"
+        ) from error
+
+
+def override_specs(
+    model: str, kind: str, read: tuple[TensorSpec, ...], configured: tuple[TensorSpec, ...] | None
+) -> tuple[TensorSpec, ...]:
+    """Config specs replace the ones read from the model file, but must name the same tensors.
+
+    Raises:
+        ModelLoadError: The configured specs name other tensors than the model has.
+    """
+    if configured is None:
+        return read
+    if {s.name for s in configured} != {s.name for s in read}:
+        raise ModelLoadError(
+            f"model {model!r}: config {kind} {[s.name for s in configured]} do not match the "
+            f"model's {[s.name for s in read]}"
+        )
+    return configured
+
+
+class Backend(ABC):
+    """A loaded model that predicts on a batch of named arrays.
+
+    Subclasses set ``platform`` and fill ``inputs`` and ``outputs``; ``predict`` is called from an
+    executor thread, never on the event loop, and must be safe to call from one thread at a time
+    per execution slot.
+
+    Attributes:
+        name: The model's name.
+        version: The model version this backend serves.
+        platform: Open Inference Protocol platform string (``tensorflow_savedmodel``...).
+        inputs: The input specs, first dimension the batch.
+        outputs: The output specs, first dimension the batch.
+    """
+
+    platform: str = "unknown"
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        inputs: tuple[TensorSpec, ...],
+        outputs: tuple[TensorSpec, ...],
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.inputs = inputs
+        self.outputs = outputs
+
+    @abstractmethod
+    def predict(self, inputs: Tensors) -> dict[str, np.ndarray]:
+        """Run the model on one batch: every input array has the same first dimension."""
+
+    def close(self) -> None:  # noqa: B027 - a no-op by default, not abstract on purpose
+        """Release what the model holds (sessions, graphs); the default does nothing."""
+
+    def warm_up(self, batch_sizes: list[int]) -> float:
+        """Run one batch of zeros (or empty bytes) of each size, so first requests are not slow.
+
+        Variable dimensions other than the batch get size 1. Returns the seconds it took.
+        """
+        start = time.perf_counter()
+        for size in batch_sizes:
+            batch = {}
+            for spec in self.inputs:
+                shape = (size, *(d if d >= 0 else 1 for d in spec.row_shape))
+                if spec.dtype == np.object_:
+                    batch[spec.name] = np.full(shape, b"", dtype=object)
+                else:
+                    batch[spec.name] = np.zeros(shape, dtype=spec.dtype)
+            self.predict(batch)
+        elapsed = time.perf_counter() - start
+        logger.debug(
+            "model %s v%s warmed up with batch sizes %s in %.2fs",
+            self.name,
+            self.version,
+            batch_sizes,
+            elapsed,
+        )
+        return elapsed
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} v{self.version} ({self.platform})>"

@@ -1,0 +1,310 @@
+"""A model's ``config.toml``: parsed strictly, so a typo is an error that names the key and file.
+
+The format, with every key (all optional but ``platform``)::
+
+    platform = "tensorflow_savedmodel"  # or tensorflow_keras, onnx_onnxv1,
+                                        # pytorch_torchscript, pytorch_export, python
+    signature = "serving_default"       # TensorFlow SavedModel only
+    filename = "model.onnx"             # the file or folder inside each version folder
+    labels = "labels.txt"               # class labels, one per line, for classifiers
+    warm_up = true                      # run each batch size once at load
+
+    [batching]                          # everything the Batcher takes
+    max_batch_size = 64
+    max_wait = 0.0                      # seconds
+    max_concurrent_batches = 1
+    max_queue_size = 1024
+    timeout = 30.0                      # default request deadline, seconds
+    grace_period = 30.0
+    allowed_batch_sizes = [1, 2, 4, 8, 16, 32, 64]
+    pad_to_allowed_batch_size = false   # pad a batch up to the next allowed size
+
+    [threads]                           # per backend: TF intra/inter-op, ORT intra-op, torch
+    intra_op = 2
+    inter_op = 1
+
+    [versions]
+    policy = "latest"                   # latest | all | specific
+    latest = 1                          # how many, for "latest"
+    specific = [1, 3]                   # which, for "specific"
+
+    [[inputs]]                          # overrides; needed where the file carries no specs
+    name = "image"
+    datatype = "FP32"
+    shape = [-1, 8, 8, 1]
+
+    [[outputs]]
+    name = "probabilities"
+    datatype = "FP32"
+    shape = [-1, 10]
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from coserve._exceptions import ConfigError
+from coserve.models._specs import TensorSpec
+
+__all__ = ["PLATFORMS", "BatchingConfig", "ModelConfig", "ThreadConfig", "VersionPolicy"]
+
+PLATFORMS = (
+    "tensorflow_savedmodel",
+    "tensorflow_keras",
+    "onnx_onnxv1",
+    "pytorch_torchscript",
+    "pytorch_export",
+    "python",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchingConfig:
+    """The batching policy of one model: the Batcher's options plus batch-size padding."""
+
+    max_batch_size: int = 64
+    max_wait: float = 0.0
+    max_concurrent_batches: int = 1
+    max_queue_size: int = 1024
+    timeout: float | None = None
+    grace_period: float = 30.0
+    allowed_batch_sizes: tuple[int, ...] = ()
+    pad_to_allowed_batch_size: bool = False
+
+    def warm_up_sizes(self) -> list[int]:
+        """The batch sizes a warm-up should run: the allowed ones, else powers of two."""
+        if self.allowed_batch_sizes:
+            return list(self.allowed_batch_sizes)
+        sizes = [1]
+        while sizes[-1] * 2 < self.max_batch_size:
+            sizes.append(sizes[-1] * 2)
+        if sizes[-1] != self.max_batch_size:
+            sizes.append(self.max_batch_size)
+        return sizes
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadConfig:
+    """Thread counts for the backend's own thread pools (None: the runtime's default)."""
+
+    intra_op: int | None = None
+    inter_op: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VersionPolicy:
+    """Which version folders to serve."""
+
+    policy: str = "latest"
+    latest: int = 1
+    specific: tuple[int, ...] = ()
+
+    def select(self, available: list[int]) -> list[int]:
+        """Pick the versions to serve out of those on disk (ascending)."""
+        ordered = sorted(available)
+        if self.policy == "all":
+            return ordered
+        if self.policy == "specific":
+            return [v for v in ordered if v in self.specific]
+        return ordered[-self.latest :]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """Everything a model's ``config.toml`` says."""
+
+    name: str
+    platform: str
+    signature: str = "serving_default"
+    filename: str | None = None
+    labels: tuple[str, ...] = ()
+    warm_up: bool = True
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    threads: ThreadConfig = field(default_factory=ThreadConfig)
+    versions: VersionPolicy = field(default_factory=VersionPolicy)
+    inputs: tuple[TensorSpec, ...] | None = None
+    outputs: tuple[TensorSpec, ...] | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> ModelConfig:
+        """Read and check ``<model>/config.toml``; the model's name is its folder's name.
+
+        Raises:
+            ConfigError: The file cannot be read or parsed, a key is unknown, or a value is bad.
+        """
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+            raise ConfigError(f"{path}: cannot read the model config: {error}") from error
+        return _Parser(path).model(raw, name=path.parent.name)
+
+
+class _Parser:
+    """Checks one config file's values, naming the file and the key in every error."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {key}: {problem}")
+
+    def table(self, raw: Any, where: str, known: tuple[str, ...]) -> Mapping[str, Any]:
+        if not isinstance(raw, dict):
+            raise self.fail(where, f"expected a table, got {type(raw).__name__}")
+        for key in raw:
+            if key not in known:
+                full = f"{where}.{key}" if where else key
+                raise self.fail(full, f"unknown key (known here: {', '.join(known)})")
+        return raw
+
+    def typed(
+        self, raw: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str
+    ) -> Any:
+        value = raw[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is an int in Python; a config "true" must not pass for a number.
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            wanted = " or ".join(k.__name__ for k in kinds)
+            raise self.fail(f"{where}{key}", f"expected {wanted}, got {value!r}")
+        return value
+
+    def positive(self, raw: Mapping[str, Any], key: str, where: str, *, zero: bool = False) -> Any:
+        value = self.typed(raw, key, (int, float), where)
+        if value < 0 or (value == 0 and not zero):
+            raise self.fail(f"{where}{key}", f"must be {'>= 0' if zero else '> 0'}, got {value!r}")
+        return value
+
+    def model(self, raw: dict[str, Any], name: str) -> ModelConfig:
+        top = self.table(
+            raw,
+            "",
+            (
+                "platform",
+                "signature",
+                "filename",
+                "labels",
+                "warm_up",
+                "batching",
+                "threads",
+                "versions",
+                "inputs",
+                "outputs",
+            ),
+        )
+        if "platform" not in top:
+            raise self.fail("platform", f"required; one of {', '.join(PLATFORMS)}")
+        platform = self.typed(top, "platform", str, "")
+        if platform not in PLATFORMS:
+            raise self.fail("platform", f"{platform!r} is not one of {', '.join(PLATFORMS)}")
+        options: dict[str, Any] = {"name": name, "platform": platform}
+        for key in ("signature", "filename"):
+            if key in top:
+                options[key] = self.typed(top, key, str, "")
+        if "warm_up" in top:
+            options["warm_up"] = self.typed(top, "warm_up", bool, "")
+        if "labels" in top:
+            options["labels"] = self.labels(self.typed(top, "labels", str, ""))
+        if "batching" in top:
+            options["batching"] = self.batching(top["batching"])
+        if "threads" in top:
+            options["threads"] = self.threads(top["threads"])
+        if "versions" in top:
+            options["versions"] = self.versions(top["versions"])
+        for key in ("inputs", "outputs"):
+            if key in top:
+                options[key] = self.specs(top[key], key)
+        return ModelConfig(**options)
+
+    def labels(self, relative: str) -> tuple[str, ...]:
+        path = self.path.parent / relative
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as error:
+            raise self.fail("labels", f"cannot read {path}: {error}") from error
+        return tuple(line.strip() for line in lines if line.strip())
+
+    def batching(self, raw: Any) -> BatchingConfig:
+        where = "batching."
+        table = self.table(raw, "batching", tuple(BatchingConfig.__dataclass_fields__))
+        options: dict[str, Any] = {}
+        for key in ("max_batch_size", "max_concurrent_batches", "max_queue_size"):
+            if key in table:
+                options[key] = self.typed(table, key, int, where)
+                if options[key] < 1:
+                    raise self.fail(where + key, f"must be >= 1, got {options[key]}")
+        for key in ("max_wait", "grace_period"):
+            if key in table:
+                options[key] = float(self.positive(table, key, where, zero=True))
+        if "timeout" in table:
+            options["timeout"] = float(self.positive(table, "timeout", where))
+        if "pad_to_allowed_batch_size" in table:
+            options["pad_to_allowed_batch_size"] = self.typed(
+                table, "pad_to_allowed_batch_size", bool, where
+            )
+        config = BatchingConfig(**options)
+        if "allowed_batch_sizes" in table:
+            sizes = self.typed(table, "allowed_batch_sizes", list, where)
+            if not sizes or any(
+                isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes
+            ):
+                raise self.fail(where + "allowed_batch_sizes", f"expected sizes >= 1, got {sizes}")
+            if sorted(set(sizes)) != sizes:
+                raise self.fail(where + "allowed_batch_sizes", f"must be ascending, got {sizes}")
+            if sizes[-1] != config.max_batch_size:
+                raise self.fail(
+                    where + "allowed_batch_sizes",
+                    f"the largest ({sizes[-1]}) must be max_batch_size ({config.max_batch_size})",
+                )
+            config = BatchingConfig(**{**options, "allowed_batch_sizes": tuple(sizes)})
+        if config.pad_to_allowed_batch_size and not config.allowed_batch_sizes:
+            raise self.fail(where + "pad_to_allowed_batch_size", "needs allowed_batch_sizes")
+        return config
+
+    def threads(self, raw: Any) -> ThreadConfig:
+        table = self.table(raw, "threads", ("intra_op", "inter_op"))
+        options = {}
+        for key in table:
+            options[key] = self.typed(table, key, int, "threads.")
+            if options[key] < 1:
+                raise self.fail(f"threads.{key}", f"must be >= 1, got {options[key]}")
+        return ThreadConfig(**options)
+
+    def versions(self, raw: Any) -> VersionPolicy:
+        table = self.table(raw, "versions", ("policy", "latest", "specific"))
+        policy = self.typed(table, "policy", str, "versions.") if "policy" in table else "latest"
+        if policy not in ("latest", "all", "specific"):
+            raise self.fail("versions.policy", f"expected latest, all or specific, got {policy!r}")
+        latest = self.typed(table, "latest", int, "versions.") if "latest" in table else 1
+        if latest < 1:
+            raise self.fail("versions.latest", f"must be >= 1, got {latest}")
+        specific = self.typed(table, "specific", list, "versions.") if "specific" in table else []
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in specific):
+            raise self.fail("versions.specific", f"expected version numbers, got {specific}")
+        if policy == "specific" and not specific:
+            raise self.fail("versions.specific", "the 'specific' policy needs version numbers")
+        return VersionPolicy(policy, latest, tuple(specific))
+
+    def specs(self, raw: Any, key: str) -> tuple[TensorSpec, ...]:
+        if not isinstance(raw, list) or not raw:
+            raise self.fail(key, "expected a non-empty array of tables ([[inputs]])")
+        specs = []
+        for index, entry in enumerate(raw):
+            where = f"{key}[{index}]"
+            table = self.table(entry, where, ("name", "datatype", "shape"))
+            for required in ("name", "datatype", "shape"):
+                if required not in table:
+                    raise self.fail(f"{where}.{required}", "required")
+            name = self.typed(table, "name", str, where + ".")
+            datatype = self.typed(table, "datatype", str, where + ".")
+            shape = self.typed(table, "shape", list, where + ".")
+            if not shape or any(isinstance(d, bool) or not isinstance(d, int) for d in shape):
+                raise self.fail(f"{where}.shape", f"expected integers (-1: any), got {shape}")
+            try:
+                specs.append(TensorSpec.of(name, datatype, shape))
+            except ValueError as error:
+                raise self.fail(where, str(error)) from error
+        return tuple(specs)

@@ -1,0 +1,244 @@
+"""``ModelHandle``: one model version behind its own Batcher, awaited by any number of callers."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from coserve._exceptions import BatchFailed, InvalidInput, ModelError
+from coserve.batching import Batcher, BatcherStatistics
+from coserve.models._backend import Backend
+from coserve.models._config import BatchingConfig
+from coserve.models._specs import TensorSpec
+from coserve.models._validation import check_inputs
+
+__all__ = ["ModelHandle"]
+
+logger = logging.getLogger("coserve.models")
+
+Request = dict[str, np.ndarray]
+Response = dict[str, np.ndarray]
+
+
+class ModelHandle:
+    """A loaded model version that callers ``await handle.infer(...)`` on, batched together.
+
+    A request carries one or more rows; batch size is counted in rows. A request with more rows
+    than ``max_batch_size`` is split across batches and its rows come back together, in order.
+    Rows whose trailing shapes differ are never concatenated: each batch is grouped by shape
+    and the model runs once per group. With ``pad_to_allowed_batch_size``, a group is padded with
+    copies of its last row up to the next allowed batch size, and the padding is cut from the
+    outputs.
+
+    Args:
+        backend: The loaded model.
+        batching: Its batching policy.
+        labels: Class labels, for classifiers.
+    """
+
+    def __init__(
+        self, backend: Backend, batching: BatchingConfig, *, labels: Sequence[str] = ()
+    ) -> None:
+        self.backend = backend
+        self.batching = batching
+        self.labels = tuple(labels)
+        self._output_names = tuple(spec.name for spec in backend.outputs)
+        self._max_rows = batching.max_batch_size * batching.max_queue_size
+        self._batcher: Batcher[Request, Response] = Batcher(
+            self._run_batch,
+            max_batch_size=batching.max_batch_size,
+            max_wait=batching.max_wait,
+            max_concurrent_batches=batching.max_concurrent_batches,
+            max_queue_size=batching.max_queue_size,
+            timeout=batching.timeout,
+            grace_period=batching.grace_period,
+            name=f"{backend.name}:{backend.version}",
+        )
+
+    @property
+    def name(self) -> str:
+        """The model's name."""
+        return self.backend.name
+
+    @property
+    def version(self) -> str:
+        """The version this handle serves."""
+        return self.backend.version
+
+    @property
+    def platform(self) -> str:
+        """The backend's platform string."""
+        return self.backend.platform
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        """The model's input specs."""
+        return self.backend.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        """The model's output specs."""
+        return self.backend.outputs
+
+    @property
+    def closed(self) -> bool:
+        """Whether the handle has begun shutting down."""
+        return self._batcher.closed
+
+    async def infer(
+        self,
+        inputs: Mapping[str, Any],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - a deadline the batcher enforces
+        priority: int = 0,
+        outputs: Sequence[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run the model on a request's rows, batched with everyone else's, and return outputs.
+
+        Args:
+            inputs: Arrays (or nested lists) by input name; the first dimension is the rows.
+            timeout: Seconds until the request's deadline (default: the model's).
+            priority: Higher runs first.
+            outputs: Which outputs to return (default: all).
+
+        Returns:
+            The output arrays by name, one row per request row, in order.
+
+        Raises:
+            InvalidInput: The request does not fit the model's inputs (checked before queueing).
+            QueueFull: The model's queue is full.
+            DeadlineExceeded: The deadline passed first.
+            BatcherClosed: The model is being unloaded or the server is shutting down.
+            BatchFailed: The model failed on this request's batch.
+        """
+        wanted = self._select_outputs(outputs)
+        arrays, rows = check_inputs(self.name, self.inputs, inputs, max_rows=self._max_rows)
+        limit = self.batching.max_batch_size
+        if rows <= limit:
+            result = await self._batcher.submit(
+                arrays, timeout=timeout, priority=priority, size=rows
+            )
+        else:
+            result = await self._infer_in_chunks(arrays, rows, limit, timeout, priority)
+        return {name: result[name] for name in wanted}
+
+    async def _infer_in_chunks(
+        self,
+        arrays: Request,
+        rows: int,
+        limit: int,
+        timeout: float | None,  # noqa: ASYNC109 - passed on to Batcher.submit
+        priority: int,
+    ) -> Response:
+        starts = range(0, rows, limit)
+        chunks = [{k: v[s : s + limit] for k, v in arrays.items()} for s in starts]
+        tasks = [
+            asyncio.ensure_future(
+                self._batcher.submit(
+                    chunk, timeout=timeout, priority=priority, size=min(limit, rows - s)
+                )
+            )
+            for chunk, s in zip(chunks, starts, strict=True)
+        ]
+        try:
+            parts = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:  # one chunk failed: the others' rows are no use any more
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        return {name: np.concatenate([p[name] for p in parts]) for name in self._output_names}
+
+    def _select_outputs(self, outputs: Sequence[str] | None) -> tuple[str, ...]:
+        if outputs is None:
+            return self._output_names
+        for name in outputs:
+            if name not in self._output_names:
+                raise InvalidInput(
+                    f"model {self.name!r} has no output {name!r}; its outputs are: "
+                    + ", ".join(self._output_names)
+                )
+        return tuple(outputs)
+
+    def statistics(self) -> BatcherStatistics:
+        """The batcher's statistics for this model version."""
+        return self._batcher.statistics()
+
+    async def aclose(self, *, grace_period: float | None = None) -> None:
+        """Stop taking requests, drain the queued and running ones, then release the model."""
+        await self._batcher.aclose(grace_period=grace_period)
+        await asyncio.to_thread(self.backend.close)
+
+    # -- inside the executor thread ----------------------------------------------------------
+
+    def _run_batch(self, requests: list[Request]) -> list[Response | Exception]:
+        """Group the requests by row shape, run the model once per group, split the outputs."""
+        groups: dict[tuple[tuple[int, ...], ...], list[int]] = {}
+        for index, request in enumerate(requests):
+            key = tuple(array.shape[1:] for array in request.values())
+            groups.setdefault(key, []).append(index)
+        results: list[Response | Exception] = [None] * len(requests)  # type: ignore[list-item]
+        for members in groups.values():
+            try:
+                self._run_group([requests[i] for i in members], members, results)
+            except Exception as error:  # this group fails; other shape groups are unaffected
+                logger.error(
+                    "model %s v%s failed on a batch of %d requests",
+                    self.name,
+                    self.version,
+                    len(members),
+                    exc_info=error,
+                )
+                for i in members:
+                    failure = BatchFailed(f"model {self.name!r} failed: {error!r}")
+                    failure.__cause__ = error
+                    results[i] = failure
+        return results
+
+    def _run_group(
+        self, group: list[Request], members: list[int], results: list[Response | Exception]
+    ) -> None:
+        names = [spec.name for spec in self.inputs]
+        if len(group) == 1:
+            batch = dict(group[0])
+        else:
+            batch = {name: np.concatenate([r[name] for r in group]) for name in names}
+        rows = next(iter(batch.values())).shape[0]
+        padded = self._padded_size(rows)
+        if padded > rows:
+            batch = {name: _pad_rows(array, padded) for name, array in batch.items()}
+        outputs = self.backend.predict(batch)
+        for name in self._output_names:
+            array = outputs.get(name)
+            if array is None or len(array) != padded:
+                got = "nothing" if array is None else f"{len(array)} rows"
+                raise ModelError(
+                    f"model {self.name!r} returned {got} for output {name!r}; expected {padded}"
+                )
+        offset = 0
+        for index, request in zip(members, group, strict=True):
+            n = next(iter(request.values())).shape[0]
+            results[index] = {
+                name: outputs[name][offset : offset + n] for name in self._output_names
+            }
+            offset += n
+
+    def _padded_size(self, rows: int) -> int:
+        allowed = self.batching.allowed_batch_sizes
+        if not self.batching.pad_to_allowed_batch_size or rows in allowed:
+            return rows
+        return allowed[bisect.bisect_left(allowed, rows)]
+
+    def __repr__(self) -> str:
+        return f"<ModelHandle {self.name} v{self.version} ({self.platform})>"
+
+
+def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
+    """Pad the first dimension to ``rows`` with copies of the last row (always valid input)."""
+    extra = np.repeat(array[-1:], rows - array.shape[0], axis=0)
+    return np.concatenate([array, extra])

@@ -1,0 +1,150 @@
+"""ModelHandle mechanics, seen from inside the model: grouping, padding, splitting, isolation.
+
+A Python-backend model records every batch it is called with, so each test can check what the
+model actually received, not only what came back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+import numpy as np
+import pytest
+
+from coserve import BatchFailed, InvalidInput, PythonModel, TensorSpec
+from coserve.models import BatchingConfig, ModelHandle
+
+
+class SumRows:
+    """Sums each row; records the shapes of every batch it is called with."""
+
+    def __init__(self, fail_on_width: int | None = None) -> None:
+        self.calls: list[tuple[int, ...]] = []
+        self.fail_on_width = fail_on_width
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = inputs["x"]
+        self.calls.append(x.shape)
+        if x.shape[1] == self.fail_on_width:
+            raise RuntimeError(f"cannot handle width {x.shape[1]}")
+        return {"total": x.sum(axis=1), "width": np.full(len(x), x.shape[1])}
+
+
+def handle_for(model: SumRows, **batching: object) -> ModelHandle:
+    backend = PythonModel(
+        model,
+        name="sum",
+        inputs=(TensorSpec.of("x", "FP32", [-1, -1]),),
+        outputs=(TensorSpec.of("total", "FP32", [-1]), TensorSpec.of("width", "INT64", [-1])),
+    )
+    return ModelHandle(backend, BatchingConfig(**batching))  # type: ignore[arg-type]
+
+
+async def test_rows_with_different_shapes_are_never_concatenated() -> None:
+    """One batch holding rows of widths 2 and 3 runs the model once per width."""
+    model = SumRows()
+    handle = handle_for(model, max_batch_size=16)
+    try:
+        results = await asyncio.gather(
+            handle.infer({"x": [[1, 2]]}),
+            handle.infer({"x": [[1, 2, 3]]}),
+            handle.infer({"x": [[5, 5], [1, 1]]}),
+        )
+    finally:
+        await handle.aclose()
+    assert sorted(model.calls) == [(1, 3), (3, 2)]
+    assert [r["total"].tolist() for r in results] == [[3.0], [6.0], [10.0, 2.0]]
+    assert handle.statistics().batches == 1
+
+
+async def test_batch_is_padded_to_the_next_allowed_size_and_padding_is_cut() -> None:
+    """With pad_to_allowed_batch_size, 3 rows run as 4 and only 3 come back."""
+    model = SumRows()
+    handle = handle_for(
+        model, max_batch_size=8, allowed_batch_sizes=(1, 4, 8), pad_to_allowed_batch_size=True
+    )
+    try:
+        results = await asyncio.gather(*(handle.infer({"x": [[i, i]]}) for i in range(3)))
+    finally:
+        await handle.aclose()
+    assert model.calls == [(4, 2)]
+    assert [r["total"].tolist() for r in results] == [[0.0], [2.0], [4.0]]
+
+
+async def test_requests_over_max_batch_size_are_split_in_order() -> None:
+    """A 10-row request with max_batch_size 4 runs as 4 + 4 + 2 and returns rows in order."""
+    model = SumRows()
+    handle = handle_for(model, max_batch_size=4)
+    try:
+        rows = np.arange(20, dtype=np.float32).reshape(10, 2)
+        result = await handle.infer({"x": rows})
+    finally:
+        await handle.aclose()
+    assert sorted(model.calls) == [(2, 2), (4, 2), (4, 2)]
+    assert result["total"].tolist() == rows.sum(axis=1).tolist()
+
+
+async def test_a_failing_shape_group_fails_only_its_own_requests() -> None:
+    """If the model raises on one shape group, requests of other shapes in the batch succeed."""
+    model = SumRows(fail_on_width=3)
+    handle = handle_for(model, max_batch_size=16)
+    try:
+        good, bad = await asyncio.gather(
+            handle.infer({"x": [[1, 1]]}),
+            handle.infer({"x": [[1, 1, 1]]}),
+            return_exceptions=True,
+        )
+    finally:
+        await handle.aclose()
+    assert isinstance(good, dict)
+    assert good["total"].tolist() == [2.0]
+    assert isinstance(bad, BatchFailed)
+    assert "cannot handle width 3" in str(bad.__cause__)
+
+
+async def test_model_output_of_the_wrong_length_fails_the_group_clearly() -> None:
+    """A model that returns too few rows fails its requests with a message saying so."""
+    backend = PythonModel(
+        lambda inputs: {"y": inputs["x"][:1]},
+        name="short",
+        inputs=(TensorSpec.of("x", "FP32", [-1]),),
+        outputs=(TensorSpec.of("y", "FP32", [-1]),),
+    )
+    handle = ModelHandle(backend, BatchingConfig())
+    try:
+        with pytest.raises(BatchFailed, match="returned 1 rows for output 'y'; expected 2"):
+            await handle.infer({"x": [1.0, 2.0]})
+    finally:
+        await handle.aclose()
+
+
+async def test_bytes_inputs_accept_strings_and_refuse_numbers() -> None:
+    """A BYTES input takes str (encoded as UTF-8) or bytes, and refuses numbers."""
+    backend = PythonModel(
+        lambda inputs: {"length": np.array([len(v) for v in inputs["text"]])},
+        name="lengths",
+        inputs=(TensorSpec.of("text", "BYTES", [-1]),),
+        outputs=(TensorSpec.of("length", "INT64", [-1]),),
+    )
+    handle = ModelHandle(backend, BatchingConfig())
+    try:
+        result = await handle.infer({"text": ["héllo", "ab"]})
+        assert result["length"].tolist() == [6, 2]
+        result = await handle.infer({"text": np.array([b"xyz"], dtype=object)})
+        assert result["length"].tolist() == [3]
+        with pytest.raises(InvalidInput, match="expected BYTES"):
+            await handle.infer({"text": [1, 2]})
+    finally:
+        await handle.aclose()
+
+
+async def test_warm_up_runs_every_batch_size() -> None:
+    """warm_up calls the model once per size: powers of two up to max_batch_size."""
+    model = SumRows()
+    handle = handle_for(model, max_batch_size=12)
+    try:
+        handle.backend.warm_up(handle.batching.warm_up_sizes())
+    finally:
+        await handle.aclose()
+    assert [shape[0] for shape in model.calls] == [1, 2, 4, 8, 12]
