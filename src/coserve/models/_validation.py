@@ -87,16 +87,16 @@ def check_inputs(
         InvalidInput: An input is unknown, missing, of an unsafe dtype, of the wrong rank or
             shape; inputs disagree on their number of rows; or there are no or too many rows.
     """
-    by_name = {spec.name: spec for spec in specs}
-    expected = ", ".join(f"{s.name} {s.describe()}" for s in specs)
-    unknown = [name for name in inputs if name not in by_name]
-    if unknown:
-        raise InvalidInput(
-            f"model {model!r} has no input {unknown[0]!r}; its inputs are: {expected}"
-        )
-    missing = [s.name for s in specs if s.name not in inputs]
-    if missing:
-        raise InvalidInput(f"model {model!r}: missing input {missing[0]!r}; expected: {expected}")
+    if len(inputs) != len(specs) or any(spec.name not in inputs for spec in specs):
+        expected = ", ".join(f"{s.name} {s.describe()}" for s in specs)
+        known = {spec.name for spec in specs}
+        unknown = [name for name in inputs if name not in known]
+        if unknown:
+            raise InvalidInput(
+                f"model {model!r} has no input {unknown[0]!r}; its inputs are: {expected}"
+            )
+        missing = next(s.name for s in specs if s.name not in inputs)
+        raise InvalidInput(f"model {model!r}: missing input {missing!r}; expected: {expected}")
 
     arrays: dict[str, np.ndarray] = {}
     rows: int | None = None

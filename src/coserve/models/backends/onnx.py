@@ -62,6 +62,10 @@ class OnnxModel(Backend):
             options.intra_op_num_threads = threads.intra_op
         if threads.inter_op is not None:
             options.inter_op_num_threads = threads.inter_op
+        # ORT's pool threads spin after each run by default; here they would steal the cores the
+        # event loop needs between batches, so they sleep instead.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(
                 str(path), options, providers=["CPUExecutionProvider"]
