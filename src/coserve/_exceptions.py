@@ -91,6 +91,13 @@ class DeadlineExceeded(CoserveError, TimeoutError):  # noqa: N818 - the gRPC sta
 class BatchFailed(CoserveError):  # noqa: N818 - reads as an event: "batch failed"
     """The batch function failed the whole batch; the original error is the ``__cause__``."""
 
+    @classmethod
+    def caused_by(cls, message: str, cause: BaseException) -> BatchFailed:
+        """A new instance chained to ``cause``: one per caller, so tracebacks never mix."""
+        failure = cls(message)
+        failure.__cause__ = cause
+        return failure
+
 
 class ModelError(CoserveError):
     """A model could not be found, loaded or called as asked."""

@@ -475,9 +475,9 @@ class Batcher(Generic[T, R]):
                 exc_info=error,
             )
             for request in batch:
-                failure = BatchFailed(f"the batch function raised {error!r}")
-                failure.__cause__ = error
-                self._fail(request, failure)
+                self._fail(
+                    request, BatchFailed.caused_by(f"the batch function raised {error!r}", error)
+                )
             return
         results = future.result()
         try:

@@ -195,9 +195,9 @@ class ModelHandle:
                     exc_info=error,
                 )
                 for i in members:
-                    failure = BatchFailed(f"model {self.name!r} failed: {error!r}")
-                    failure.__cause__ = error
-                    results[i] = failure
+                    results[i] = BatchFailed.caused_by(
+                        f"model {self.name!r} failed: {error!r}", error
+                    )
         return results
 
     def _run_group(
