@@ -6,13 +6,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
-.PHONY: serve test lint typecheck unit bench bench-models clean
+.PHONY: serve demo test lint typecheck unit bench bench-models clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# The main job serves the bundled TensorFlow demo model, so it needs the tensorflow extra.
 $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
-	$(PIP) install -e .
+	$(PIP) install -e '.[tensorflow,onnx]'
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
@@ -24,6 +25,9 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	@touch $@
 
 serve: $(VENV)/.installed-run
+	$(BIN)/coserve serve
+
+demo: $(VENV)/.installed-run
 	$(BIN)/python examples/batching_demo.py
 
 test: lint typecheck unit

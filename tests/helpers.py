@@ -41,3 +41,62 @@ class RecordingModel:
         self.started_at.append(asyncio.get_running_loop().time())
         await self._gate.wait()
         return [self.transform(item) for item in items]
+
+
+class ServerProcess:
+    """A real ``coserve serve`` subprocess on a free port, for tests that speak HTTP to it."""
+
+    def __init__(self, *args: str) -> None:
+        import socket
+        import subprocess
+        import sys
+        import tempfile
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        # A file, not a pipe: a pipe nobody reads would stall a chatty server once it fills.
+        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed by close()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "coserve.cli", "serve", "--port", str(self.port), *args],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Poll readiness until the models are loaded (start-up takes seconds with TF)."""
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.output()}")
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"server not ready after {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        """Everything the server has printed so far."""
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> int:
+        """SIGTERM, wait, and return the exit status."""
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+    def close(self) -> None:
+        """Stop the server and release its log file."""
+        self.stop()
+        self.log.close()

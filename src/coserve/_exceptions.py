@@ -14,6 +14,7 @@ clause catches them all; the subclasses let callers react to the category::
     │   └── BatcherClosed            shutting down: no new work, and the grace period ran out
     ├── DeadlineExceeded             a request's deadline passed (also a TimeoutError)
     ├── BatchFailed                  the batch function failed the whole batch
+    ├── RequestTooLarge              a request body is over the server's size limit
     └── ModelError                   a model could not be found, loaded or called as asked
         ├── InvalidInput             a request does not fit the model's inputs (also ValueError)
         ├── ModelNotFound            no such model or version in the repository (also KeyError)
@@ -44,6 +45,7 @@ __all__ = [
     "ModelNotFound",
     "QueueFull",
     "RequestRejected",
+    "RequestTooLarge",
     "WouldBlock",
 ]
 
@@ -97,6 +99,10 @@ class BatchFailed(CoserveError):  # noqa: N818 - reads as an event: "batch faile
         failure = cls(message)
         failure.__cause__ = cause
         return failure
+
+
+class RequestTooLarge(CoserveError):  # noqa: N818 - reads as a status, like HTTP 413's
+    """A request body is over the server's size limit; it was refused before being read."""
 
 
 class ModelError(CoserveError):

@@ -1,0 +1,159 @@
+"""The ``coserve`` command line: ``coserve serve`` runs the inference server."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import re
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+
+__all__ = ["main", "parse_size"]
+
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+}
+
+
+def parse_size(text: str) -> int:
+    """``64MiB``, ``10MB``, ``1048576`` → bytes.
+
+    Raises:
+        argparse.ArgumentTypeError: Not a size.
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).upper() if match else ""
+    if not match or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 64MiB, 10MB or 1048576")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="coserve",
+        description="Asyncio model serving with adaptive request batching.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="serve a model repository over HTTP (Open Inference Protocol)",
+        description=(
+            "Serve every model in a model repository over HTTP: the Open Inference Protocol "
+            "(KServe V2) REST API under /v2, with health endpoints. With no repository, serve the "
+            "bundled digits demo models. SIGTERM or SIGINT turns readiness off, stops accepting "
+            "requests, answers those already accepted within --graceful-timeout, and exits 0."
+        ),
+    )
+    serve.add_argument(
+        "--model-repository",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the model repository folder (default: the bundled demo models)",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8000, help="port to bind (default: %(default)s)")
+    serve.add_argument(
+        "--max-request-size",
+        type=parse_size,
+        default=parse_size("64MiB"),
+        metavar="SIZE",
+        help="largest request body accepted, e.g. 64MiB; larger ones get 413 (default: 64MiB)",
+    )
+    serve.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, time allowed to answer accepted requests (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log level (default: %(default)s)",
+    )
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from coserve.models import ModelRepository
+    from coserve.server import create_app
+
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    log = logging.getLogger("coserve.server")
+    repository = ModelRepository(args.model_repository)
+    app = create_app(
+        repository,
+        max_request_size=args.max_request_size,
+        graceful_timeout=args.graceful_timeout,
+    )
+    state = app.state.coserve
+
+    class Server(uvicorn.Server):
+        """uvicorn, except that a signal first turns readiness off, and exit status stays 0."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if state.ready:
+                log.info(
+                    "received %s: not ready; draining accepted requests", signal.Signals(sig).name
+                )
+            state.ready = False
+            super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn re-raises the signal after shutting down, which would make the exit status
+            # 128+N; a clean drain is a success, so handle the signals without re-raising.
+            previous = {
+                s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)
+            }
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=int(args.graceful_timeout) or 1,
+    )
+    log.info("coserve serving %s on http://%s:%d", repository.path, args.host, args.port)
+    server = Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``coserve`` command; returns the exit status."""
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return 2  # argparse rejects unknown commands before this
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""The ASGI application: Open Inference Protocol (KServe V2) REST over a model repository.
+
+Status codes (one mapping, shared by every endpoint):
+
+==========================  ======  =========================================================
+error                       status  when
+==========================  ======  =========================================================
+InvalidInput                400     malformed JSON, wrong shapes or datatypes, unknown inputs
+ModelNotFound               404     unknown model or version
+(method)                    405     a route called with the wrong method
+(body size)                 413     body over ``max_request_size`` (refused before reading it)
+QueueFull                   429     the model's queue is full: shed, retry later
+BatcherClosed               503     the server is shutting down or the model unloading
+DeadlineExceeded            504     the request's deadline passed
+BatchFailed / ModelError    500     the model itself failed (never caused by request input)
+==========================  ======  =========================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from coserve import __version__
+from coserve._exceptions import (
+    BatcherClosed,
+    CoserveError,
+    DeadlineExceeded,
+    InvalidInput,
+    ModelNotFound,
+    QueueFull,
+    RequestTooLarge,
+)
+from coserve.models import ModelHandle, ModelRepository
+from coserve.server._codec import decode_request, encode_response
+from coserve.server._metrics import Metrics
+
+__all__ = ["EXTENSIONS", "ServerState", "create_app"]
+
+logger = logging.getLogger("coserve.server")
+
+EXTENSIONS = ["binary_tensor_data", "schedule_policy"]
+
+_STATUS: list[tuple[type[Exception], int]] = [
+    (InvalidInput, 400),
+    (ModelNotFound, 404),
+    (QueueFull, 429),
+    (BatcherClosed, 503),
+    (DeadlineExceeded, 504),
+]
+
+
+def status_of(error: Exception) -> int:
+    """The HTTP status an error maps to (500 only for failures of the model itself)."""
+    if isinstance(error, RequestTooLarge):
+        return 413
+    for kind, status in _STATUS:
+        if isinstance(error, kind):
+            return status
+    return 500
+
+
+def json_response(
+    content: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """A JSON response encoded with orjson (numpy values included)."""
+    body = orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(body, status, headers, media_type="application/json")
+
+
+def error_response(message: str, status: int) -> Response:
+    """The protocol's error body: ``{"error": "..."}``."""
+    return json_response({"error": message}, status)
+
+
+class ServerState:
+    """What the endpoints share: the repository, the limits, and whether the server is ready."""
+
+    def __init__(
+        self, repository: ModelRepository, *, max_request_size: int, graceful_timeout: float
+    ) -> None:
+        self.repository = repository
+        self.max_request_size = max_request_size
+        self.graceful_timeout = graceful_timeout
+        self.ready = False
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise RequestTooLarge(
+                    f"the request body ({declared} bytes) is over the {limit}-byte limit"
+                )
+        except ValueError:
+            raise InvalidInput(f"bad Content-Length header {declared!r}") from None
+    chunks = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise RequestTooLarge(f"the request body is over the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _timeout_and_priority(parameters: dict[str, Any]) -> tuple[float | None, int]:
+    """Triton's schedule-policy parameters: ``timeout`` in µs, ``priority`` (1 is the highest)."""
+    timeout = parameters.get("timeout")
+    priority = parameters.get("priority", 0)
+    if timeout is not None and (type(timeout) is not int or timeout <= 0):
+        raise InvalidInput(f"parameter 'timeout' must be a positive integer of µs, got {timeout!r}")
+    if type(priority) is not int or priority < 0:
+        raise InvalidInput(f"parameter 'priority' must be a non-negative integer, got {priority!r}")
+    # Lower value is more urgent; 0 means "default", which ranks with 1.
+    return (timeout / 1e6 if timeout else None), -max(priority, 1)
+
+
+def _handle(state: ServerState, request: Request) -> ModelHandle:
+    name = request.path_params["model"]
+    version = request.path_params.get("version")
+    return state.repository.get(name, version)
+
+
+def create_app(
+    repository: ModelRepository,
+    *,
+    max_request_size: int = 64 * 1024 * 1024,
+    graceful_timeout: float = 30.0,
+) -> Starlette:
+    """The ASGI app serving ``repository``.
+
+    Its lifespan loads the models at startup and, at shutdown, drains them within
+    ``graceful_timeout`` seconds (the repository's ``reload`` and ``aclose``).
+    """
+    state = ServerState(
+        repository, max_request_size=max_request_size, graceful_timeout=graceful_timeout
+    )
+    metrics = Metrics(repository)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        start = time.perf_counter()
+        await repository.reload()
+        # TensorFlow leaves ~10^5 objects for the collector to scan: freezing them after loading
+        # keeps full collections (and their 100+ ms pauses) out of the request path (DESIGN §7).
+        gc.collect()
+        gc.freeze()
+        logger.info(
+            "loaded %d model version(s) from %s in %.1fs",
+            len(repository.models()),
+            repository.path,
+            time.perf_counter() - start,
+        )
+        state.ready = True
+        try:
+            yield
+        finally:
+            state.ready = False
+            await repository.aclose(grace_period=state.graceful_timeout)
+
+    def endpoint(
+        fn: Callable[[Request], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """Map coserve's errors to protocol error responses, the same way everywhere."""
+
+        async def wrapped(request: Request) -> Response:
+            try:
+                return await fn(request)
+            except CoserveError as error:
+                status = status_of(error)
+                if status == 500:
+                    logger.error("request %s failed: %s", request.url.path, error, exc_info=error)
+                return error_response(str(error), status)
+
+        return wrapped
+
+    async def server_metadata(request: Request) -> Response:
+        return json_response({"name": "coserve", "version": __version__, "extensions": EXTENSIONS})
+
+    async def live(request: Request) -> Response:
+        return Response(status_code=200)
+
+    async def ready(request: Request) -> Response:
+        return Response(status_code=200 if state.ready else 400)
+
+    async def model_ready(request: Request) -> Response:
+        try:
+            handle = _handle(state, request)
+        except ModelNotFound:
+            return Response(status_code=400)
+        return Response(status_code=400 if handle.closed or not state.ready else 200)
+
+    async def model_metadata(request: Request) -> Response:
+        handle = _handle(state, request)
+        versions = [m.version for m in repository.models() if m.name == handle.name]
+        return json_response(
+            {
+                "name": handle.name,
+                "versions": versions,
+                "platform": handle.platform,
+                "inputs": [
+                    {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
+                    for s in handle.inputs
+                ],
+                "outputs": [
+                    {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
+                    for s in handle.outputs
+                ],
+            }
+        )
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    def timed(
+        fn: Callable[[Request], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """Observe each inference request's latency by model, version and status."""
+
+        async def wrapped(request: Request) -> Response:
+            start = time.perf_counter()
+            response = await fn(request)
+            metrics.request_latency.labels(
+                request.path_params["model"],
+                request.path_params.get("version", ""),
+                str(response.status_code),
+            ).observe(time.perf_counter() - start)
+            return response
+
+        return wrapped
+
+    async def infer(request: Request) -> Response:
+        if not state.ready:
+            raise BatcherClosed("the server is not ready (starting or shutting down)")
+        handle = _handle(state, request)
+        body = await read_body(request, state.max_request_size)
+        header = request.headers.get("inference-header-content-length")
+        try:
+            header_length = int(header) if header is not None else None
+        except ValueError:
+            raise InvalidInput(f"bad Inference-Header-Content-Length {header!r}") from None
+        decoded = decode_request(body, header_length)
+        timeout, priority = _timeout_and_priority(decoded.parameters)
+        work = asyncio.ensure_future(
+            handle.infer(
+                decoded.inputs, timeout=timeout, priority=priority, outputs=decoded.outputs
+            )
+        )
+        # A client that goes away while its request waits: drop the work before it runs.
+        watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+        try:
+            await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+        if not work.done():
+            work.cancel()
+            logger.debug("client went away; request for %s dropped", handle.name)
+            return Response(status_code=499)
+        outputs = work.result()
+        datatypes = {s.name: s.datatype for s in handle.outputs}
+        body, json_length = encode_response(
+            model=handle.name,
+            version=handle.version,
+            request=decoded,
+            outputs=outputs,
+            datatypes=datatypes,
+        )
+        if json_length is None:
+            return Response(body, media_type="application/json")
+        return Response(
+            body,
+            media_type="application/octet-stream",
+            headers={"Inference-Header-Content-Length": str(json_length)},
+        )
+
+    async def http_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, HTTPException)
+        return error_response(error.detail, error.status_code)
+
+    routes = [
+        Route("/v2", endpoint(server_metadata), methods=["GET"]),
+        Route("/v2/health/live", live, methods=["GET"]),
+        Route("/v2/health/ready", ready, methods=["GET"]),
+        Route("/v2/models/{model}", endpoint(model_metadata), methods=["GET"]),
+        Route("/v2/models/{model}/versions/{version}", endpoint(model_metadata), methods=["GET"]),
+        Route("/v2/models/{model}/ready", model_ready, methods=["GET"]),
+        Route("/v2/models/{model}/versions/{version}/ready", model_ready, methods=["GET"]),
+        Route("/v2/models/{model}/infer", timed(endpoint(infer)), methods=["POST"]),
+        Route(
+            "/v2/models/{model}/versions/{version}/infer", timed(endpoint(infer)), methods=["POST"]
+        ),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
+    )
+    app.state.coserve = state
+    return app

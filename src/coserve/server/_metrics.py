@@ -1,0 +1,120 @@
+"""``GET /metrics``: Prometheus metrics per model and version, read from the batchers at scrape.
+
+Nothing is counted twice: the batcher already counts every outcome, so a custom collector turns
+its ``statistics()`` into metric families when Prometheus scrapes, and the request path pays
+nothing for metrics beyond one histogram observation of its own latency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    SummaryMetricFamily,
+)
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from coserve.models import ModelRepository
+
+__all__ = ["Metrics"]
+
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_OUTCOMES = ("completed", "failed", "expired", "cancelled", "aborted")
+
+
+class _BatcherCollector(Collector):
+    def __init__(self, repository: ModelRepository) -> None:
+        self._repository = repository
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["model", "version"]
+        outcomes = CounterMetricFamily(
+            "coserve_requests",
+            "Requests that reached the batcher, by outcome",
+            labels=[*labels, "outcome"],
+        )
+        rejected = CounterMetricFamily(
+            "coserve_rejected_requests",
+            "Requests refused at once (queue full or shutting down)",
+            labels=labels,
+        )
+        queued = GaugeMetricFamily(
+            "coserve_queued_requests", "Requests waiting in the queue", labels=labels
+        )
+        running = GaugeMetricFamily(
+            "coserve_running_batches", "Batches executing now", labels=labels
+        )
+        closes = CounterMetricFamily(
+            "coserve_batch_close_reasons", "Why each batch was closed", labels=[*labels, "reason"]
+        )
+        sizes = HistogramMetricFamily("coserve_batch_size", "Rows per batch", labels=labels)
+        queue_time = SummaryMetricFamily(
+            "coserve_queue_time_seconds",
+            "Time from submit to the start of the batch",
+            labels=labels,
+        )
+        exec_time = SummaryMetricFamily(
+            "coserve_batch_execution_seconds", "Wall time of each model call", labels=labels
+        )
+        for handle in self._repository.handles():
+            stats = handle.statistics()
+            key = [handle.name, handle.version]
+            for outcome in _OUTCOMES:
+                outcomes.add_metric([*key, outcome], getattr(stats, outcome))
+            rejected.add_metric(key, stats.rejected)
+            queued.add_metric(key, stats.queued)
+            running.add_metric(key, stats.running_batches)
+            for reason, count in stats.close_reasons.items():
+                closes.add_metric([*key, reason], count)
+            buckets = [
+                (str(bound), sum(n for size, n in stats.batch_sizes.items() if size <= bound))
+                for bound in _BATCH_BUCKETS
+            ]
+            buckets.append(("+Inf", stats.batches))
+            total_rows = sum(size * n for size, n in stats.batch_sizes.items())
+            sizes.add_metric(key, buckets, total_rows)
+            for family, summary in (
+                (queue_time, stats.queue_time),
+                (exec_time, stats.execution_time),
+            ):
+                family.add_metric(key, summary.count, summary.mean * summary.count)
+        yield from (outcomes, rejected, queued, running, closes, sizes, queue_time, exec_time)
+
+
+class Metrics:
+    """The server's metrics registry: batcher statistics plus HTTP request latency."""
+
+    def __init__(self, repository: ModelRepository) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_BatcherCollector(repository))
+        self.request_latency = Histogram(
+            "coserve_request_duration_seconds",
+            "Inference request latency at the HTTP layer, by model, version and status",
+            ["model", "version", "status"],
+            registry=self.registry,
+            buckets=(
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1,
+                2.5,
+                5,
+                10,
+            ),
+        )
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

@@ -1,0 +1,81 @@
+"""Python models that the server tests add to a temporary repository beside the demo models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from coserve.models import bundled_repository
+
+TYPES_CONFIG = """
+platform = "python"
+[[inputs]]
+name = "text"
+datatype = "BYTES"
+shape = [-1]
+[[inputs]]
+name = "flag"
+datatype = "BOOL"
+shape = [-1]
+[[inputs]]
+name = "count"
+datatype = "INT32"
+shape = [-1]
+[[outputs]]
+name = "upper"
+datatype = "BYTES"
+shape = [-1]
+[[outputs]]
+name = "negated"
+datatype = "BOOL"
+shape = [-1]
+[[outputs]]
+name = "doubled"
+datatype = "INT32"
+shape = [-1]
+"""
+
+TYPES_MODEL = """
+import numpy as np
+
+def predict(inputs):
+    upper = np.array([t.upper() for t in inputs["text"]], dtype=object)
+    return {"upper": upper, "negated": ~inputs["flag"], "doubled": inputs["count"] * 2}
+"""
+
+SLOW_CONFIG = """
+platform = "python"
+warm_up = false
+[batching]
+max_batch_size = 1
+max_queue_size = 2
+[[inputs]]
+name = "x"
+datatype = "FP32"
+shape = [-1]
+[[outputs]]
+name = "y"
+datatype = "FP32"
+shape = [-1]
+"""
+
+SLOW_MODEL = """
+import time
+
+def predict(inputs):
+    time.sleep(float(inputs["x"][0]))  # the request says how slow to be
+    return {"y": inputs["x"]}
+"""
+
+
+def build_repository(root: Path) -> Path:
+    """The demo models (linked) plus the 'types' and 'slow' Python models."""
+    for name in ("digits", "digits_onnx"):
+        (root / name).symlink_to(bundled_repository() / name)
+    for name, config, model in (
+        ("types", TYPES_CONFIG, TYPES_MODEL),
+        ("slow", SLOW_CONFIG, SLOW_MODEL),
+    ):
+        (root / name / "1").mkdir(parents=True)
+        (root / name / "config.toml").write_text(config)
+        (root / name / "1" / "model.py").write_text(model)
+    return root

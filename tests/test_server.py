@@ -1,0 +1,362 @@
+"""The inference server over real HTTP: one ``coserve serve`` process shared by the module.
+
+Clients are the ones people use: ``tritonclient.http`` (sync and aio, JSON and binary tensors)
+unmodified, and plain httpx for what a client library would never send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+import tritonclient.http.aio as triton_aio
+from sklearn.datasets import load_digits
+from tritonclient.utils import InferenceServerException
+
+from helpers import ServerProcess
+from server_models import build_repository
+
+MAX_REQUEST_SIZE = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    repository = build_repository(tmp_path_factory.mktemp("repository"))
+    process = ServerProcess(
+        "--model-repository", str(repository), "--max-request-size", f"{MAX_REQUEST_SIZE}B"
+    )
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.close()
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return (load_digits().images[:64] / 16.0).astype(np.float32)[..., None]
+
+
+def image_body(**changes: object) -> bytes:
+    """A one-image digits request with some fields changed (``data=None`` drops the data)."""
+    tensor: dict[str, object] = {"name": "image", "shape": [1, 8, 8, 1], "datatype": "FP32"}
+    tensor["data"] = [0.0] * 64
+    request: dict[str, object] = {}
+    for key, value in changes.items():
+        if key == "id":
+            request["id"] = value
+        elif value is None:
+            tensor.pop(key)
+        else:
+            tensor[key] = value
+    return json.dumps({**request, "inputs": [tensor]}).encode()
+
+
+def host(server: ServerProcess) -> str:
+    return server.url.removeprefix("http://")
+
+
+def digits_input(batch: np.ndarray, *, binary: bool) -> triton.InferInput:
+    tensor = triton.InferInput("image", list(batch.shape), "FP32")
+    tensor.set_data_from_numpy(batch, binary_data=binary)
+    return tensor
+
+
+class TestTritonClient:
+    @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+    def test_sync_client_infers_the_digits(
+        self, server: ServerProcess, images: np.ndarray, binary: bool
+    ) -> None:
+        """tritonclient.http gets the right classes back, with binary tensors on and off."""
+        client = triton.InferenceServerClient(host(server))
+        try:
+            assert client.is_server_live()
+            assert client.is_server_ready()
+            assert client.is_model_ready("digits")
+            assert not client.is_model_ready("nope")
+            result = client.infer(
+                "digits",
+                [digits_input(images[:8], binary=binary)],
+                outputs=[triton.InferRequestedOutput("probabilities", binary_data=binary)],
+                request_id="req-7",
+            )
+        finally:
+            client.close()
+        probabilities = result.as_numpy("probabilities")
+        assert probabilities.shape == (8, 10)
+        assert (probabilities.argmax(axis=1) == load_digits().target[:8]).all()
+        assert result.get_response()["id"] == "req-7"
+
+    def test_metadata_through_the_client(self, server: ServerProcess) -> None:
+        """Server and model metadata read by tritonclient match the model."""
+        client = triton.InferenceServerClient(host(server))
+        try:
+            server_meta = client.get_server_metadata()
+            model_meta = client.get_model_metadata("digits", "1")
+        finally:
+            client.close()
+        assert server_meta["name"] == "coserve"
+        assert "binary_tensor_data" in server_meta["extensions"]
+        assert model_meta["platform"] == "tensorflow_savedmodel"
+        assert model_meta["inputs"] == [
+            {"name": "image", "datatype": "FP32", "shape": [-1, 8, 8, 1]}
+        ]
+
+    async def test_aio_client_with_many_requests_in_flight(
+        self, server: ServerProcess, images: np.ndarray
+    ) -> None:
+        """The aio client's concurrent single-row requests are all answered, correctly."""
+        client = triton_aio.InferenceServerClient(host(server))
+        try:
+            results = await asyncio.gather(
+                *(
+                    client.infer("digits_onnx", [digits_input(images[i : i + 1], binary=True)])
+                    for i in range(64)
+                )
+            )
+        finally:
+            await client.close()
+        predicted = [int(r.as_numpy("probabilities").argmax()) for r in results]
+        assert np.mean(np.array(predicted) == load_digits().target[:64]) > 0.95
+
+    @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+    def test_bytes_bool_and_int_tensors(self, server: ServerProcess, binary: bool) -> None:
+        """BYTES, BOOL and INT32 tensors travel both ways, in JSON and binary form."""
+        text = np.array([b"abc", "héllo".encode()], dtype=object)
+        flag = np.array([True, False])
+        count = np.array([3, -4], dtype=np.int32)
+        inputs = []
+        for name, array, datatype in (
+            ("text", text, "BYTES"),
+            ("flag", flag, "BOOL"),
+            ("count", count, "INT32"),
+        ):
+            tensor = triton.InferInput(name, [2], datatype)
+            tensor.set_data_from_numpy(array, binary_data=binary)
+            inputs.append(tensor)
+        client = triton.InferenceServerClient(host(server))
+        try:
+            result = client.infer(
+                "types",
+                inputs,
+                outputs=[
+                    triton.InferRequestedOutput(n, binary_data=binary)
+                    for n in ("upper", "negated", "doubled")
+                ],
+            )
+        finally:
+            client.close()
+        # JSON carries BYTES as strings, so the client hands back str there, bytes in binary.
+        upper = [v if isinstance(v, bytes) else v.encode() for v in result.as_numpy("upper")]
+        assert upper == [b"ABC", "HéLLO".encode()]
+        assert result.as_numpy("negated").tolist() == [False, True]
+        assert result.as_numpy("doubled").tolist() == [6, -8]
+
+    def test_client_sees_errors_with_the_server_message(self, server: ServerProcess) -> None:
+        """A wrong shape comes back as an error naming the problem, not a crash."""
+        client = triton.InferenceServerClient(host(server))
+        try:
+            with pytest.raises(InferenceServerException, match="dimension 1 must be 8"):
+                client.infer(
+                    "digits", [digits_input(np.zeros((1, 4, 8, 1), np.float32), binary=False)]
+                )
+        finally:
+            client.close()
+
+
+class TestProtocol:
+    def test_json_data_may_be_flat_or_nested(
+        self, server: ServerProcess, images: np.ndarray
+    ) -> None:
+        """Row-major flat data and nested lists give the same answer."""
+        results = []
+        for data in (images[:2].ravel().tolist(), images[:2].tolist()):
+            body = {
+                "inputs": [
+                    {"name": "image", "shape": [2, 8, 8, 1], "datatype": "FP32", "data": data}
+                ]
+            }
+            response = httpx.post(f"{server.url}/v2/models/digits/versions/1/infer", json=body)
+            assert response.status_code == 200, response.text
+            results.append(response.json()["outputs"][0]["data"])
+        assert results[0] == results[1]
+
+    def test_binary_request_built_by_hand(self, server: ServerProcess, images: np.ndarray) -> None:
+        """The binary extension: a JSON header, then raw little-endian bytes, both ways."""
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "image",
+                        "shape": [1, 8, 8, 1],
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": 256},
+                    }
+                ],
+                "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+            }
+        ).encode()
+        response = httpx.post(
+            f"{server.url}/v2/models/digits/infer",
+            content=header + images[:1].astype("<f4").tobytes(),
+            headers={"Inference-Header-Content-Length": str(len(header))},
+        )
+        assert response.status_code == 200, response.text
+        length = int(response.headers["Inference-Header-Content-Length"])
+        meta = json.loads(response.content[:length])
+        assert meta["outputs"][0]["parameters"] == {"binary_data_size": 40}
+        probabilities = np.frombuffer(response.content[length:], dtype="<f4")
+        assert probabilities.shape == (10,)
+        assert int(probabilities.argmax()) == int(load_digits().target[0])
+
+    def test_outputs_can_be_selected_and_unknown_ones_refused(self, server: ServerProcess) -> None:
+        """Requested outputs are honoured; an unknown one is a 400 naming it."""
+        body = {
+            "inputs": [
+                {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a"]},
+                {"name": "flag", "shape": [1], "datatype": "BOOL", "data": [True]},
+                {"name": "count", "shape": [1], "datatype": "INT32", "data": [1]},
+            ],
+            "outputs": [{"name": "doubled"}],
+        }
+        response = httpx.post(f"{server.url}/v2/models/types/infer", json=body)
+        assert [o["name"] for o in response.json()["outputs"]] == ["doubled"]
+        body["outputs"] = [{"name": "tripled"}]
+        response = httpx.post(f"{server.url}/v2/models/types/infer", json=body)
+        assert response.status_code == 400
+        assert "no output 'tripled'" in response.json()["error"]
+
+    @pytest.mark.parametrize(
+        ("body", "message"),
+        [
+            (b"{not json", "not valid JSON"),
+            (b"[1, 2]", "must be a JSON object"),
+            (b'{"inputs": []}', "non-empty 'inputs'"),
+            (image_body(data=None), "has no 'data'"),
+            (image_body(datatype="FLOAT"), "unknown datatype"),
+            (image_body(data=[1, 2]), "needs 64 elements"),
+            (image_body(shape=[-1, 8]), "non-negative integers"),
+            (image_body(data=["x"] * 64), "must be numbers"),
+            (image_body(name="pixels"), "no input 'pixels'"),
+            (image_body(id=5), "'id' must be a string"),
+            (image_body(data=["x"] * 64, datatype="BYTES"), "expected FP32, got BYTES"),
+        ],
+    )
+    def test_malformed_requests_get_400_naming_the_problem(
+        self, server: ServerProcess, body: bytes, message: str
+    ) -> None:
+        """Each malformed body is a 400 with {"error": ...} saying what is wrong."""
+        response = httpx.post(f"{server.url}/v2/models/digits/infer", content=body)
+        assert response.status_code == 400
+        assert message in response.json()["error"]
+
+    def test_unknown_model_and_version_are_404(self, server: ServerProcess) -> None:
+        """Unknown models and versions are 404 for metadata and inference alike."""
+        assert httpx.get(f"{server.url}/v2/models/nope").status_code == 404
+        assert httpx.get(f"{server.url}/v2/models/digits/versions/9").status_code == 404
+        response = httpx.post(f"{server.url}/v2/models/nope/infer", json={"inputs": []})
+        assert response.status_code == 404
+        assert response.json() == {"error": "model 'nope' is not loaded"}
+
+    def test_wrong_method_is_405(self, server: ServerProcess) -> None:
+        """GET on the infer route is 405 with a JSON error."""
+        response = httpx.get(f"{server.url}/v2/models/digits/infer")
+        assert response.status_code == 405
+        assert "error" in response.json()
+
+    def test_body_over_the_limit_is_413(self, server: ServerProcess) -> None:
+        """A body over --max-request-size is refused with 413."""
+        response = httpx.post(
+            f"{server.url}/v2/models/digits/infer", content=b" " * (MAX_REQUEST_SIZE + 1)
+        )
+        assert response.status_code == 413
+        assert "limit" in response.json()["error"]
+
+    def test_deadline_from_the_timeout_parameter_is_504(self, server: ServerProcess) -> None:
+        """Triton's timeout parameter (µs) is a deadline: passing it gives 504."""
+        body = {
+            "parameters": {"timeout": 100_000},
+            "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}],
+        }
+        response = httpx.post(f"{server.url}/v2/models/slow/infer", json=body, timeout=10)
+        assert response.status_code == 504
+        assert "deadline" in response.json()["error"]
+
+    def test_overload_sheds_with_429_and_answers_everyone_once(self, server: ServerProcess) -> None:
+        """Far more requests than the slow model's queue holds: each gets one answer, 200 or 429."""
+        body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.5]}]}
+
+        def send(_: int) -> int:
+            return httpx.post(
+                f"{server.url}/v2/models/slow/infer", json=body, timeout=60
+            ).status_code
+
+        with ThreadPoolExecutor(max_workers=24) as pool:
+            statuses = list(pool.map(send, range(24)))
+        assert len(statuses) == 24
+        assert set(statuses) <= {200, 429}
+        assert statuses.count(429) >= 1
+        assert statuses.count(200) >= 2  # the queue holds two, so at least those are served
+
+
+def queued(server: ServerProcess, model: str) -> float:
+    """The model's queue depth, read from /metrics."""
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith(f'coserve_queued_requests{{model="{model}"'):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no queue gauge for {model}")
+
+
+def test_metrics_report_batching_per_model(server: ServerProcess, images: np.ndarray) -> None:
+    """/metrics exposes outcomes, batch sizes, close reasons and latency per model and version."""
+    body = {
+        "inputs": [
+            {
+                "name": "image",
+                "shape": [2, 8, 8, 1],
+                "datatype": "FP32",
+                "data": images[:2].tolist(),
+            }
+        ]
+    }
+    assert httpx.post(f"{server.url}/v2/models/digits_onnx/infer", json=body).status_code == 200
+    text = httpx.get(f"{server.url}/metrics").text
+    for expected in (
+        'coserve_requests_total{model="digits_onnx",outcome="completed",version="1"}',
+        'coserve_batch_size_bucket{le="2",model="digits_onnx",version="1"}',
+        'coserve_batch_close_reasons_total{model="digits_onnx",reason="slot_free",version="1"}',
+        'coserve_request_duration_seconds_count{model="digits_onnx",status="200",version=""}',
+        'coserve_queued_requests{model="slow",version="1"}',
+    ):
+        assert expected in text, expected
+
+
+def test_sigterm_answers_accepted_requests_then_exits_zero(tmp_path: Path) -> None:
+    """Under load, SIGTERM turns readiness off, answers what was accepted, and exits 0."""
+    repository = build_repository(tmp_path)
+    server = ServerProcess("--model-repository", str(repository), "--graceful-timeout", "20")
+    try:
+        server.wait_ready()
+        body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.5]}]}
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            accepted = [
+                pool.submit(httpx.post, f"{server.url}/v2/models/slow/infer", json=body, timeout=60)
+                for _ in range(3)
+            ]
+            # One running and two queued: all three are inside the server. The test's timeout
+            # bounds this wait; nothing here depends on how fast the machine is.
+            while queued(server, "slow") < 2:
+                pass
+            status = server.stop()
+            responses = [f.result() for f in accepted]
+    finally:
+        server.close()
+    assert status == 0, server.output()
+    assert [r.status_code for r in responses] == [200, 200, 200]
