@@ -32,6 +32,10 @@ shape = [-1]
 name = "doubled"
 datatype = "INT32"
 shape = [-1]
+[[outputs]]
+name = "text_bytes"
+datatype = "BYTES"
+shape = [-1]
 """
 
 TYPES_MODEL = """
@@ -39,7 +43,12 @@ import numpy as np
 
 def predict(inputs):
     upper = np.array([t.upper() for t in inputs["text"]], dtype=object)
-    return {"upper": upper, "negated": ~inputs["flag"], "doubled": inputs["count"] * 2}
+    return {
+        "upper": upper,
+        "negated": ~inputs["flag"],
+        "doubled": inputs["count"] * 2,
+        "text_bytes": inputs["text"],
+    }
 """
 
 SLOW_CONFIG = """

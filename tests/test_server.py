@@ -7,6 +7,7 @@ unmodified, and plain httpx for what a client library would never send.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -360,3 +361,92 @@ def test_sigterm_answers_accepted_requests_then_exits_zero(tmp_path: Path) -> No
         server.close()
     assert status == 0, server.output()
     assert [r.status_code for r in responses] == [200, 200, 200]
+
+
+class TestTensorFlowServingApi:
+    def test_model_status_and_metadata(self, server: ServerProcess) -> None:
+        """GET /v1/models/{m}[/versions/{v}][/metadata] answer as TF Serving does."""
+        status = httpx.get(f"{server.url}/v1/models/digits").json()
+        assert status == {
+            "model_version_status": [
+                {
+                    "version": "1",
+                    "state": "AVAILABLE",
+                    "status": {"error_code": "OK", "error_message": ""},
+                }
+            ]
+        }
+        assert httpx.get(f"{server.url}/v1/models/digits/versions/1").status_code == 200
+        meta = httpx.get(f"{server.url}/v1/models/digits/metadata").json()
+        signature = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]
+        assert signature["inputs"]["image"]["dtype"] == "DT_FLOAT"
+        assert [d["size"] for d in signature["inputs"]["image"]["tensor_shape"]["dim"]] == [
+            "-1",
+            "8",
+            "8",
+            "1",
+        ]
+
+    def test_predict_in_row_and_columnar_form(
+        self, server: ServerProcess, images: np.ndarray
+    ) -> None:
+        """Instances (rows) answer predictions; inputs (columns, named or bare) answer outputs."""
+        labels = load_digits().target[:4]
+        rows = httpx.post(
+            f"{server.url}/v1/models/digits:predict", json={"instances": images[:4].tolist()}
+        ).json()["predictions"]
+        named = httpx.post(
+            f"{server.url}/v1/models/digits/versions/1:predict",
+            json={"signature_name": "serving_default", "inputs": {"image": images[:4].tolist()}},
+        ).json()["outputs"]
+        bare = httpx.post(
+            f"{server.url}/v1/models/digits_onnx:predict", json={"inputs": images[:4].tolist()}
+        ).json()["outputs"]
+        for result in (rows, named, bare):
+            assert (np.array(result).argmax(axis=1) == labels).all()
+
+    def test_b64_bytes_and_several_inputs_and_outputs(self, server: ServerProcess) -> None:
+        """Row objects name several inputs; {"b64"} carries bytes in, and out for *_bytes."""
+        encoded = base64.b64encode(b"\x00abc").decode()
+        response = httpx.post(
+            f"{server.url}/v1/models/types:predict",
+            json={"instances": [{"text": {"b64": encoded}, "flag": True, "count": 2}]},
+        )
+        assert response.status_code == 200, response.text
+        (prediction,) = response.json()["predictions"]
+        assert prediction["upper"] == "\x00ABC"
+        assert prediction["text_bytes"] == {"b64": encoded}
+        assert prediction["negated"] is False
+        assert prediction["doubled"] == 4
+
+    @pytest.mark.parametrize(
+        ("path", "body", "status", "message"),
+        [
+            ("digits:predict", {"instances": [1], "inputs": [1]}, 400, "one of 'instances'"),
+            ("digits:predict", {}, 400, "one of 'instances'"),
+            ("digits:predict", {"instances": []}, 400, "non-empty list"),
+            (
+                "digits:predict",
+                {"signature_name": "other", "inputs": [1]},
+                400,
+                "no signature 'other'",
+            ),
+            ("types:predict", {"instances": [[1]]}, 400, "must be an object naming them"),
+            ("types:predict", {"instances": [{"text": {"b64": "!!"}}]}, 400, "not valid base64"),
+            ("digits:classify", {"examples": []}, 501, "not implemented"),
+            ("digits:regress", {"examples": []}, 501, "not implemented"),
+            ("nope:predict", {"instances": [1]}, 404, "'nope' is not loaded"),
+        ],
+    )
+    def test_errors_use_tf_serving_status_mapping(
+        self, server: ServerProcess, path: str, body: dict[str, object], status: int, message: str
+    ) -> None:
+        """Errors are {"error": ...} with the mapped status: bad input 400, unknown 404, 501."""
+        response = httpx.post(f"{server.url}/v1/models/{path}", json=body)
+        assert response.status_code == status
+        assert message in response.json()["error"]
+
+    def test_wrong_method_is_405(self, server: ServerProcess) -> None:
+        """GET on :predict, or POST on a status path, is 405."""
+        assert httpx.get(f"{server.url}/v1/models/digits:predict").status_code == 405
+        assert httpx.post(f"{server.url}/v1/models/digits/metadata", json={}).status_code == 405

@@ -26,7 +26,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -36,53 +35,20 @@ from starlette.routing import Route
 from coserve import __version__
 from coserve._exceptions import (
     BatcherClosed,
-    CoserveError,
-    DeadlineExceeded,
     InvalidInput,
     ModelNotFound,
-    QueueFull,
-    RequestTooLarge,
 )
 from coserve.models import ModelHandle, ModelRepository
 from coserve.server._codec import decode_request, encode_response
+from coserve.server._http import endpoint, error_response, json_response, read_body
 from coserve.server._metrics import Metrics
+from coserve.server._tfserving import tfserving_endpoint
 
 __all__ = ["EXTENSIONS", "ServerState", "create_app"]
 
 logger = logging.getLogger("coserve.server")
 
 EXTENSIONS = ["binary_tensor_data", "schedule_policy"]
-
-_STATUS: list[tuple[type[Exception], int]] = [
-    (InvalidInput, 400),
-    (ModelNotFound, 404),
-    (QueueFull, 429),
-    (BatcherClosed, 503),
-    (DeadlineExceeded, 504),
-]
-
-
-def status_of(error: Exception) -> int:
-    """The HTTP status an error maps to (500 only for failures of the model itself)."""
-    if isinstance(error, RequestTooLarge):
-        return 413
-    for kind, status in _STATUS:
-        if isinstance(error, kind):
-            return status
-    return 500
-
-
-def json_response(
-    content: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> Response:
-    """A JSON response encoded with orjson (numpy values included)."""
-    body = orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
-    return Response(body, status, headers, media_type="application/json")
-
-
-def error_response(message: str, status: int) -> Response:
-    """The protocol's error body: ``{"error": "..."}``."""
-    return json_response({"error": message}, status)
 
 
 class ServerState:
@@ -95,27 +61,6 @@ class ServerState:
         self.max_request_size = max_request_size
         self.graceful_timeout = graceful_timeout
         self.ready = False
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit``."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise RequestTooLarge(
-                    f"the request body ({declared} bytes) is over the {limit}-byte limit"
-                )
-        except ValueError:
-            raise InvalidInput(f"bad Content-Length header {declared!r}") from None
-    chunks = []
-    received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            raise RequestTooLarge(f"the request body is over the {limit}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def _wait_for_disconnect(request: Request) -> None:
@@ -179,22 +124,6 @@ def create_app(
         finally:
             state.ready = False
             await repository.aclose(grace_period=state.graceful_timeout)
-
-    def endpoint(
-        fn: Callable[[Request], Awaitable[Response]],
-    ) -> Callable[[Request], Awaitable[Response]]:
-        """Map coserve's errors to protocol error responses, the same way everywhere."""
-
-        async def wrapped(request: Request) -> Response:
-            try:
-                return await fn(request)
-            except CoserveError as error:
-                status = status_of(error)
-                if status == 500:
-                    logger.error("request %s failed: %s", request.url.path, error, exc_info=error)
-                return error_response(str(error), status)
-
-        return wrapped
 
     async def server_metadata(request: Request) -> Response:
         return json_response({"name": "coserve", "version": __version__, "extensions": EXTENSIONS})
@@ -312,6 +241,13 @@ def create_app(
             "/v2/models/{model}/versions/{version}/infer", timed(endpoint(infer)), methods=["POST"]
         ),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route(
+            "/v1/models/{rest:path}",
+            endpoint(
+                tfserving_endpoint(repository, lambda: state.max_request_size, lambda: state.ready)
+            ),
+            methods=["GET", "POST"],
+        ),
     ]
     app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
