@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 import tritonclient.http.aio as triton_aio
+import websockets
 from sklearn.datasets import load_digits
 from tritonclient.utils import InferenceServerException
 
@@ -307,12 +308,17 @@ class TestProtocol:
         assert statuses.count(200) >= 2  # the queue holds two, so at least those are served
 
 
+def metric(server: ServerProcess, series: str) -> float:
+    """One series' value from /metrics (0 if it is not there yet)."""
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def queued(server: ServerProcess, model: str) -> float:
     """The model's queue depth, read from /metrics."""
-    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
-        if line.startswith(f'coserve_queued_requests{{model="{model}"'):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no queue gauge for {model}")
+    return metric(server, f'coserve_queued_requests{{model="{model}",version="1"}}')
 
 
 def test_metrics_report_batching_per_model(server: ServerProcess, images: np.ndarray) -> None:
@@ -450,3 +456,86 @@ class TestTensorFlowServingApi:
         """GET on :predict, or POST on a status path, is 405."""
         assert httpx.get(f"{server.url}/v1/models/digits:predict").status_code == 405
         assert httpx.post(f"{server.url}/v1/models/digits/metadata", json={}).status_code == 405
+
+
+class TestWebSocket:
+    def ws_url(self, server: ServerProcess, model: str) -> str:
+        return f"ws://{host(server)}/v2/models/{model}/infer/ws"
+
+    async def test_many_requests_in_flight_answered_by_id(
+        self, server: ServerProcess, images: np.ndarray
+    ) -> None:
+        """64 requests sent back to back on one socket all come back, each tagged with its id."""
+        async with websockets.connect(self.ws_url(server, "digits")) as socket:
+            for i in range(64):
+                request = {
+                    "id": f"r{i}",
+                    "inputs": [
+                        {
+                            "name": "image",
+                            "shape": [1, 8, 8, 1],
+                            "datatype": "FP32",
+                            "data": images[i].ravel().tolist(),
+                        }
+                    ],
+                }
+                await socket.send(json.dumps(request))
+            answers = [json.loads(await socket.recv()) for _ in range(64)]
+        by_id = {a["id"]: a for a in answers}
+        assert set(by_id) == {f"r{i}" for i in range(64)}
+        labels = load_digits().target[:64]
+        predicted = [int(np.argmax(by_id[f"r{i}"]["outputs"][0]["data"])) for i in range(64)]
+        assert np.mean(np.array(predicted) == labels) > 0.95
+
+    async def test_a_bad_message_gets_an_error_and_the_connection_stays_open(
+        self, server: ServerProcess, images: np.ndarray
+    ) -> None:
+        """A malformed request is answered with its id and status; the next one still works."""
+        async with websockets.connect(self.ws_url(server, "digits")) as socket:
+            await socket.send(json.dumps({"id": "bad", "inputs": [{"name": "image"}]}))
+            error = json.loads(await socket.recv())
+            assert error["id"] == "bad"
+            assert error["status"] == 400
+            assert "datatype" in error["error"]
+            await socket.send("not json at all")
+            assert json.loads(await socket.recv())["status"] == 400
+            good = {
+                "id": "good",
+                "inputs": [
+                    {
+                        "name": "image",
+                        "shape": [1, 8, 8, 1],
+                        "datatype": "FP32",
+                        "data": images[0].ravel().tolist(),
+                    }
+                ],
+            }
+            await socket.send(json.dumps(good))
+            assert json.loads(await socket.recv())["id"] == "good"
+
+    async def test_unknown_model_closes_with_a_clear_code(self, server: ServerProcess) -> None:
+        """Connecting to a model that is not loaded closes the socket with code 4404."""
+        async with websockets.connect(self.ws_url(server, "nope")) as socket:
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await socket.recv()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4404
+
+    async def test_closing_the_socket_drops_its_queued_work(self, server: ServerProcess) -> None:
+        """Requests still queued when the client disconnects are cancelled, never run."""
+        before = metric(
+            server, 'coserve_requests_total{model="slow",outcome="cancelled",version="1"}'
+        )
+        async with websockets.connect(self.ws_url(server, "slow")) as socket:
+            for i in range(3):  # one runs (0.5 s), two wait in the queue
+                request = {
+                    "id": str(i),
+                    "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.5]}],
+                }
+                await socket.send(json.dumps(request))
+            while metric(server, 'coserve_queued_requests{model="slow",version="1"}') < 2:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        # Both waits read the server's own counters; the test's timeout bounds them.
+        cancelled = 'coserve_requests_total{model="slow",outcome="cancelled",version="1"}'
+        while metric(server, cancelled) < before + 2:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)

@@ -30,7 +30,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from coserve import __version__
 from coserve._exceptions import (
@@ -43,6 +43,7 @@ from coserve.server._codec import decode_request, encode_response
 from coserve.server._http import endpoint, error_response, json_response, read_body
 from coserve.server._metrics import Metrics
 from coserve.server._tfserving import tfserving_endpoint
+from coserve.server._websocket import websocket_endpoint
 
 __all__ = ["EXTENSIONS", "ServerState", "create_app"]
 
@@ -239,6 +240,10 @@ def create_app(
         Route("/v2/models/{model}/infer", timed(endpoint(infer)), methods=["POST"]),
         Route(
             "/v2/models/{model}/versions/{version}/infer", timed(endpoint(infer)), methods=["POST"]
+        ),
+        WebSocketRoute("/v2/models/{model}/infer/ws", websocket_endpoint(repository)),
+        WebSocketRoute(
+            "/v2/models/{model}/versions/{version}/infer/ws", websocket_endpoint(repository)
         ),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route(
