@@ -19,6 +19,8 @@ import pytest
 import tritonclient.http as triton
 import tritonclient.http.aio as triton_aio
 import websockets
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sklearn.datasets import load_digits
 from tritonclient.utils import InferenceServerException
 
@@ -539,3 +541,75 @@ class TestWebSocket:
         cancelled = 'coserve_requests_total{model="slow",outcome="cancelled",version="1"}'
         while metric(server, cancelled) < before + 2:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)
+    ),
+    max_leaves=20,
+)
+tensor_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": st.sampled_from(["image", "x", "text", ""]) | st.integers(),
+        "shape": st.lists(st.integers(-2, 70), max_size=5) | json_values,
+        "datatype": st.sampled_from(["FP32", "INT64", "BYTES", "BOOL", "FP16", "fp32", "X"])
+        | json_values,
+        "data": json_values,
+        "parameters": st.dictionaries(
+            st.sampled_from(["binary_data_size", "x"]), json_values, max_size=2
+        ),
+    },
+)
+malformed_bodies = st.one_of(
+    st.binary(max_size=200),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries(
+        {"inputs": st.lists(tensor_fields, max_size=3)},
+        optional={"id": json_values, "parameters": json_values, "outputs": json_values},
+    ).map(lambda v: json.dumps(v).encode()),
+)
+headers = st.dictionaries(
+    st.sampled_from(["Inference-Header-Content-Length", "Content-Type"]),
+    st.sampled_from(["0", "5", "-1", "99999", "abc", "application/json", "text/plain"]),
+    max_size=2,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    path=st.sampled_from(
+        ["/v2/models/digits/infer", "/v2/models/types/infer", "/v1/models/digits:predict"]
+    ),
+    body=malformed_bodies,
+    extra_headers=headers,
+)
+def test_fuzzed_bodies_and_headers_never_get_a_server_error(
+    server: ServerProcess, path: str, body: bytes, extra_headers: dict[str, str]
+) -> None:
+    """Whatever arrives, the answer is a 4xx (or 200 if it happens to be valid), never a 5xx."""
+    response = httpx.post(f"{server.url}{path}", content=body, headers=extra_headers, timeout=30)
+    assert response.status_code < 500, (response.status_code, response.text)
+    if response.status_code != 200:
+        assert "error" in response.json()
+
+
+def test_server_still_serves_after_the_fuzzing(server: ServerProcess, images: np.ndarray) -> None:
+    """After every fuzzed request, a good one still succeeds (runs after the fuzz test)."""
+    body = {
+        "inputs": [
+            {
+                "name": "image",
+                "shape": [1, 8, 8, 1],
+                "datatype": "FP32",
+                "data": images[0].ravel().tolist(),
+            }
+        ]
+    }
+    response = httpx.post(f"{server.url}/v2/models/digits/infer", json=body)
+    assert response.status_code == 200
+    assert (
+        metric(server, 'coserve_requests_total{model="digits",outcome="failed",version="1"}') == 0
+    )
