@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -525,9 +526,18 @@ class TestWebSocket:
 
     async def test_closing_the_socket_drops_its_queued_work(self, server: ServerProcess) -> None:
         """Requests still queued when the client disconnects are cancelled, never run."""
-        before = metric(
-            server, 'coserve_requests_total{model="slow",outcome="cancelled",version="1"}'
+        slow = '{model="slow",version="1"}'
+        cancelled = 'coserve_requests_total{model="slow",outcome="cancelled",version="1"}'
+        # Start from an idle model: earlier tests may have left a slow call running.
+        await wait_until(
+            lambda: (
+                metric(server, f"coserve_running_batches{slow}") == 0
+                and metric(server, f"coserve_queued_requests{slow}") == 0
+            ),
+            "the slow model to be idle",
         )
+        batches = f"coserve_batch_size_count{slow}"
+        before_cancelled, before_batches = metric(server, cancelled), metric(server, batches)
         async with websockets.connect(self.ws_url(server, "slow")) as socket:
             for i in range(3):  # one runs (0.5 s), two wait in the queue
                 request = {
@@ -535,12 +545,28 @@ class TestWebSocket:
                     "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.5]}],
                 }
                 await socket.send(json.dumps(request))
-            while metric(server, 'coserve_queued_requests{model="slow",version="1"}') < 2:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-        # Both waits read the server's own counters; the test's timeout bounds them.
-        cancelled = 'coserve_requests_total{model="slow",outcome="cancelled",version="1"}'
-        while metric(server, cancelled) < before + 2:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+            await wait_until(
+                lambda: metric(server, f"coserve_queued_requests{slow}") == 2, "two queued"
+            )
+        # All three callers are gone; the one already running finishes, the queued two never run.
+        await wait_until(
+            lambda: metric(server, cancelled) == before_cancelled + 3, "three cancelled"
+        )
+        await wait_until(lambda: metric(server, f"coserve_running_batches{slow}") == 0, "run ends")
+        assert metric(server, batches) == before_batches + 1
+
+
+async def wait_until(condition: Callable[[], bool], what: str, limit: float = 30.0) -> None:
+    """Poll the server's own counters until ``condition`` holds; fail clearly if it never does.
+
+    The limit only turns a hang into a readable failure: no outcome depends on the machine's
+    speed, since the condition is a state the server reaches, not a time.
+    """
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 json_values = st.recursive(

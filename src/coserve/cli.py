@@ -104,7 +104,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_request_size=args.max_request_size,
         graceful_timeout=args.graceful_timeout,
     )
-    state = app.state.coserve
+    state = app.state
 
     class Server(uvicorn.Server):
         """uvicorn, except that a signal first turns readiness off, and exit status stays 0."""

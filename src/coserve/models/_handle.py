@@ -48,6 +48,8 @@ class ModelHandle:
         self.batching = batching
         self.labels = tuple(labels)
         self._output_names = tuple(spec.name for spec in backend.outputs)
+        self.output_datatypes = {spec.name: spec.datatype for spec in backend.outputs}
+        """Each output's protocol datatype, for response encoders."""
         self._max_rows = batching.max_batch_size * batching.max_queue_size
         self._batcher: Batcher[Request, Response] = Batcher(
             self._run_batch,

@@ -18,13 +18,11 @@ BatchFailed / ModelError    500     the model itself failed (never caused by req
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -34,13 +32,11 @@ from starlette.routing import Route, WebSocketRoute
 
 from coserve import __version__
 from coserve._exceptions import (
-    BatcherClosed,
-    InvalidInput,
     ModelNotFound,
 )
 from coserve.models import ModelHandle, ModelRepository
-from coserve.server._codec import decode_request, encode_response
-from coserve.server._http import endpoint, error_response, json_response, read_body
+from coserve.server._http import endpoint, error_response, json_response
+from coserve.server._infer import InferenceRoute
 from coserve.server._metrics import Metrics
 from coserve.server._tfserving import tfserving_endpoint
 from coserve.server._websocket import websocket_endpoint
@@ -64,25 +60,6 @@ class ServerState:
         self.ready = False
 
 
-async def _wait_for_disconnect(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-def _timeout_and_priority(parameters: dict[str, Any]) -> tuple[float | None, int]:
-    """Triton's schedule-policy parameters: ``timeout`` in µs, ``priority`` (1 is the highest)."""
-    timeout = parameters.get("timeout")
-    priority = parameters.get("priority", 0)
-    if timeout is not None and (type(timeout) is not int or timeout <= 0):
-        raise InvalidInput(f"parameter 'timeout' must be a positive integer of µs, got {timeout!r}")
-    if type(priority) is not int or priority < 0:
-        raise InvalidInput(f"parameter 'priority' must be a non-negative integer, got {priority!r}")
-    # Lower value is more urgent; 0 means "default", which ranks with 1.
-    return (timeout / 1e6 if timeout else None), -max(priority, 1)
-
-
 def _handle(state: ServerState, request: Request) -> ModelHandle:
     name = request.path_params["model"]
     version = request.path_params.get("version")
@@ -94,7 +71,7 @@ def create_app(
     *,
     max_request_size: int = 64 * 1024 * 1024,
     graceful_timeout: float = 30.0,
-) -> Starlette:
+) -> InferenceRoute:
     """The ASGI app serving ``repository``.
 
     Its lifespan loads the models at startup and, at shutdown, drains them within
@@ -164,67 +141,6 @@ def create_app(
     async def metrics_endpoint(request: Request) -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    def timed(
-        fn: Callable[[Request], Awaitable[Response]],
-    ) -> Callable[[Request], Awaitable[Response]]:
-        """Observe each inference request's latency by model, version and status."""
-
-        async def wrapped(request: Request) -> Response:
-            start = time.perf_counter()
-            response = await fn(request)
-            metrics.request_latency.labels(
-                request.path_params["model"],
-                request.path_params.get("version", ""),
-                str(response.status_code),
-            ).observe(time.perf_counter() - start)
-            return response
-
-        return wrapped
-
-    async def infer(request: Request) -> Response:
-        if not state.ready:
-            raise BatcherClosed("the server is not ready (starting or shutting down)")
-        handle = _handle(state, request)
-        body = await read_body(request, state.max_request_size)
-        header = request.headers.get("inference-header-content-length")
-        try:
-            header_length = int(header) if header is not None else None
-        except ValueError:
-            raise InvalidInput(f"bad Inference-Header-Content-Length {header!r}") from None
-        decoded = decode_request(body, header_length)
-        timeout, priority = _timeout_and_priority(decoded.parameters)
-        work = asyncio.ensure_future(
-            handle.infer(
-                decoded.inputs, timeout=timeout, priority=priority, outputs=decoded.outputs
-            )
-        )
-        # A client that goes away while its request waits: drop the work before it runs.
-        watcher = asyncio.ensure_future(_wait_for_disconnect(request))
-        try:
-            await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watcher.cancel()
-        if not work.done():
-            work.cancel()
-            logger.debug("client went away; request for %s dropped", handle.name)
-            return Response(status_code=499)
-        outputs = work.result()
-        datatypes = {s.name: s.datatype for s in handle.outputs}
-        body, json_length = encode_response(
-            model=handle.name,
-            version=handle.version,
-            request=decoded,
-            outputs=outputs,
-            datatypes=datatypes,
-        )
-        if json_length is None:
-            return Response(body, media_type="application/json")
-        return Response(
-            body,
-            media_type="application/octet-stream",
-            headers={"Inference-Header-Content-Length": str(json_length)},
-        )
-
     async def http_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, HTTPException)
         return error_response(error.detail, error.status_code)
@@ -237,10 +153,6 @@ def create_app(
         Route("/v2/models/{model}/versions/{version}", endpoint(model_metadata), methods=["GET"]),
         Route("/v2/models/{model}/ready", model_ready, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/ready", model_ready, methods=["GET"]),
-        Route("/v2/models/{model}/infer", timed(endpoint(infer)), methods=["POST"]),
-        Route(
-            "/v2/models/{model}/versions/{version}/infer", timed(endpoint(infer)), methods=["POST"]
-        ),
         WebSocketRoute("/v2/models/{model}/infer/ws", websocket_endpoint(repository)),
         WebSocketRoute(
             "/v2/models/{model}/versions/{version}/infer/ws", websocket_endpoint(repository)
@@ -257,5 +169,8 @@ def create_app(
     app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
     )
-    app.state.coserve = state
-    return app
+
+    def observe(model: str, version: str, status: int, seconds: float) -> None:
+        metrics.request_latency.labels(model, version, str(status)).observe(seconds)
+
+    return InferenceRoute(app, state, observe)

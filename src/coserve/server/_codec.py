@@ -7,6 +7,7 @@ BYTES elements in binary form are each a 4-byte little-endian length and the byt
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -85,7 +86,7 @@ def _from_json_data(name: str, datatype: str, shape: tuple[int, ...], data: Any)
 
 
 def _reshape(name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    expected = int(np.prod(shape)) if shape else 1
+    expected = math.prod(shape)  # np.prod costs microseconds on a tuple this small
     if array.size != expected:
         raise _fail(
             f"input {name!r}: shape {list(shape)} needs {expected} elements, "
