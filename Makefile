@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
-.PHONY: serve demo test lint typecheck unit bench bench-models clean
+.PHONY: serve demo test lint typecheck unit bench bench-models bench-serving clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,9 @@ bench: $(VENV)/.installed-bench
 
 bench-models: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/model_throughput.py
+
+bench-serving: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/serving.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -438,7 +438,8 @@ class TestLoadShedding:
             await settle()
             with pytest.raises(QueueFull):
                 await batcher.submit(3)
-            assert batcher.statistics().rejected == 1
+            stats = batcher.statistics()
+            assert (stats.rejected, stats.rejected_queue_full, stats.rejected_closed) == (1, 1, 0)
             model.release()
             assert await asyncio.gather(*running, *queued) == [0, 10, 20]
             assert await batcher.submit(4) == 40  # room again
@@ -494,7 +495,8 @@ class TestShutdown:
             pass
         with pytest.raises(BatcherClosed):
             await batcher.submit(1)
-        assert batcher.statistics().rejected == 1
+        stats = batcher.statistics()
+        assert (stats.rejected, stats.rejected_queue_full, stats.rejected_closed) == (1, 0, 1)
 
     async def test_close_finishes_queued_and_running_work(self, model: RecordingModel) -> None:
         """Aclose lets every queued and running request complete within the grace period."""

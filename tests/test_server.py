@@ -309,6 +309,8 @@ class TestProtocol:
         assert set(statuses) <= {200, 429}
         assert statuses.count(429) >= 1
         assert statuses.count(200) >= 2  # the queue holds two, so at least those are served
+        shed = 'coserve_rejected_requests_total{model="slow",reason="queue_full",version="1"}'
+        assert metric(server, shed) >= statuses.count(429)
 
 
 def metric(server: ServerProcess, series: str) -> float:
@@ -554,6 +556,41 @@ class TestWebSocket:
         )
         await wait_until(lambda: metric(server, f"coserve_running_batches{slow}") == 0, "run ends")
         assert metric(server, batches) == before_batches + 1
+
+
+async def test_http_client_that_disconnects_has_its_queued_work_dropped(
+    server: ServerProcess,
+) -> None:
+    """Over plain HTTP too: requests whose clients hang up while queued never run."""
+    slow = '{model="slow",version="1"}'
+    cancelled = 'coserve_requests_total{model="slow",outcome="cancelled",version="1"}'
+    batches = f"coserve_batch_size_count{slow}"
+    await wait_until(
+        lambda: (
+            metric(server, f"coserve_running_batches{slow}") == 0
+            and metric(server, f"coserve_queued_requests{slow}") == 0
+        ),
+        "the slow model to be idle",
+    )
+    before_cancelled, before_batches = metric(server, cancelled), metric(server, batches)
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.5]}]})
+    request = (
+        f"POST /v2/models/slow/infer HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+    writers = []
+    for _ in range(3):  # one runs, two wait in the queue
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(request)
+        await writer.drain()
+        writers.append(writer)
+    await wait_until(lambda: metric(server, f"coserve_queued_requests{slow}") == 2, "two queued")
+    for writer in writers:  # the clients hang up
+        writer.close()
+        await writer.wait_closed()
+    await wait_until(lambda: metric(server, cancelled) == before_cancelled + 3, "three cancelled")
+    await wait_until(lambda: metric(server, f"coserve_running_batches{slow}") == 0, "run ends")
+    assert metric(server, batches) == before_batches + 1
 
 
 async def wait_until(condition: Callable[[], bool], what: str, limit: float = 30.0) -> None:

@@ -199,14 +199,14 @@ class Batcher(Generic[T, R]):
         """
         counters = self._counters
         if self._closing:
-            counters.rejected += 1
+            counters.rejected_closed += 1
             raise BatcherClosed(f"batcher {self._name!r} is closed")
         loop = self._loop or self._start()
         if asyncio.get_running_loop() is not loop:
             raise RuntimeError(f"batcher {self._name!r} is bound to another event loop")
         queue = self._queue
         if queue.count >= self._max_queue_size:
-            counters.rejected += 1
+            counters.rejected_queue_full += 1
             raise QueueFull(
                 f"batcher {self._name!r} has {queue.count} requests queued, its maximum"
             )

@@ -113,6 +113,8 @@ class BatcherStatistics:
         cancelled: Requests whose caller stopped waiting (queued ones never ran).
         aborted: Requests failed with ``BatcherClosed`` when the grace period ran out.
         rejected: Submits refused at once (``QueueFull`` or ``BatcherClosed``).
+        rejected_queue_full: Of those, refused because the queue was full.
+        rejected_closed: Of those, refused because the batcher was closing.
         batches: Batches started.
         batch_sizes: How many batches had each size, in rows.
         close_reasons: How many batches closed for each :class:`CloseReason` value.
@@ -131,6 +133,8 @@ class BatcherStatistics:
     cancelled: int
     aborted: int
     rejected: int
+    rejected_queue_full: int
+    rejected_closed: int
     batches: int
     batch_sizes: Mapping[int, int] = field(default_factory=dict)
     close_reasons: Mapping[str, int] = field(default_factory=dict)
@@ -158,7 +162,8 @@ class Counters:
         "expired",
         "failed",
         "queue_time",
-        "rejected",
+        "rejected_closed",
+        "rejected_queue_full",
         "submitted",
     )
 
@@ -169,7 +174,8 @@ class Counters:
         self.expired = 0
         self.cancelled = 0
         self.aborted = 0
-        self.rejected = 0
+        self.rejected_queue_full = 0
+        self.rejected_closed = 0
         self.batches = 0
         self.batch_sizes = [0] * (max_batch_size + 1)
         self.close_reasons = dict.fromkeys(CloseReason, 0)
@@ -191,7 +197,9 @@ class Counters:
             expired=self.expired,
             cancelled=self.cancelled,
             aborted=self.aborted,
-            rejected=self.rejected,
+            rejected=self.rejected_queue_full + self.rejected_closed,
+            rejected_queue_full=self.rejected_queue_full,
+            rejected_closed=self.rejected_closed,
             batches=self.batches,
             batch_sizes=MappingProxyType({s: n for s, n in enumerate(self.batch_sizes) if n}),
             close_reasons=MappingProxyType({r.value: n for r, n in self.close_reasons.items()}),

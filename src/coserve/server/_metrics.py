@@ -40,8 +40,8 @@ class _BatcherCollector(Collector):
         )
         rejected = CounterMetricFamily(
             "coserve_rejected_requests",
-            "Requests refused at once (queue full or shutting down)",
-            labels=labels,
+            "Requests refused at once, by reason (queue_full, closed)",
+            labels=[*labels, "reason"],
         )
         queued = GaugeMetricFamily(
             "coserve_queued_requests", "Requests waiting in the queue", labels=labels
@@ -66,7 +66,8 @@ class _BatcherCollector(Collector):
             key = [handle.name, handle.version]
             for outcome in _OUTCOMES:
                 outcomes.add_metric([*key, outcome], getattr(stats, outcome))
-            rejected.add_metric(key, stats.rejected)
+            rejected.add_metric([*key, "queue_full"], stats.rejected_queue_full)
+            rejected.add_metric([*key, "closed"], stats.rejected_closed)
             queued.add_metric(key, stats.queued)
             running.add_metric(key, stats.running_batches)
             for reason, count in stats.close_reasons.items():
