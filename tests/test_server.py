@@ -676,3 +676,13 @@ def test_server_still_serves_after_the_fuzzing(server: ServerProcess, images: np
     assert (
         metric(server, 'coserve_requests_total{model="digits",outcome="failed",version="1"}') == 0
     )
+
+
+@pytest.mark.parametrize("value", [None, "1.5", [1.0]])
+def test_null_numeric_text_and_ragged_data_are_refused(
+    server: ServerProcess, value: object
+) -> None:
+    """null, numbers written as text, and ragged nesting never turn into numbers silently."""
+    data = [0.0] * 63 + [value]
+    response = httpx.post(f"{server.url}/v2/models/digits/infer", content=image_body(data=data))
+    assert response.status_code == 400

@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -170,7 +171,16 @@ def create_app(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
     )
 
+    latency_by_label: dict[tuple[str, str, int], Any] = {}
+
     def observe(model: str, version: str, status: int, seconds: float) -> None:
-        metrics.request_latency.labels(model, version, str(status)).observe(seconds)
+        # labels() takes a lock and builds a key on every call; the children are reused.
+        key = (model, version, status)
+        child = latency_by_label.get(key)
+        if child is None:
+            child = latency_by_label[key] = metrics.request_latency.labels(
+                model, version, str(status)
+            )
+        child.observe(seconds)
 
     return InferenceRoute(app, state, observe)

@@ -72,6 +72,8 @@ def _from_json_data(name: str, datatype: str, shape: tuple[int, ...], data: Any)
             array = np.empty(len(encoded), dtype=object)
             array[:] = encoded
         else:
+            # Not np.array(data, dtype=...) in one step: it would turn null into NaN and "1.5"
+            # into 1.5, and text must never become a number.
             array = np.asarray(data)
             if array.dtype == np.object_ or (array.dtype.kind in "SU"):
                 raise _fail(f"input {name!r}: {datatype} data must be numbers")
