@@ -1,6 +1,10 @@
-"""The ASGI application: Open Inference Protocol (KServe V2) REST over a model repository.
+"""The ASGI application over a model repository.
 
-Status codes (one mapping, shared by every endpoint):
+Open Inference Protocol (KServe V2) REST under ``/v2`` (inference itself on the plain-ASGI hot
+path in ``_infer``), streaming inference over WebSocket, TensorFlow Serving REST under ``/v1``,
+health and ``/metrics``.
+
+Status codes (one mapping, shared by every endpoint, in ``_http.status_of``):
 
 ==========================  ======  =========================================================
 error                       status  when
@@ -32,9 +36,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from coserve import __version__
-from coserve._exceptions import (
-    ModelNotFound,
-)
+from coserve._exceptions import ModelNotFound
 from coserve.models import ModelHandle, ModelRepository
 from coserve.server._http import endpoint, error_response, json_response
 from coserve.server._infer import InferenceRoute

@@ -19,7 +19,7 @@ import orjson
 from coserve._exceptions import InvalidInput
 from coserve.models import dtype_of
 
-__all__ = ["DecodedRequest", "decode_request", "encode_response"]
+__all__ = ["DecodedRequest", "decode_request", "encode_response", "load_json_object"]
 
 
 @dataclass
@@ -97,6 +97,21 @@ def _reshape(name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray
     return array.reshape(shape)
 
 
+def load_json_object(body: bytes | memoryview) -> dict[str, Any]:
+    """Parse a request body that must be a JSON object.
+
+    Raises:
+        InvalidInput: It is not valid JSON, or not an object.
+    """
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise _fail(f"the request body is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise _fail("the request body must be a JSON object")
+    return value
+
+
 def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
     """Parse an inference request (JSON, or JSON plus binary tensor data).
 
@@ -113,12 +128,7 @@ def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
         header, binary = body[:header_length], memoryview(body)[header_length:]
     else:
         header, binary = body, memoryview(b"")
-    try:
-        request = orjson.loads(header)
-    except orjson.JSONDecodeError as error:
-        raise _fail(f"the request body is not valid JSON: {error}") from None
-    if not isinstance(request, dict):
-        raise _fail("the request body must be a JSON object")
+    request = load_json_object(header)
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise _fail("the request needs a non-empty 'inputs' list")

@@ -16,12 +16,12 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from coserve._exceptions import InvalidInput
 from coserve.models import ModelHandle, ModelRepository, TensorSpec
+from coserve.server._codec import load_json_object
 from coserve.server._http import error_response, json_response, read_body
 
 __all__ = ["tfserving_endpoint"]
@@ -204,13 +204,7 @@ def tfserving_endpoint(
         if not is_ready():
             return error_response("the server is not ready (starting or shutting down)", 503)
         handle_ = repository.get(name, version)
-        raw = await read_body(request, max_request_size())
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as error:
-            raise InvalidInput(f"the request body is not valid JSON: {error}") from None
-        if not isinstance(body, dict):
-            raise InvalidInput("the request body must be a JSON object")
+        body = load_json_object(await read_body(request, max_request_size()))
         signature = body.get("signature_name")
         expected = repository.config(name).signature
         if signature not in (None, "", expected):
