@@ -47,12 +47,14 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser(
         "serve",
-        help="serve a model repository over HTTP (Open Inference Protocol)",
+        help="serve a model repository over HTTP (Open Inference Protocol, TF Serving REST)",
         description=(
             "Serve every model in a model repository over HTTP: the Open Inference Protocol "
-            "(KServe V2) REST API under /v2, with health endpoints. With no repository, serve the "
-            "bundled digits demo models. SIGTERM or SIGINT turns readiness off, stops accepting "
-            "requests, answers those already accepted within --graceful-timeout, and exits 0."
+            "(KServe V2) REST API and streaming WebSocket under /v2 with health endpoints, "
+            "TensorFlow Serving's REST API under /v1, and Prometheus metrics at /metrics. With no "
+            "repository, serve the bundled digits demo models. SIGTERM or SIGINT turns readiness "
+            "off, stops accepting requests, answers those already accepted within "
+            "--graceful-timeout, and exits 0."
         ),
     )
     serve.add_argument(

@@ -1,0 +1,65 @@
+"""The coserve command line: help, and the option parsing users type."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from coserve.cli import parse_size
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "coserve.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_help_lists_the_command_and_every_serve_option() -> None:
+    """Coserve --help names serve; serve --help documents every option and the shutdown contract."""
+    top = run_cli("--help")
+    assert top.returncode == 0
+    assert "serve" in top.stdout
+    serve = run_cli("serve", "--help")
+    assert serve.returncode == 0
+    for option in (
+        "--model-repository",
+        "--host",
+        "--port",
+        "--max-request-size",
+        "--graceful-timeout",
+        "--log-level",
+    ):
+        assert option in serve.stdout
+    assert "exits 0" in " ".join(serve.stdout.split())
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("64MiB", 64 * 2**20), ("10MB", 10**7), ("1048576", 1048576), ("512B", 512), ("1.5KiB", 1536)],
+)
+def test_sizes_are_parsed_with_units(text: str, size: int) -> None:
+    """--max-request-size takes plain bytes or decimal and binary units."""
+    assert parse_size(text) == size
+
+
+def test_a_bad_size_is_refused_with_an_example() -> None:
+    """An unparsable size is a usage error that shows what a size looks like."""
+    with pytest.raises(argparse.ArgumentTypeError, match="64MiB"):
+        parse_size("lots")
+    result = run_cli("serve", "--max-request-size", "lots")
+    assert result.returncode == 2
+    assert "is not a size" in result.stderr
+
+
+def test_a_missing_repository_fails_to_start_with_a_clear_error() -> None:
+    """Pointing at a folder that does not exist stops the server with a non-zero status."""
+    result = run_cli("serve", "--model-repository", "/nonexistent/models", "--port", "0")
+    assert result.returncode != 0
+    assert "is not a folder" in result.stdout + result.stderr
