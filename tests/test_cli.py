@@ -63,3 +63,11 @@ def test_a_missing_repository_fails_to_start_with_a_clear_error() -> None:
     result = run_cli("serve", "--model-repository", "/nonexistent/models", "--port", "0")
     assert result.returncode != 0
     assert "is not a folder" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "soon"])
+def test_graceful_timeout_must_be_a_finite_non_negative_number(value: str) -> None:
+    """--graceful-timeout refuses negative, infinite and non-numeric values up front."""
+    result = run_cli("serve", "--graceful-timeout", value)
+    assert result.returncode == 2
+    assert "seconds" in result.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import struct
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -252,6 +253,11 @@ class TestProtocol:
             (image_body(name="pixels"), "no input 'pixels'"),
             (image_body(id=5), "'id' must be a string"),
             (image_body(data=["x"] * 64, datatype="BYTES"), "expected FP32, got BYTES"),
+            (image_body(shape=[0, 2**62, 8, 1], data=[]), "is not possible"),
+            (image_body(shape=[1] * 33, data=[0.0]), "at most 32"),
+            (image_body(datatype="UINT8", data=[300] * 64), "do not fit UINT8"),
+            (image_body(datatype="INT8", data=[-1] * 63 + [-200]), "do not fit INT8"),
+            (image_body(datatype="bool", data=[5] * 64), "BOOL data must be true or false"),
         ],
     )
     def test_malformed_requests_get_400_naming_the_problem(
@@ -344,7 +350,7 @@ def test_metrics_report_batching_per_model(server: ServerProcess, images: np.nda
         'coserve_requests_total{model="digits_onnx",outcome="completed",version="1"}',
         'coserve_batch_size_bucket{le="2",model="digits_onnx",version="1"}',
         'coserve_batch_close_reasons_total{model="digits_onnx",reason="slot_free",version="1"}',
-        'coserve_request_duration_seconds_count{model="digits_onnx",status="200",version=""}',
+        'coserve_request_duration_seconds_count{model="digits_onnx",status="200",version="1"}',
         'coserve_queued_requests{model="slow",version="1"}',
     ):
         assert expected in text, expected
@@ -686,3 +692,50 @@ def test_null_numeric_text_and_ragged_data_are_refused(
     data = [0.0] * 63 + [value]
     response = httpx.post(f"{server.url}/v2/models/digits/infer", content=image_body(data=data))
     assert response.status_code == 400
+
+
+def test_lowercase_binary_bytes_datatype_is_a_400(server: ServerProcess) -> None:
+    """Datatype names are case-normalised once: binary 'bytes' is read as BYTES, then refused."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [1],
+                    "datatype": "bytes",
+                    "parameters": {"binary_data_size": 5},
+                }
+            ]
+        }
+    ).encode()
+    response = httpx.post(
+        f"{server.url}/v2/models/digits/infer",
+        content=header + struct.pack("<I", 1) + b"x",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert response.status_code == 400, response.text
+
+
+def test_unknown_models_do_not_create_metric_series(server: ServerProcess) -> None:
+    """Requests for models that do not exist are counted under one '_unknown' label."""
+    for i in range(5):
+        assert httpx.post(f"{server.url}/v2/models/junk{i}/infer", content=b"{}").status_code == 404
+    text = httpx.get(f"{server.url}/metrics").text
+    assert "junk" not in text
+    assert 'model="_unknown"' in text
+
+
+async def test_websocket_request_with_an_impossible_shape_is_still_answered(
+    server: ServerProcess,
+) -> None:
+    """Every WebSocket message gets exactly one answer, even one numpy cannot even shape."""
+    url = f"ws://{host(server)}/v2/models/digits/infer/ws"
+    bad = {
+        "id": "bad",
+        "inputs": [{"name": "image", "datatype": "FP32", "shape": [0, 2**62, 8, 1], "data": []}],
+    }
+    async with websockets.connect(url) as socket:
+        await socket.send(json.dumps(bad))
+        answer = json.loads(await socket.recv())
+    assert answer["id"] == "bad"
+    assert answer["status"] == 400

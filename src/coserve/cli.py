@@ -39,6 +39,16 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[unit])
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coserve",
@@ -53,8 +63,8 @@ def _parser() -> argparse.ArgumentParser:
             "(KServe V2) REST API and streaming WebSocket under /v2 with health endpoints, "
             "TensorFlow Serving's REST API under /v1, and Prometheus metrics at /metrics. With no "
             "repository, serve the bundled digits demo models. SIGTERM or SIGINT turns readiness "
-            "off, stops accepting requests, answers those already accepted within "
-            "--graceful-timeout, and exits 0."
+            "off, stops accepting requests, answers the HTTP requests already accepted within "
+            "--graceful-timeout (WebSocket connections are closed at once), and exits 0."
         ),
     )
     serve.add_argument(
@@ -75,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--graceful-timeout",
-        type=float,
+        type=_seconds,
         default=30.0,
         metavar="SECONDS",
         help="on SIGTERM/SIGINT, time allowed to answer accepted requests (default: %(default)s)",

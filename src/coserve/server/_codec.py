@@ -7,6 +7,7 @@ BYTES elements in binary form are each a 4-byte little-endian length and the byt
 
 from __future__ import annotations
 
+import asyncio
 import math
 import struct
 from collections.abc import Mapping
@@ -19,7 +20,13 @@ import orjson
 from coserve._exceptions import InvalidInput
 from coserve.models import dtype_of
 
-__all__ = ["DecodedRequest", "decode_request", "encode_response", "load_json_object"]
+__all__ = [
+    "DecodedRequest",
+    "decode_request",
+    "decode_request_async",
+    "encode_response",
+    "load_json_object",
+]
 
 
 @dataclass
@@ -53,9 +60,16 @@ def _bytes_elements(raw: bytes, name: str) -> list[bytes]:
     return elements
 
 
+_MAX_DIMENSIONS = 32  # numpy's own limit is 64; no model input has anywhere near 32
+
+
 def _shape(name: str, value: Any) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(type(d) is int and d >= 0 for d in value):
         raise _fail(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    if len(value) > _MAX_DIMENSIONS:
+        raise _fail(
+            f"input {name!r}: 'shape' has {len(value)} dimensions; at most {_MAX_DIMENSIONS}"
+        )
     return tuple(value)
 
 
@@ -79,9 +93,15 @@ def _from_json_data(name: str, datatype: str, shape: tuple[int, ...], data: Any)
                 raise _fail(f"input {name!r}: {datatype} data must be numbers")
             if datatype == "BOOL" and array.size and array.dtype != np.bool_:
                 raise _fail(f"input {name!r}: BOOL data must be true or false")
-            if array.dtype.kind == "f" and dtype.kind in "iub":
+            if array.dtype.kind == "f" and dtype.kind in "iub" and array.size:
                 raise _fail(f"input {name!r}: {datatype} data must be integers")
+            if dtype.kind in "iu" and array.dtype.kind in "iu" and array.size:
+                info = np.iinfo(dtype)  # type: ignore[type-var]  # astype would wrap 300 to 44
+                if array.min() < info.min or array.max() > info.max:
+                    raise _fail(f"input {name!r}: values do not fit {datatype}")
             array = array.astype(dtype, copy=False)
+    except InvalidInput:
+        raise
     except (ValueError, TypeError, OverflowError) as error:
         raise _fail(f"input {name!r}: data does not fit {datatype}: {error}") from None
     return _reshape(name, array, shape)
@@ -94,7 +114,10 @@ def _reshape(name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray
             f"input {name!r}: shape {list(shape)} needs {expected} elements, "
             f"but the data has {array.size}"
         )
-    return array.reshape(shape)
+    try:
+        return array.reshape(shape)
+    except ValueError as error:  # e.g. "array is too big" for [0, 2**62] with no data
+        raise _fail(f"input {name!r}: shape {list(shape)} is not possible: {error}") from None
 
 
 def load_json_object(body: bytes | memoryview) -> dict[str, Any]:
@@ -148,6 +171,7 @@ def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
         datatype = entry.get("datatype")
         if not isinstance(name, str) or not isinstance(datatype, str):
             raise _fail(f"inputs[{index}] needs a string 'name' and 'datatype'")
+        datatype = datatype.upper()  # every check below compares upper-case names
         if name in arrays:
             raise _fail(f"input {name!r} appears twice")
         try:
@@ -174,9 +198,10 @@ def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
                     raise _fail(
                         f"input {name!r}: {len(raw)} bytes is not a whole number of {datatype}"
                     )
-                arrays[name] = _reshape(
-                    name, np.frombuffer(raw, dtype=dtype.newbyteorder("<")), shape
-                )
+                array = np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
+                if datatype == "BOOL" and array.size and array.view(np.uint8).max() > 1:
+                    raise _fail(f"input {name!r}: BOOL bytes must be 0 or 1")
+                arrays[name] = _reshape(name, array, shape)
         else:
             if "data" not in entry:
                 raise _fail(f"input {name!r} has no 'data' (and no binary_data_size)")
@@ -193,6 +218,16 @@ def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
         binary_outputs=binary_outputs,
         all_outputs_binary=parameters.get("binary_data_output") is True,
     )
+
+
+_LARGE_BODY = 1 << 20
+
+
+async def decode_request_async(body: bytes, header_length: int | None) -> DecodedRequest:
+    """``decode_request``, off the event loop for large bodies (decoding 64 MiB takes seconds)."""
+    if len(body) < _LARGE_BODY:
+        return decode_request(body, header_length)
+    return await asyncio.to_thread(decode_request, body, header_length)
 
 
 def _requested_outputs(raw: Any) -> tuple[list[str] | None, set[str]]:

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from coserve._exceptions import (
@@ -90,6 +90,8 @@ def endpoint(
             if status == 500:
                 logger.error("request %s failed: %s", request.url.path, error, exc_info=error)
             return error_response(str(error), status)
+        except ClientDisconnect:
+            return Response(status_code=499)  # the client left mid-body: nothing to answer
         except Exception as error:  # a bug: still answer in the protocol's shape, and log it
             logger.exception("request %s: internal error", request.url.path)
             return error_response(f"internal error: {error!r}", 500)

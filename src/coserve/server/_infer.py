@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from coserve._exceptions import BatcherClosed, CoserveError, InvalidInput, RequestTooLarge
-from coserve.server._codec import decode_request, encode_response
+from coserve.server._codec import decode_request_async, encode_response
 from coserve.server._http import status_of
 
 __all__ = ["InferenceRoute"]
@@ -82,11 +82,13 @@ class InferenceRoute:
     ) -> None:
         start = time.perf_counter()
         headers: list[tuple[bytes, bytes]] = _JSON
+        # Metric labels name only models that exist: a URL must not mint a time series.
+        served = ["_unknown", ""]
         try:
             if scope["method"] != "POST":
                 status, body = 405, orjson.dumps({"error": "Method Not Allowed"})
             else:
-                status, body, headers = await self._infer(scope, receive, model, version)
+                status, body, headers = await self._infer(scope, receive, model, version, served)
         except CoserveError as error:
             status = status_of(error)
             if status == 500:
@@ -104,15 +106,16 @@ class InferenceRoute:
                 }
             )
             await send({"type": "http.response.body", "body": body})
-        self.observe(model, version or "", status, time.perf_counter() - start)
+        self.observe(served[0], served[1], status, time.perf_counter() - start)
 
     async def _infer(
-        self, scope: Scope, receive: Receive, model: str, version: str | None
+        self, scope: Scope, receive: Receive, model: str, version: str | None, served: list[str]
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         state = self.state
         if not state.ready:
             raise BatcherClosed("the server is not ready (starting or shutting down)")
         handle = state.repository.get(model, version)
+        served[:] = [handle.name, handle.version]
         declared, header_length = _headers(scope)
         limit = state.max_request_size
         if declared is not None and declared > limit:
@@ -120,7 +123,7 @@ class InferenceRoute:
                 f"the request body ({declared} bytes) is over the {limit}-byte limit"
             )
         body = await _read_body(receive, limit)
-        decoded = decode_request(body, header_length)
+        decoded = await decode_request_async(body, header_length)
         timeout, priority = _timeout_and_priority(decoded.parameters)
 
         # A client that goes away while its request waits: drop the work before it runs. The

@@ -23,10 +23,10 @@ from typing import Any
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from coserve._exceptions import CoserveError, InvalidInput
+from coserve._exceptions import ChannelError, CoserveError, InvalidInput
 from coserve.channels import open_channel
 from coserve.models import ModelHandle, ModelRepository
-from coserve.server._codec import decode_request, encode_response
+from coserve.server._codec import decode_request_async, encode_response
 from coserve.server._http import status_of
 
 __all__ = ["CLOSE_MODEL_NOT_FOUND", "websocket_endpoint"]
@@ -52,7 +52,7 @@ async def _answer(handle: ModelHandle, text: str | bytes | None) -> bytes:
         if text is None:
             raise InvalidInput("send requests as JSON text messages")
         request_id = _request_id(text)
-        decoded = decode_request(text.encode() if isinstance(text, str) else text, None)
+        decoded = await decode_request_async(text.encode() if isinstance(text, str) else text, None)
         decoded.binary_outputs.clear()  # one JSON message per answer
         decoded.all_outputs_binary = False
         outputs = await handle.infer(decoded.inputs, outputs=decoded.outputs)
@@ -69,6 +69,10 @@ async def _answer(handle: ModelHandle, text: str | bytes | None) -> bytes:
         if status == 500:
             logger.error("websocket request failed: %s", error, exc_info=error)
         return orjson.dumps({"id": request_id, "error": str(error), "status": status})
+    except Exception as error:  # a bug: the request still gets its one answer, and a log line
+        logger.exception("websocket request %r: internal error", request_id)
+        message = f"internal error: {error!r}"
+        return orjson.dumps({"id": request_id, "error": message, "status": 500})
 
 
 def websocket_endpoint(repository: ModelRepository, max_in_flight: int = 256) -> Any:
@@ -89,6 +93,8 @@ def websocket_endpoint(repository: ModelRepository, max_in_flight: int = 256) ->
         async def child(text: str | bytes | None) -> None:
             try:
                 await answers_in.send(await _answer(handle, text))
+            except ChannelError:
+                pass  # the connection closed first: nobody is left to answer
             finally:
                 slots.release()
 
