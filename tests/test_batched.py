@@ -109,7 +109,7 @@ class TestFunctions:
             return items
 
         assert documented.__doc__ == "Documented batch function."
-        assert documented.__wrapped__ is not None
+        assert documented.__wrapped__.__name__ == "documented"
 
     def test_invalid_options_fail_at_decoration(self) -> None:
         """A bad option is reported when decorating, not on the first call."""

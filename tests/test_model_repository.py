@@ -166,3 +166,26 @@ async def test_new_version_takes_traffic_while_the_old_one_drains(tmp_path: Path
         await reloading
         assert old.closed
         assert [m.version for m in repository.models()] == ["2"]
+
+
+COUNTING_MODEL = """
+BATCH_SIZES = []
+
+def predict(inputs):
+    BATCH_SIZES.append(len(inputs["x"]))
+    return {"y": inputs["x"]}
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [("[batching]\nmax_batch_size = 8", [1, 2, 4, 8]), ("warm_up = false", [])],
+)
+async def test_loading_warms_up_every_batch_size_unless_turned_off(
+    tmp_path: Path, extra: str, expected: list[int]
+) -> None:
+    """At load the model runs once per batch size the batcher may form; warm_up = false skips it."""
+    add_model(tmp_path, "counted", 1, add=0, extra=extra)
+    (tmp_path / "counted" / "1" / "model.py").write_text(COUNTING_MODEL)
+    async with ModelRepository(tmp_path) as repository:
+        assert module_globals(repository, "counted", "1")["BATCH_SIZES"] == expected

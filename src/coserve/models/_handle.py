@@ -127,6 +127,8 @@ class ModelHandle:
             )
         else:
             result = await self._infer_in_chunks(arrays, rows, limit, timeout, priority)
+        if outputs is None:
+            return result  # already every output, in order: no need to rebuild it
         return {name: result[name] for name in wanted}
 
     async def _infer_in_chunks(
