@@ -1,7 +1,8 @@
 """coserve: asyncio model serving with adaptive request batching and coroutine dataflow graphs.
 
-The public API lives here; the submodules :mod:`coserve.channels` and :mod:`coserve.batching`
-hold the same names grouped by layer. Every exception derives from :class:`CoserveError`.
+The public API lives here; the submodules :mod:`coserve.channels`, :mod:`coserve.batching` and
+:mod:`coserve.graph` hold the same names grouped by layer. Every exception derives from
+:class:`CoserveError`.
 """
 
 from coserve._exceptions import (
@@ -14,13 +15,18 @@ from coserve._exceptions import (
     CoserveError,
     DeadlineExceeded,
     EndOfChannel,
+    GraphError,
+    GraphFailed,
+    GraphStopped,
     InvalidInput,
     MissingDependency,
     ModelError,
     ModelLoadError,
     ModelNotFound,
+    PortTypeError,
     QueueFull,
     RequestRejected,
+    UnmatchedSignal,
     WouldBlock,
 )
 from coserve.batching import (
@@ -33,6 +39,20 @@ from coserve.batching import (
     batched,
 )
 from coserve.channels import ChannelStatistics, ReceiveChannel, SendChannel, open_channel
+from coserve.graph import (
+    DeadLetter,
+    FunctionNode,
+    Graph,
+    GraphStatistics,
+    Input,
+    Node,
+    NodeStatistics,
+    Output,
+    PortStatistics,
+    Signal,
+    Supervision,
+    port,
+)
 from coserve.models import (
     Backend,
     ModelConfig,
@@ -59,9 +79,17 @@ __all__ = [
     "ClosedChannelError",
     "ConfigError",
     "CoserveError",
+    "DeadLetter",
     "DeadlineExceeded",
     "DurationSummary",
     "EndOfChannel",
+    "FunctionNode",
+    "Graph",
+    "GraphError",
+    "GraphFailed",
+    "GraphStatistics",
+    "GraphStopped",
+    "Input",
     "InvalidInput",
     "MissingDependency",
     "ModelConfig",
@@ -70,16 +98,25 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFound",
     "ModelRepository",
+    "Node",
+    "NodeStatistics",
+    "Output",
+    "PortStatistics",
+    "PortTypeError",
     "PythonModel",
     "QueueFull",
     "ReceiveChannel",
     "RequestRejected",
     "SendChannel",
+    "Signal",
+    "Supervision",
     "TensorSpec",
+    "UnmatchedSignal",
     "WouldBlock",
     "__version__",
     "batched",
     "open_channel",
+    "port",
 ]
 
 # Show public names as coserve.X (not coserve.batching._batcher.X) in reprs, docs and tracebacks.

@@ -15,6 +15,11 @@ clause catches them all; the subclasses let callers react to the category::
     ├── DeadlineExceeded             a request's deadline passed (also a TimeoutError)
     ├── BatchFailed                  the batch function failed the whole batch
     ├── RequestTooLarge              a request body is over the server's size limit
+    ├── GraphError                   a coroutine graph was wired, changed or run wrongly
+    │   ├── PortTypeError            connected ports carry incompatible types (also TypeError)
+    │   ├── UnmatchedSignal          a join gave up waiting for a message's partners
+    │   ├── GraphStopped             the graph stopped before this message was finished
+    │   └── GraphFailed              a node crashed more often than supervision allows
     └── ModelError                   a model could not be found, loaded or called as asked
         ├── InvalidInput             a request does not fit the model's inputs (also ValueError)
         ├── ModelNotFound            no such model or version in the repository (also KeyError)
@@ -38,14 +43,19 @@ __all__ = [
     "CoserveError",
     "DeadlineExceeded",
     "EndOfChannel",
+    "GraphError",
+    "GraphFailed",
+    "GraphStopped",
     "InvalidInput",
     "MissingDependency",
     "ModelError",
     "ModelLoadError",
     "ModelNotFound",
+    "PortTypeError",
     "QueueFull",
     "RequestRejected",
     "RequestTooLarge",
+    "UnmatchedSignal",
     "WouldBlock",
 ]
 
@@ -103,6 +113,26 @@ class BatchFailed(CoserveError):  # noqa: N818 - reads as an event: "batch faile
 
 class RequestTooLarge(CoserveError):  # noqa: N818 - reads as a status, like HTTP 413's
     """A request body is over the server's size limit; it was refused before being read."""
+
+
+class GraphError(CoserveError):
+    """A coroutine graph was wired, changed or run in a way it cannot support."""
+
+
+class PortTypeError(GraphError, TypeError):
+    """Two ports were connected whose message types do not fit; the message names both."""
+
+
+class UnmatchedSignal(GraphError):  # noqa: N818 - reads as the message's fate
+    """A join could not pair a message with its partners (they timed out or their input ended)."""
+
+
+class GraphStopped(GraphError):  # noqa: N818 - reads as the message's fate
+    """The graph (or the node holding the message) stopped before the message was finished."""
+
+
+class GraphFailed(GraphError):  # noqa: N818 - reads as an event: "graph failed"
+    """A node crashed more often than the graph's supervision allows; the crash is the cause."""
 
 
 class ModelError(CoserveError):

@@ -109,11 +109,14 @@ def _delivered(future: asyncio.Future[Any]) -> bool:
 class _Handle(Generic[T]):
     """What send and receive handles have in common: closing, context management, statistics."""
 
-    __slots__ = ("__weakref__", "_closed", "_state", "_waiting")
+    __slots__ = ("__weakref__", "_closed", "_quiet", "_state", "_waiting")
 
     def __init__(self, state: _ChannelState[T]) -> None:
         self._state = state
         self._closed = False
+        # Set (coserve-internal) on handles a graph owns: it closes them when it runs, and a
+        # graph built but never run is not a leak worth a warning.
+        self._quiet = False
         # This handle's own blocked operations, failed with ClosedChannelError by close().
         self._waiting: set[asyncio.Future[Any]] = set()
 
@@ -163,7 +166,7 @@ class _Handle(Generic[T]):
         self._waiting.clear()
 
     def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
+        if not getattr(self, "_closed", True) and not self._quiet:
             warnings.warn(
                 f"unclosed {type(self).__name__}: close it, or use it with 'with'",
                 ResourceWarning,
@@ -246,7 +249,9 @@ class SendChannel(_Handle[T]):
             ClosedChannelError: This handle is closed.
         """
         self._check_open()
-        return SendChannel(self._state)
+        clone = SendChannel(self._state)
+        clone._quiet = self._quiet
+        return clone
 
     def close(self) -> None:
         """Close this handle. When the last send handle closes, receivers see the end of stream."""
@@ -335,6 +340,13 @@ class ReceiveChannel(_Handle[T]):
         finally:
             waiting.discard(future)
 
+    def _put_back(self, value: T) -> None:
+        """Return a value received here but not used, ahead of everything else.
+
+        coserve-internal: a graph's select gives back what it took for a node that stopped.
+        """
+        self._state.give_back(value)
+
     def clone(self) -> ReceiveChannel[T]:
         """Another receive handle on the same channel; clones share (not copy) the values.
 
@@ -342,7 +354,9 @@ class ReceiveChannel(_Handle[T]):
             ClosedChannelError: This handle is closed.
         """
         self._check_open()
-        return ReceiveChannel(self._state)
+        clone = ReceiveChannel(self._state)
+        clone._quiet = self._quiet
+        return clone
 
     def close(self) -> None:
         """Close this handle. When the last receive handle closes, senders fail from then on.
