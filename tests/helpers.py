@@ -47,6 +47,7 @@ class ServerProcess:
     """A real ``coserve serve`` subprocess on a free port, for tests that speak HTTP to it."""
 
     def __init__(self, *args: str) -> None:
+        import os
         import socket
         import subprocess
         import sys
@@ -58,11 +59,15 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         # A file, not a pipe: a pipe nobody reads would stall a chatty server once it fills.
         self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed by close()
+        # The tests' folder on the path, so --app can name the test session apps in it.
+        tests = os.path.dirname(os.path.abspath(__file__))
+        path = os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "coserve.cli", "serve", "--port", str(self.port), *args],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             text=True,
+            env={**os.environ, "PYTHONPATH": path},
         )
 
     def wait_ready(self, timeout: float = 90.0) -> None:

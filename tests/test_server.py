@@ -547,10 +547,10 @@ class TestWebSocket:
         batches = f"coserve_batch_size_count{slow}"
         before_cancelled, before_batches = metric(server, cancelled), metric(server, batches)
         async with websockets.connect(self.ws_url(server, "slow")) as socket:
-            for i in range(3):  # one runs (0.5 s), two wait in the queue
+            for i in range(3):  # one runs (2 s: ample even on a loaded machine), two wait
                 request = {
                     "id": str(i),
-                    "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.5]}],
+                    "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [2.0]}],
                 }
                 await socket.send(json.dumps(request))
             await wait_until(

@@ -49,6 +49,23 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _app_spec(text: str) -> tuple[str, str]:
+    name, _, spec = text.partition("=")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or ":" not in spec:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=module:factory")
+    return name, spec
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coserve",
@@ -61,8 +78,10 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Serve every model in a model repository over HTTP: the Open Inference Protocol "
             "(KServe V2) REST API and streaming WebSocket under /v2 with health endpoints, "
-            "TensorFlow Serving's REST API under /v1, and Prometheus metrics at /metrics. With no "
-            "repository, serve the bundled digits demo models. SIGTERM or SIGINT turns readiness "
+            "TensorFlow Serving's REST API under /v1, per-session coroutine graphs over WebSocket "
+            "at /sessions/APP, and Prometheus metrics at /metrics. With no repository, serve the "
+            "bundled digits demo models and the digit assistant session app at /sessions/digits. "
+            "SIGTERM or SIGINT turns readiness "
             "off, stops accepting requests, answers the HTTP requests already accepted within "
             "--graceful-timeout (WebSocket connections are closed at once), and exits 0."
         ),
@@ -91,6 +110,33 @@ def _parser() -> argparse.ArgumentParser:
         help="on SIGTERM/SIGINT, time allowed to answer accepted requests (default: %(default)s)",
     )
     serve.add_argument(
+        "--app",
+        type=_app_spec,
+        action="append",
+        default=[],
+        metavar="NAME=MODULE:FACTORY",
+        help=(
+            "serve a session app at /sessions/NAME: FACTORY(session) builds each WebSocket "
+            "session's graph (repeatable)"
+        ),
+    )
+    serve.add_argument(
+        "--max-sessions",
+        type=_positive_int,
+        default=1000,
+        metavar="N",
+        help="open sessions allowed at once; more are refused with close code 1013 "
+        "(default: %(default)s)",
+    )
+    serve.add_argument(
+        "--session-idle-timeout",
+        type=_seconds,
+        default=300.0,
+        metavar="SECONDS",
+        help="close a session whose client sent nothing for this long, with close code 4408 "
+        "(default: %(default)s)",
+    )
+    serve.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -102,8 +148,9 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from coserve._exceptions import ConfigError
     from coserve.models import ModelRepository
-    from coserve.server import create_app
+    from coserve.server import SessionFactory, SessionManager, create_app, load_factory
 
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -111,10 +158,28 @@ def _serve(args: argparse.Namespace) -> int:
     )
     log = logging.getLogger("coserve.server")
     repository = ModelRepository(args.model_repository)
+    apps: dict[str, SessionFactory] = {}
+    if args.model_repository is None:
+        from coserve.demo_apps import digit_assistant
+
+        apps["digits"] = digit_assistant.create
+    try:
+        apps.update((name, load_factory(spec)) for name, spec in args.app)
+    except ConfigError as error:
+        log.error("%s", error)
+        return 2
+    sessions = SessionManager(
+        repository,
+        apps,
+        max_sessions=args.max_sessions,
+        idle_timeout=args.session_idle_timeout or None,
+        drain_timeout=args.graceful_timeout,
+    )
     app = create_app(
         repository,
         max_request_size=args.max_request_size,
         graceful_timeout=args.graceful_timeout,
+        sessions=sessions,
     )
     state = app.state
 
@@ -154,6 +219,8 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=int(args.graceful_timeout) or 1,
     )
     log.info("coserve serving %s on http://%s:%d", repository.path, args.host, args.port)
+    for name in apps:
+        log.info("session app %r at ws://%s:%d/sessions/%s", name, args.host, args.port, name)
     server = Server(config)
     server.run()
     return 0 if server.started else 1

@@ -99,7 +99,8 @@ class Graph:
         supervision: What to do when a node crashes (default: restart that node, at most 3
             times in 5 s, then fail the graph).
         on_dead_letter: Called (on the loop; keep it quick) with every message the graph could
-            not finish. The default logs it at ERROR. Either way each is counted.
+            not finish. The default logs it at ERROR. Either way each is counted. It is also an
+            attribute, so whoever runs the graph (a session server) can route them.
     """
 
     def __init__(
@@ -111,7 +112,7 @@ class Graph:
     ) -> None:
         self.name = name
         self.supervision = supervision if supervision is not None else Supervision()
-        self._on_dead_letter = on_dead_letter
+        self.on_dead_letter = on_dead_letter
         self._nodes: dict[str, Node] = {}
         self._tasks: dict[Node, asyncio.Task[None]] = {}
         self._inlets: list[SendChannel[Any]] = []
@@ -251,8 +252,10 @@ class Graph:
                     )
             for source, target in pairs:
                 self.connect(source, target)
-        loop = asyncio.get_running_loop()
-        removed: asyncio.Future[None] = loop.create_future()
+        # A node already leaving keeps its one future: a second remove must not orphan the first.
+        removed = self._removals.get(node)
+        if removed is None:
+            removed = asyncio.get_running_loop().create_future()
         for link in upstream:
             unlink(link)
         task = self._tasks.get(node)
@@ -616,7 +619,7 @@ class Graph:
 
     def _dead_letter(self, letter: DeadLetter) -> None:
         self.dead_letters += 1
-        callback = self._on_dead_letter
+        callback = self.on_dead_letter
         if callback is None:
             logger.error(
                 "graph %s: message %r not finished by %s: %r",

@@ -1,9 +1,27 @@
 """The inference server: an ASGI app over a model repository, run by ``coserve serve``.
 
 Endpoints: the Open Inference Protocol (KServe V2) REST API under ``/v2`` — server and model
-metadata, health, and inference with JSON tensors or the binary tensor data extension.
+metadata, health, and inference with JSON tensors or the binary tensor data extension; the
+TensorFlow Serving REST API under ``/v1``; and per-session coroutine graphs over WebSocket at
+``/sessions/{app}`` (a :class:`SessionFactory` builds each session's :class:`SessionPipeline`).
 """
 
 from coserve.server._app import EXTENSIONS, ServerState, create_app
+from coserve.server._sessions import (
+    Session,
+    SessionFactory,
+    SessionManager,
+    SessionPipeline,
+    load_factory,
+)
 
-__all__ = ["EXTENSIONS", "ServerState", "create_app"]
+__all__ = [
+    "EXTENSIONS",
+    "ServerState",
+    "Session",
+    "SessionFactory",
+    "SessionManager",
+    "SessionPipeline",
+    "create_app",
+    "load_factory",
+]

@@ -1,8 +1,8 @@
 """The ASGI application over a model repository.
 
 Open Inference Protocol (KServe V2) REST under ``/v2`` (inference itself on the plain-ASGI hot
-path in ``_infer``), streaming inference over WebSocket, TensorFlow Serving REST under ``/v1``,
-health and ``/metrics``.
+path in ``_infer``), streaming inference over WebSocket, per-session graphs over WebSocket at
+``/sessions/{app}``, TensorFlow Serving REST under ``/v1``, health and ``/metrics``.
 
 Status codes (one mapping, shared by every endpoint, in ``_http.status_of``):
 
@@ -41,6 +41,7 @@ from coserve.models import ModelHandle, ModelRepository
 from coserve.server._http import endpoint, error_response, json_response
 from coserve.server._infer import InferenceRoute
 from coserve.server._metrics import Metrics
+from coserve.server._sessions import SessionManager
 from coserve.server._tfserving import tfserving_endpoint
 from coserve.server._websocket import websocket_endpoint
 
@@ -74,16 +75,19 @@ def create_app(
     *,
     max_request_size: int = 64 * 1024 * 1024,
     graceful_timeout: float = 30.0,
+    sessions: SessionManager | None = None,
 ) -> InferenceRoute:
     """The ASGI app serving ``repository``.
 
     Its lifespan loads the models at startup and, at shutdown, drains them within
-    ``graceful_timeout`` seconds (the repository's ``reload`` and ``aclose``).
+    ``graceful_timeout`` seconds (the repository's ``reload`` and ``aclose``). ``sessions``
+    serves per-session graphs at ``/sessions/{app}`` (none by default).
     """
     state = ServerState(
         repository, max_request_size=max_request_size, graceful_timeout=graceful_timeout
     )
-    metrics = Metrics(repository)
+    sessions = sessions if sessions is not None else SessionManager(repository, {})
+    metrics = Metrics(repository, sessions)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -160,6 +164,7 @@ def create_app(
         WebSocketRoute(
             "/v2/models/{model}/versions/{version}/infer/ws", websocket_endpoint(repository)
         ),
+        WebSocketRoute("/sessions/{app}", sessions.serve),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route(
             "/v1/models/{rest:path}",

@@ -14,10 +14,12 @@ from coserve._exceptions import (
     BatcherClosed,
     CoserveError,
     DeadlineExceeded,
+    GraphStopped,
     InvalidInput,
     ModelNotFound,
     QueueFull,
     RequestTooLarge,
+    UnmatchedSignal,
 )
 
 __all__ = ["endpoint", "error_response", "json_response", "read_body", "status_of"]
@@ -26,6 +28,8 @@ logger = logging.getLogger("coserve.server")
 
 _STATUS: list[tuple[type[Exception], int]] = [
     (InvalidInput, 400),
+    (UnmatchedSignal, 504),
+    (GraphStopped, 503),
     (ModelNotFound, 404),
     (QueueFull, 429),
     (BatcherClosed, 503),

@@ -20,6 +20,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from coserve.models import ModelRepository
+from coserve.server._sessions import SessionManager
 
 __all__ = ["Metrics"]
 
@@ -87,12 +88,39 @@ class _BatcherCollector(Collector):
         yield from (outcomes, rejected, queued, running, closes, sizes, queue_time, exec_time)
 
 
-class Metrics:
-    """The server's metrics registry: batcher statistics plus HTTP request latency."""
+class _SessionCollector(Collector):
+    def __init__(self, sessions: SessionManager) -> None:
+        self._sessions = sessions
 
-    def __init__(self, repository: ModelRepository) -> None:
+    def collect(self) -> Iterator[Metric]:
+        active = GaugeMetricFamily(
+            "coserve_sessions_active", "Open WebSocket sessions, by app", labels=["app"]
+        )
+        families = {
+            name: CounterMetricFamily(f"coserve_sessions_{name}", text, labels=["app"])
+            for name, text in (
+                ("created", "Sessions started, by app"),
+                ("expired", "Sessions closed for being idle, by app"),
+                ("refused", "Sessions refused at the session cap, by app"),
+                ("errors", "Session failures: graph failures and messages answered with 5xx"),
+                ("messages", "Messages received from session clients, by app"),
+            )
+        }
+        for app, counters in self._sessions.counters.items():
+            active.add_metric([app], counters.active)
+            for name, family in families.items():
+                family.add_metric([app], getattr(counters, name))
+        yield active
+        yield from families.values()
+
+
+class Metrics:
+    """The server's metrics registry: batcher and session statistics, HTTP request latency."""
+
+    def __init__(self, repository: ModelRepository, sessions: SessionManager) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_BatcherCollector(repository))
+        self.registry.register(_SessionCollector(sessions))
         self.request_latency = Histogram(
             "coserve_request_duration_seconds",
             "Inference request latency at the HTTP layer, by model, version and status",

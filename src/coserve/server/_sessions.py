@@ -1,0 +1,353 @@
+"""Per-session coroutine graphs over WebSocket: ``/sessions/{app}``.
+
+An application is a factory that builds one graph per connection (the talk's "graph per user"):
+the session's state lives in that graph's nodes, not in a shared store. Each JSON text message
+from the client enters the graph's entry input as a :class:`~coserve.Signal` (its ``id`` is the
+message's ``"id"`` when given), and every message reaching the exit output goes back over the
+socket tagged with its id. A message the graph could not finish (a dead letter) is answered with
+``{"id": ..., "error": "...", "status": N}``, so every message gets an answer.
+
+Closing the socket closes the entry: the graph drains what it holds (answers still go out while
+the socket is open) and stops. Close codes: 4404 unknown app, 1013 too many sessions (try again
+later), 4408 idle for too long, 1011 the app failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import itertools
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.websockets import WebSocket
+
+from coserve._exceptions import (
+    ChannelError,
+    ConfigError,
+    CoserveError,
+    GraphFailed,
+    WouldBlock,
+)
+from coserve.channels import ReceiveChannel, SendChannel, open_channel
+from coserve.graph import DeadLetter, Graph, Input, Output, Signal
+from coserve.models import ModelRepository
+from coserve.server._http import status_of
+
+__all__ = [
+    "CLOSE_APP_FAILED",
+    "CLOSE_APP_NOT_FOUND",
+    "CLOSE_IDLE",
+    "CLOSE_TOO_MANY_SESSIONS",
+    "Session",
+    "SessionCounters",
+    "SessionFactory",
+    "SessionManager",
+    "SessionPipeline",
+    "load_factory",
+]
+
+logger = logging.getLogger("coserve.sessions")
+
+CLOSE_APP_NOT_FOUND = 4404
+"""Close code: no session app of that name (after HTTP's 404)."""
+CLOSE_IDLE = 4408
+"""Close code: the client sent nothing for the idle timeout (after HTTP's 408)."""
+CLOSE_TOO_MANY_SESSIONS = 1013
+"""Close code: the server is at its session cap; RFC 6455's "try again later"."""
+CLOSE_APP_FAILED = 1011
+"""Close code: the app could not build its graph, or the graph failed."""
+
+_OUTBOUND_CAPACITY = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """What a session factory is given: who the session is, and the models it may call.
+
+    Attributes:
+        id: A unique id for this connection (also each Signal's ``session``).
+        app: The app's name, from the URL.
+        models: The server's model repository (``models.get("digits")`` for a ModelNode).
+    """
+
+    id: str
+    app: str
+    models: ModelRepository
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPipeline:
+    """What a session factory returns: the graph, and where messages enter and leave it.
+
+    Attributes:
+        graph: The session's graph, built but not started.
+        entry: The input that client messages are sent to.
+        exit: The output whose messages go back to the client; values should be JSON-able
+            (a dict is merged with the ``id``; anything else is sent as ``"data"``).
+    """
+
+    graph: Graph
+    entry: Input[Any]
+    exit: Output[Any]
+
+
+SessionFactory = Callable[[Session], SessionPipeline]
+
+
+def load_factory(spec: str) -> SessionFactory:
+    """Import a factory named as ``package.module:function``.
+
+    Raises:
+        ConfigError: The spec is malformed, the module cannot be imported, or the name is not
+            a callable.
+    """
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"a session app is 'module:factory', got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ConfigError(
+            f"cannot import {module_name!r} for session app {spec!r}: {error}"
+        ) from error
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise ConfigError(f"{spec!r} does not name a callable in {module_name!r}")
+    return factory  # type: ignore[no-any-return]
+
+
+@dataclass(slots=True)
+class SessionCounters:
+    """Session counts for one app, as shown in ``/metrics``."""
+
+    active: int = 0
+    created: int = 0
+    expired: int = 0
+    refused: int = 0
+    errors: int = 0
+    messages: int = 0
+
+
+@dataclass(slots=True)
+class _Connection:
+    """One live session: its socket, graph, and the channel its writer drains."""
+
+    session: Session
+    websocket: WebSocket
+    graph: Graph
+    outbound: SendChannel[bytes]
+    counters: SessionCounters
+    lost_answers: int = 0
+    ids: Any = field(default_factory=lambda: itertools.count(1))
+
+
+class SessionManager:
+    """Runs the session apps: one graph per WebSocket connection, within the limits given.
+
+    Args:
+        repository: The models the apps may call.
+        apps: Factories by app name (the ``{app}`` in ``/sessions/{app}``).
+        max_sessions: Open sessions allowed at once, across apps; more are refused (1013).
+        idle_timeout: Seconds a client may stay silent before its session expires (4408);
+            None for no limit.
+        drain_timeout: Seconds a closing session's graph has to finish what it holds.
+    """
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        apps: Mapping[str, SessionFactory],
+        *,
+        max_sessions: int = 1000,
+        idle_timeout: float | None = 300.0,
+        drain_timeout: float = 10.0,
+    ) -> None:
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be >= 1, got {max_sessions!r}")
+        self.repository = repository
+        self.apps = dict(apps)
+        self.max_sessions = max_sessions
+        self.idle_timeout = idle_timeout
+        self.drain_timeout = drain_timeout
+        self.counters = {name: SessionCounters() for name in self.apps}
+        self._active = 0
+
+    @property
+    def active(self) -> int:
+        """Sessions open now, across apps."""
+        return self._active
+
+    async def serve(self, websocket: WebSocket) -> None:
+        """The WebSocket endpoint: run one session until the client leaves or it expires."""
+        name = websocket.path_params["app"]
+        await websocket.accept()
+        factory = self.apps.get(name)
+        if factory is None:
+            await websocket.close(CLOSE_APP_NOT_FOUND, f"no session app named {name!r}")
+            return
+        counters = self.counters[name]
+        if self._active >= self.max_sessions:
+            counters.refused += 1
+            await websocket.close(
+                CLOSE_TOO_MANY_SESSIONS,
+                f"the server is at its limit of {self.max_sessions} sessions",
+            )
+            return
+        session = Session(uuid.uuid4().hex, name, self.repository)
+        try:
+            pipeline = factory(session)
+            if not isinstance(pipeline, SessionPipeline):
+                raise TypeError(f"the factory returned {pipeline!r}, not a SessionPipeline")
+        except Exception:
+            counters.errors += 1
+            logger.exception("session app %r failed to build a session", name)
+            await websocket.close(CLOSE_APP_FAILED, "the app could not start a session")
+            return
+        self._active += 1
+        counters.active += 1
+        counters.created += 1
+        try:
+            await self._run(session, pipeline, websocket, counters)
+        finally:
+            self._active -= 1
+            counters.active -= 1
+
+    async def _run(
+        self,
+        session: Session,
+        pipeline: SessionPipeline,
+        websocket: WebSocket,
+        counters: SessionCounters,
+    ) -> None:
+        graph = pipeline.graph
+        outbound, pending = open_channel[bytes](_OUTBOUND_CAPACITY)
+        connection = _Connection(session, websocket, graph, outbound, counters)
+        graph.on_dead_letter = lambda letter: self._answer_error(connection, letter)
+        inlet = graph.inlet(pipeline.entry)
+        outlet = graph.outlet(pipeline.exit, capacity=_OUTBOUND_CAPACITY)
+        await graph.start()
+        writer = asyncio.create_task(self._write(websocket, pending))
+        forwarder = asyncio.create_task(self._forward(outlet, connection))
+        close_code, reason = 1000, ""
+        try:
+            hello = {"event": "session", "session": session.id, "app": session.app}
+            outbound.send_nowait(orjson.dumps(hello))
+            close_code, reason = await self._read(websocket, inlet, connection)
+        finally:
+            inlet.close()
+            await graph.stop(drain=True, timeout=self.drain_timeout)
+            await forwarder
+            outbound.close()
+            await writer
+            if graph.state == "failed":
+                counters.errors += 1
+                close_code, reason = CLOSE_APP_FAILED, "the session's graph failed"
+            if close_code == CLOSE_IDLE:
+                counters.expired += 1
+            with contextlib.suppress(Exception):  # the client may be gone already
+                await websocket.close(close_code, reason)
+
+    async def _read(
+        self, websocket: WebSocket, inlet: SendChannel[Signal[Any]], connection: _Connection
+    ) -> tuple[int, str]:
+        """Feed client messages into the graph; the close code to use when the client stops."""
+        while True:
+            try:
+                async with asyncio.timeout(self.idle_timeout):
+                    message = await websocket.receive()
+            except TimeoutError:
+                return CLOSE_IDLE, f"no message for {self.idle_timeout} s"
+            if message["type"] == "websocket.disconnect":
+                return 1000, ""
+            raw = message.get("text")
+            if raw is None:
+                raw = message.get("bytes") or b""
+            connection.counters.messages += 1
+            try:
+                value = orjson.loads(raw)
+                if not isinstance(value, dict):
+                    raise TypeError("a session message must be a JSON object")
+            except (orjson.JSONDecodeError, TypeError) as error:
+                self._send_error(connection, None, f"bad message: {error}", 400)
+                continue
+            request_id = value.get("id")
+            if request_id is None or not isinstance(request_id, str | int | float | bool):
+                request_id = f"{connection.session.id[:8]}-{next(connection.ids)}"
+            signal = Signal(value, request_id, connection.session.id)
+            try:
+                await inlet.send(signal)
+            except ChannelError:  # the graph has stopped taking messages: it failed
+                self._send_error(connection, request_id, "the session's graph has stopped", 503)
+                return CLOSE_APP_FAILED, "the session's graph has stopped"
+
+    async def _forward(self, outlet: ReceiveChannel[Signal[Any]], connection: _Connection) -> None:
+        """Graph answers to the writer, tagged with their ids."""
+        async for signal in outlet:
+            value = signal.value
+            body = (
+                {"id": signal.id, **value}
+                if isinstance(value, dict)
+                else {"id": signal.id, "data": value}
+            )
+            try:
+                data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+            except TypeError as error:
+                logger.error(
+                    "session app %r sent a value that is not JSON: %s",
+                    connection.session.app,
+                    error,
+                )
+                connection.counters.errors += 1
+                data = orjson.dumps(
+                    {"id": signal.id, "error": "the app's answer is not JSON", "status": 500}
+                )
+            await connection.outbound.send(data)
+
+    @staticmethod
+    async def _write(websocket: WebSocket, pending: ReceiveChannel[bytes]) -> None:
+        """The one writer: answers go out in the order they were queued."""
+        alive = True
+        async with pending:
+            async for data in pending:
+                if not alive:
+                    continue  # keep draining so producers never block on a gone client
+                try:
+                    await websocket.send_text(data.decode())
+                except Exception:  # the client went away; the session is closing anyway
+                    alive = False
+
+    def _answer_error(self, connection: _Connection, letter: DeadLetter) -> None:
+        error = letter.error
+        status = status_of(error) if isinstance(error, Exception) else 500
+        if status == 500 and not isinstance(error, CoserveError | GraphFailed):
+            logger.error(
+                "session %s: message %r failed in %s: %r",
+                connection.session.id,
+                letter.signal.id,
+                letter.node,
+                error,
+            )
+        self._send_error(connection, letter.signal.id, str(error) or repr(error), status)
+
+    @staticmethod
+    def _send_error(connection: _Connection, request_id: Any, message: str, status: int) -> None:
+        connection.counters.errors += status >= 500
+        data = orjson.dumps({"id": request_id, "error": message, "status": status})
+        try:
+            connection.outbound.send_nowait(data)
+        except WouldBlock:
+            connection.lost_answers += 1
+            logger.error(
+                "session %s: outbound queue full; error answer for %r not sent: %s",
+                connection.session.id,
+                request_id,
+                message,
+            )
+        except ChannelError:
+            pass  # the session has closed: nobody to tell

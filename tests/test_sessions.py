@@ -1,0 +1,275 @@
+"""Per-session graphs over WebSocket (/sessions/{app}), against a real ``coserve serve``.
+
+One server for the module: the bundled demo (which serves the digit assistant at
+/sessions/digits) plus the test apps in session_apps.py, a cap of 4 sessions and a 3 s idle
+timeout. Tests that need the cap or the idle timeout wait on the server's own answers (close
+codes, /metrics), never on a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import websockets
+from sklearn.datasets import load_digits
+
+from helpers import ServerProcess
+
+MAX_SESSIONS = 4
+IDLE_TIMEOUT = 3
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    process = ServerProcess(
+        "--max-sessions",
+        str(MAX_SESSIONS),
+        "--session-idle-timeout",
+        str(IDLE_TIMEOUT),
+        "--app",
+        "echo=session_apps:create_echo",
+        "--app",
+        "broken=session_apps:create_broken",
+        "--app",
+        "fragile=session_apps:create_fragile",
+    )
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.close()
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    data = load_digits()
+    return data.images, data.target
+
+
+def ws_url(server: ServerProcess, app: str) -> str:
+    return server.url.replace("http://", "ws://") + f"/sessions/{app}"
+
+
+async def open_session(server: ServerProcess, app: str) -> Any:
+    socket = await websockets.connect(ws_url(server, app))
+    hello = json.loads(await socket.recv())
+    assert hello["event"] == "session"
+    assert hello["app"] == app
+    return socket
+
+
+async def ask(socket: Any, message: dict[str, Any]) -> dict[str, Any]:
+    await socket.send(json.dumps(message))
+    answer: dict[str, Any] = json.loads(await socket.recv())
+    return answer
+
+
+def metric(server: ServerProcess, name: str, app: str) -> float:
+    text = httpx.get(f"{server.url}/metrics").text
+    match = re.search(rf'^{name}{{app="{app}"}} (\S+)$', text, re.MULTILINE)
+    assert match is not None, f"{name} for {app} not in /metrics"
+    return float(match.group(1))
+
+
+async def wait_for_metric(server: ServerProcess, name: str, app: str, value: float) -> None:
+    for _ in range(300):
+        if await asyncio.to_thread(metric, server, name, app) == value:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{name}{{app={app!r}}} never reached {value}")
+
+
+def image(digits: tuple[np.ndarray, np.ndarray], wanted: int) -> list[list[float]]:
+    images, labels = digits
+    index = int(np.flatnonzero(labels == wanted)[0])
+    return images[index].tolist()  # 0..16, as scikit-learn ships them
+
+
+async def test_digit_session_reads_a_number_in_order(
+    server: ServerProcess, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """Images sent in a row are read in order, answered by id, and build up the number."""
+    async with await open_session(server, "digits") as socket:
+        for position, wanted in enumerate([4, 2, 7]):
+            await socket.send(json.dumps({"id": f"img{position}", "image": image(digits, wanted)}))
+        answers = [json.loads(await socket.recv()) for _ in range(3)]
+    assert [answer["id"] for answer in answers] == ["img0", "img1", "img2"]
+    assert [answer["digit"] for answer in answers] == [4, 2, 7]
+    assert [answer["number"] for answer in answers] == ["4", "42", "427"]
+    assert all(answer["accepted"] and 0 < answer["confidence"] <= 1 for answer in answers)
+
+
+async def test_commands_edit_the_sessions_own_state(
+    server: ServerProcess, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """undo, correct, clear and history act on this session's number only."""
+    async with (
+        await open_session(server, "digits") as first,
+        await open_session(server, "digits") as second,
+    ):
+        for wanted in (1, 2, 3):
+            await ask(first, {"image": image(digits, wanted)})
+        await ask(second, {"image": image(digits, 9)})
+        assert (await ask(first, {"command": "undo"}))["number"] == "12"
+        corrected = await ask(first, {"command": "correct", "digit": 5})
+        assert corrected["number"] == "15"
+        assert corrected["history"][-1] == "correct 2 -> 5"
+        assert (await ask(second, {"command": "history"}))["number"] == "9"
+        assert (await ask(first, {"command": "clear"}))["number"] == ""
+
+
+async def test_careful_mode_reshapes_the_pipeline_at_run_time(
+    server: ServerProcess, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """'mode careful' inserts a gate node that holds back unsure readings; 'quick' removes it."""
+    blank = [[0.0] * 8 for _ in range(8)]  # the model is unsure what this is (p < 0.5)
+    async with await open_session(server, "digits") as socket:
+        quick = await ask(socket, {"image": blank})
+        careful = await ask(socket, {"command": "mode", "mode": "careful", "threshold": 0.5})
+        confident = await ask(socket, {"image": image(digits, 3)})
+        unsure = await ask(socket, {"image": blank})
+        back = await ask(socket, {"command": "mode", "mode": "quick"})
+        after = await ask(socket, {"image": blank})
+    assert quick["accepted"] is True
+    assert quick["confidence"] < 0.5
+    assert careful["mode"] == "careful"
+    assert confident["accepted"] is True
+    assert confident["number"] == f"{quick['digit']}3"
+    assert unsure["accepted"] is False
+    assert "draw it again" in unsure["message"]
+    assert unsure["number"] == confident["number"]
+    assert careful["message"] == "careful mode: model:digits -> ConfidenceGate -> Assistant"
+    assert back["message"] == "quick mode: model:digits -> Assistant"
+    assert after["accepted"] is True
+
+
+async def test_bad_messages_get_an_error_and_the_session_stays_open(
+    server: ServerProcess, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """Malformed JSON, bad images and unknown commands are answered 400; the session goes on."""
+    async with await open_session(server, "digits") as socket:
+        await socket.send("{not json")
+        malformed = json.loads(await socket.recv())
+        short = await ask(socket, {"id": "short", "image": [0.5] * 10})
+        unknown = await ask(socket, {"id": "what", "command": "dance"})
+        good = await ask(socket, {"id": "ok", "image": image(digits, 6)})
+    assert malformed["id"] is None
+    assert malformed["status"] == 400
+    assert short == {"id": "short", "status": 400, "error": short["error"]}
+    assert "64 numbers" in short["error"]
+    assert unknown["id"] == "what"
+    assert unknown["status"] == 400
+    assert good["id"] == "ok"
+    assert good["digit"] == 6
+
+
+async def test_unknown_app_closes_with_4404(server: ServerProcess) -> None:
+    """A URL naming no session app closes at once with code 4404."""
+    async with websockets.connect(ws_url(server, "nope")) as socket:
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await socket.recv()
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 4404
+
+
+async def test_an_app_that_cannot_build_a_session_closes_with_1011(server: ServerProcess) -> None:
+    """If the app's factory raises, the session closes with 1011 and is counted as an error."""
+    async with websockets.connect(ws_url(server, "broken")) as socket:
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await socket.recv()
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1011
+    assert metric(server, "coserve_sessions_errors_total", "broken") >= 1
+
+
+async def test_a_failed_graph_answers_its_message_and_closes_the_session(
+    server: ServerProcess,
+) -> None:
+    """A crash beyond the app's supervision: the message gets an error, the socket 1011."""
+    async with await open_session(server, "fragile") as socket:
+        assert (await ask(socket, {"id": 1}))["ok"] is True
+        failed = await ask(socket, {"id": 2, "crash": True})
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await socket.recv()
+    assert failed["id"] == 2
+    assert failed["error"] == "asked to crash"
+    assert failed["status"] == 500
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1011
+
+
+async def test_sessions_over_the_cap_are_refused_with_1013(server: ServerProcess) -> None:
+    """With the cap reached, a new session is closed with 1013 (try again later)."""
+    await wait_for_metric(server, "coserve_sessions_active", "echo", 0)
+    refused_before = metric(server, "coserve_sessions_refused_total", "echo")
+    sockets = [await open_session(server, "echo") for _ in range(MAX_SESSIONS)]
+    try:
+        async with websockets.connect(ws_url(server, "echo")) as extra:
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await extra.recv()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1013
+        assert metric(server, "coserve_sessions_refused_total", "echo") == refused_before + 1
+        assert (await ask(sockets[0], {"id": "still"}))["echo"]["id"] == "still"
+    finally:
+        for socket in sockets:
+            await socket.close()
+    await wait_for_metric(server, "coserve_sessions_active", "echo", 0)
+
+
+async def test_an_idle_session_expires_with_4408(server: ServerProcess) -> None:
+    """A client silent for the idle timeout is closed with 4408 and counted as expired."""
+    expired_before = metric(server, "coserve_sessions_expired_total", "echo")
+    async with await open_session(server, "echo") as socket:
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(socket.recv(), timeout=30)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 4408
+    assert metric(server, "coserve_sessions_expired_total", "echo") == expired_before + 1
+
+
+async def test_closing_the_socket_still_answers_what_was_sent(server: ServerProcess) -> None:
+    """Messages sent just before the client closes its side are still processed and counted."""
+    messages_before = metric(server, "coserve_sessions_messages_total", "echo")
+    created_before = metric(server, "coserve_sessions_created_total", "echo")
+    async with await open_session(server, "echo") as socket:
+        for i in range(20):
+            await socket.send(json.dumps({"id": i}))
+        answers = [json.loads(await socket.recv()) for _ in range(20)]
+    assert [answer["id"] for answer in answers] == list(range(20))
+    assert metric(server, "coserve_sessions_messages_total", "echo") == messages_before + 20
+    assert metric(server, "coserve_sessions_created_total", "echo") == created_before + 1
+    await wait_for_metric(server, "coserve_sessions_active", "echo", 0)
+
+
+async def test_many_sessions_share_the_models_batcher(
+    server: ServerProcess, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """Concurrent sessions each get their own answers; the model's requests count them all."""
+    await wait_for_metric(server, "coserve_sessions_active", "digits", 0)
+    pattern = r'^coserve_requests_total\{model="digits",outcome="completed",version="1"\} (\S+)$'
+
+    def completed() -> float:
+        text = httpx.get(f"{server.url}/metrics").text
+        match = re.search(pattern, text, re.MULTILINE)
+        assert match is not None
+        return float(match.group(1))
+
+    before = completed()
+
+    async def one_session(wanted: int) -> list[int]:
+        async with await open_session(server, "digits") as socket:
+            for _ in range(5):
+                await socket.send(json.dumps({"image": image(digits, wanted)}))
+            return [json.loads(await socket.recv())["digit"] for _ in range(5)]
+
+    results = await asyncio.gather(*(one_session(d) for d in range(MAX_SESSIONS)))
+    assert results == [[d] * 5 for d in range(MAX_SESSIONS)]
+    assert completed() == before + 5 * MAX_SESSIONS
