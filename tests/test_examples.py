@@ -36,3 +36,12 @@ def test_batching_demo_batches_concurrent_requests() -> None:
     mean = re.search(r"^batched\s+[\d,]+ .* mean size ([\d.]+)", output, flags=re.MULTILINE)
     assert mean is not None, output
     assert float(mean.group(1)) > 1.0
+
+
+def test_random_add_printer_pairs_every_request() -> None:
+    """The talk's graph prints one sum per request id, each the sum of that request's operands."""
+    output = run_example("random_add_printer.py", "--count", "6")
+    sums = re.findall(r"^request (\d+): ([\d.]+) \+ ([\d.]+) = ([\d.]+)$", output, re.MULTILINE)
+    assert sorted(int(request) for request, *_ in sums) == list(range(6))
+    assert all(abs(float(a) + float(b) - float(total)) < 0.011 for _, a, b, total in sums)
+    assert "done: 6 sums, 0 dead letters" in output

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,6 +25,7 @@ from sklearn.datasets import load_digits
 from helpers import ServerProcess
 
 MAX_SESSIONS = 4
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 IDLE_TIMEOUT = 3
 
 
@@ -273,3 +276,24 @@ async def test_many_sessions_share_the_models_batcher(
     results = await asyncio.gather(*(one_session(d) for d in range(MAX_SESSIONS)))
     assert results == [[d] * 5 for d in range(MAX_SESSIONS)]
     assert completed() == before + 5 * MAX_SESSIONS
+
+
+async def test_the_example_client_runs_a_session(server: ServerProcess) -> None:
+    """examples/digit_session_client.py talks to the server as documented."""
+    example = EXAMPLES / "digit_session_client.py"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-W",
+        "error",
+        str(example),
+        "--url",
+        ws_url(server, "digits"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, stderr.decode()
+    output = stdout.decode()
+    assert "drew a 4: read 4, number 4" in output
+    assert "careful mode: model:digits -> ConfidenceGate -> Assistant" in output
+    assert "please draw it again" in output
