@@ -195,7 +195,7 @@ async def test_an_app_that_cannot_build_a_session_closes_with_1011(server: Serve
 async def test_a_failed_graph_answers_its_message_and_closes_the_session(
     server: ServerProcess,
 ) -> None:
-    """A crash beyond the app's supervision: the message gets an error, the socket 1011."""
+    """A crash beyond the app's supervision: the message gets an error, the socket 1011 at once."""
     async with await open_session(server, "fragile") as socket:
         assert (await ask(socket, {"id": 1}))["ok"] is True
         failed = await ask(socket, {"id": 2, "crash": True})
@@ -206,6 +206,8 @@ async def test_a_failed_graph_answers_its_message_and_closes_the_session(
     assert failed["status"] == 500
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == 1011
+    # Closed because the graph failed, not later for being idle.
+    assert metric(server, "coserve_sessions_expired_total", "fragile") == 0
 
 
 async def test_sessions_over_the_cap_are_refused_with_1013(server: ServerProcess) -> None:

@@ -232,24 +232,39 @@ class SessionManager:
         inlet = graph.inlet(pipeline.entry)
         outlet = graph.outlet(pipeline.exit, capacity=_OUTBOUND_CAPACITY)
         await graph.start()
+        hello = {"event": "session", "session": session.id, "app": session.app}
+        outbound.send_nowait(orjson.dumps(hello))
         writer = asyncio.create_task(self._write(websocket, pending))
         forwarder = asyncio.create_task(self._forward(outlet, connection))
-        close_code, reason = 1000, ""
+        reader = asyncio.create_task(self._read(websocket, inlet, connection))
+        close_code, reason = 1000, "the session's graph has finished"
         try:
-            hello = {"event": "session", "session": session.id, "app": session.app}
-            outbound.send_nowait(orjson.dumps(hello))
-            close_code, reason = await self._read(websocket, inlet, connection)
+            # The client leaving ends the reader; the graph finishing (or failing) ends the
+            # forwarder, since its outlet closes: whichever comes first ends the session.
+            await asyncio.wait((reader, forwarder), return_when=asyncio.FIRST_COMPLETED)
+            if reader.done():
+                close_code, reason = reader.result()
         finally:
+            reader.cancel()
             inlet.close()
             await graph.stop(drain=True, timeout=self.drain_timeout)
-            await forwarder
-            outbound.close()
-            await writer
+            try:  # the graph has stopped, so its outlet has ended: flush what it sent
+                async with asyncio.timeout(self.drain_timeout):
+                    await forwarder
+                    outbound.close()
+                    await writer
+            except TimeoutError:
+                logger.warning("session %s: answers not flushed in time; dropped", session.id)
+            finally:
+                outbound.close()
+                for task in (reader, forwarder, writer):
+                    task.cancel()
+                await asyncio.gather(reader, forwarder, writer, return_exceptions=True)
+            if close_code == CLOSE_IDLE:
+                counters.expired += 1
             if graph.state == "failed":
                 counters.errors += 1
                 close_code, reason = CLOSE_APP_FAILED, "the session's graph failed"
-            if close_code == CLOSE_IDLE:
-                counters.expired += 1
             with contextlib.suppress(Exception):  # the client may be gone already
                 await websocket.close(close_code, reason)
 
