@@ -817,3 +817,85 @@ async def test_receive_after_the_end_raises_end_of_channel() -> None:
     async with graph:
         pass
     assert once.outcome == ["ended"]
+
+
+class TightGate(Gate):
+    """A gate with no input buffer: its sender waits while it holds a message."""
+
+    inp: Input[int] = port(capacity=0)
+
+
+async def test_rewiring_both_targets_of_a_fan_out_mid_send_doubles_nothing() -> None:
+    """A fan-out send that already reached one target does not resend there after an insert."""
+    dead, record = letters()
+    graph = Graph(on_dead_letter=record)
+    relay, first, gate, second = (
+        graph.add(Pass()),
+        graph.add(Collect()),
+        graph.add(TightGate()),
+        graph.add(Collect()),
+    )
+    gate.gate.clear()
+    graph.connect(relay.out, first.inp, gate.inp)
+    graph.connect(gate.out, second.inp)
+    inlet = graph.inlet(relay.inp)
+    await graph.start()
+    await inlet.send(Signal(1, id=1))  # both take 1; the gate holds it
+    await inlet.send(Signal(2, id=2))  # first takes 2; the relay waits on the gate
+    await settle()
+    graph.insert(Pass(), relay.out, first.inp)  # first already has 2
+    graph.insert(Pass(), relay.out, gate.inp)  # the waiting send moves to the new node
+    gate.gate.set()
+    inlet.close()
+    await graph.wait()
+    assert sorted(first.values) == [1, 2]
+    assert sorted(second.values) == [1, 2]
+    assert not dead
+
+
+async def test_inserting_where_a_redelivered_message_was_just_taken_doubles_nothing() -> None:
+    """A message rerouted by a bridge and taken just before an insert is not sent on again."""
+    dead, record = letters()
+    graph = Graph(on_dead_letter=record)
+    relay, gate = graph.add(Pass()), graph.add(TightGate())
+    gate.gate.clear()
+    graph.connect(relay.out, gate.inp)
+    outlet = graph.outlet(gate.out, capacity=0)
+    inlet = graph.inlet(relay.inp)
+    await graph.start()
+    await inlet.send(Signal(0, id=0))  # the gate holds 0
+    await inlet.send(Signal(1, id=1))  # the relay waits on the gate with 1
+    await settle()
+    graph.remove(gate, bridge=True)  # the relay's send of 1 moves to the outlet, and waits
+    await settle()
+    taken = [outlet.receive_nowait()]  # takes 1 from the waiting relay ...
+    graph.insert(Pass(), relay.out, relay.out.links[0].input)  # ... before it sees that
+    gate.gate.set()
+    inlet.close()
+    taken += [signal async for signal in outlet]
+    await graph.wait()
+    assert sorted(signal.id for signal in taken) == [0, 1]
+    assert not dead
+
+
+async def test_removing_a_leaving_node_again_gives_the_same_future() -> None:
+    """A second remove() of a node still finishing returns the future that completes with it."""
+    dead, record = letters()
+    graph = Graph(on_dead_letter=record)
+    relay, gate, sink = graph.add(Pass()), graph.add(Gate()), graph.add(Collect())
+    gate.gate.clear()
+    graph.connect(relay.out, gate.inp)
+    graph.connect(gate.out, sink.inp)
+    inlet = graph.inlet(relay.inp)
+    await graph.start()
+    await inlet.send(Signal(0, id=0))
+    await settle()  # the gate holds 0, so it cannot leave yet
+    first = graph.remove(gate, bridge=True)
+    second = graph.remove(gate, bridge=True)
+    assert second is first
+    gate.gate.set()
+    await first
+    inlet.close()
+    await graph.wait()
+    assert sink.values == [0]
+    assert not dead

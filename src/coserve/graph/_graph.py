@@ -218,6 +218,7 @@ class Graph:
             raise GraphError(f"{output.full_name} is not connected to {target.full_name}")
         self.connect(output, node_in)
         self.connect(node_out, target)
+        output._replaced(target, node_in)
         self.disconnect(output, target)
         return node
 
@@ -239,19 +240,20 @@ class Graph:
         if bridge:
             downstream = [link for port in node._outputs.values() for link in port.links]
             pairs = [
-                (up.output, down.input)
+                (up.output, down.input, up.input)
                 for up in upstream
                 for down in downstream
                 if not any(link.input is down.input for link in up.output.links)
             ]
-            for source, target in pairs:  # check every pair before changing anything
+            for source, target, _ in pairs:  # check every pair before changing anything
                 if not assignable(source.type, target.type):
                     raise PortTypeError(
                         f"cannot bridge {source.full_name} ({type_name(source.type)}) to "
                         f"{target.full_name} ({type_name(target.type)}) around {node.name}"
                     )
-            for source, target in pairs:
+            for source, target, bypassed in pairs:
                 self.connect(source, target)
+                source._replaced(bypassed, target)
         # A node already leaving keeps its one future: a second remove must not orphan the first.
         removed = self._removals.get(node)
         if removed is None:

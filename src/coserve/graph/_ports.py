@@ -9,7 +9,9 @@ Wiring can change while the graph runs. The rule that keeps messages from being 
 a send blocked on a link that is disconnected fails for that link only (the channel's "cancelled
 without effect"), and the output then delivers the message to links added since the send began,
 to inputs that do not have it yet. Rewiring in one synchronous block (no ``await`` between the
-calls) therefore moves in-flight messages to the new target exactly once.
+calls) therefore moves in-flight messages to the new target exactly once. ``Graph.insert`` and
+``Graph.remove(bridge=True)`` also tell the output which new input stands in for which old one,
+so a fan-out send that had already reached the old input does not send to its stand-in too.
 """
 
 from __future__ import annotations
@@ -309,6 +311,34 @@ class Input(_Port[T]):
         )
 
 
+class _Delivery:
+    """Where one message in flight on an output has got to, while rewiring may happen.
+
+    ``stand_ins`` maps an input that ``Graph.insert`` or ``Graph.remove(bridge=True)`` put in
+    another's place to the inputs it replaced: a message that reached one of those must not be
+    sent to its replacement as well. Recorded as the rewiring happens, so it also covers a
+    target that took the message just before the rewiring but after the send last looked.
+    """
+
+    __slots__ = ("delivered", "stand_ins")
+
+    def __init__(self) -> None:
+        self.delivered: set[Input[Any]] = set()
+        self.stand_ins: dict[Input[Any], list[Input[Any]]] = {}
+
+    def reached(self, target: Input[Any]) -> bool:
+        """Whether the message reached ``target`` or an input that ``target`` replaced."""
+        todo, seen = [target], set()
+        while todo:
+            port = todo.pop()
+            if port in self.delivered:
+                return True
+            if port not in seen:
+                seen.add(port)
+                todo.extend(self.stand_ins.get(port, ()))
+        return False
+
+
 class Output(_Port[T]):
     """A node's output port: ``await out.send(signal)`` delivers to every connected input.
 
@@ -316,12 +346,13 @@ class Output(_Port[T]):
     full (backpressure). A message sent with nothing connected is counted as dropped.
     """
 
-    __slots__ = ("dropped", "linked")
+    __slots__ = ("_deliveries", "dropped", "linked")
 
     def __init__(self, node: Node, name: str, type_: Any) -> None:
         super().__init__(node, name, type_)
         self.dropped = 0
         self.linked = False  # ever connected: losing every link then ends the sender
+        self._deliveries: list[_Delivery] = []  # sends in progress that may redeliver
 
     async def send(self, signal: Signal[T]) -> None:
         """Deliver ``signal`` to every connected input, waiting while one is full.
@@ -341,51 +372,68 @@ class Output(_Port[T]):
             else:
                 self._sent(signal)
                 return
-            await self._redeliver(signal, link.serial, set())
+            # Nothing was delivered yet, so rewiring until now needs no record.
+            await self._redeliver(signal, link.serial, _Delivery())
         elif links:
             since = max(link.serial for link in links)
-            delivered: set[Input[Any]] = set()
-            lost = False
-            for link in list(links):
-                if link.input in delivered:
-                    continue
-                try:
-                    await link.handle.send(signal)
-                    delivered.add(link.input)
-                except BrokenChannelError:
-                    unlink(link)
-                    lost = True
-                except ClosedChannelError:
-                    lost = True
-            if lost:
-                await self._redeliver(signal, since, delivered)
-            else:
-                self._sent(signal)
+            delivery = _Delivery()
+            self._deliveries.append(delivery)
+            try:
+                lost = False
+                for link in list(links):
+                    if delivery.reached(link.input):
+                        continue
+                    try:
+                        await link.handle.send(signal)
+                        delivery.delivered.add(link.input)
+                    except BrokenChannelError:
+                        unlink(link)
+                        lost = True
+                    except ClosedChannelError:
+                        lost = True
+                if lost:
+                    await self._redeliver(signal, since, delivery)
+                else:
+                    self._sent(signal)
+            finally:
+                self._deliveries.remove(delivery)
         elif self.linked:
-            await self._redeliver(signal, 0, set())
+            await self._redeliver(signal, 0, _Delivery())
         else:  # never connected: an unused output; count it, and let others run
             self.dropped += 1
             self._sent(signal)
             await asyncio.sleep(0)
 
-    async def _redeliver(self, signal: Signal[T], since: int, delivered: set[Input[Any]]) -> None:
+    async def _redeliver(self, signal: Signal[T], since: int, delivery: _Delivery) -> None:
         """Deliver to links connected since the send began, to inputs that lack the message."""
-        while True:
-            newer = [
-                link for link in self.links if link.serial > since and link.input not in delivered
-            ]
-            if not newer:
-                break
-            since = max(link.serial for link in self.links)
-            for link in newer:
-                try:
-                    await link.handle.send(signal)
-                    delivered.add(link.input)
-                except BrokenChannelError:
-                    unlink(link)
-                except ClosedChannelError:
-                    pass
-        if delivered:
+        deliveries = self._deliveries
+        registered = delivery in deliveries
+        if not registered:
+            deliveries.append(delivery)
+        try:
+            while True:
+                newer = [
+                    link
+                    for link in self.links
+                    if link.serial > since and not delivery.reached(link.input)
+                ]
+                if not newer:
+                    break
+                since = max(link.serial for link in self.links)
+                for link in newer:
+                    if delivery.reached(link.input):  # taken over by an earlier one meanwhile
+                        continue
+                    try:
+                        await link.handle.send(signal)
+                        delivery.delivered.add(link.input)
+                    except BrokenChannelError:
+                        unlink(link)
+                    except ClosedChannelError:
+                        pass
+        finally:
+            if not registered:
+                deliveries.remove(delivery)
+        if delivery.delivered:
             self._sent(signal)
             return
         self.dropped += 1
@@ -393,6 +441,11 @@ class Output(_Port[T]):
         if not self.links:
             # Trio's rule: a producer whose consumers are gone stops (the node ends normally).
             raise BrokenChannelError(f"nothing is connected to {self.full_name} any more")
+
+    def _replaced(self, old: Input[Any], new: Input[Any]) -> None:
+        """Rewiring put ``new`` in ``old``'s place: what reached ``old`` must not go to ``new``."""
+        for delivery in self._deliveries:
+            delivery.stand_ins.setdefault(new, []).append(old)
 
     def _sent(self, signal: Signal[T]) -> None:
         self.messages += 1
