@@ -899,3 +899,15 @@ async def test_removing_a_leaving_node_again_gives_the_same_future() -> None:
     await graph.wait()
     assert sink.values == [0]
     assert not dead
+
+
+async def test_a_node_fed_by_an_open_inlet_cannot_be_removed() -> None:
+    """remove() refuses a node an open inlet feeds: it could never drain, so it says so."""
+    graph = Graph()
+    sink = graph.add(Collect())
+    inlet = graph.inlet(sink.inp)
+    await graph.start()
+    with pytest.raises(GraphError, match="open inlet"):
+        graph.remove(sink)
+    inlet.close()
+    await graph.wait()

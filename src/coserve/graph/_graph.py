@@ -236,6 +236,16 @@ class Graph:
         self._check_changeable()
         if self._nodes.get(node.name) is not node:
             raise GraphError(f"node {node.name!r} is not in graph {self.name!r}")
+        fed = [
+            port.full_name
+            for port in node._inputs.values()
+            if any(not inlet.closed for inlet in self._inlets_of(port))
+        ]
+        if fed:  # an inlet cannot be rerouted, and the node could never finish while it is open
+            raise GraphError(
+                f"cannot remove {node.name}: {', '.join(fed)} is fed by an open inlet; "
+                "close the inlet first, or put a node between the inlet and this one"
+            )
         upstream = [link for port in node._inputs.values() for link in port.links]
         if bridge:
             downstream = [link for port in node._outputs.values() for link in port.links]
