@@ -191,7 +191,8 @@ class SendChannel(_Handle[T]):
             BrokenChannelError: Every receive side is closed.
             ClosedChannelError: This handle is closed.
         """
-        self._check_open()
+        if self._closed:
+            raise ClosedChannelError("this SendChannel was closed")
         state = self._state
         if state.open_receive == 0:
             raise BrokenChannelError("every receive side of this channel is closed")
@@ -222,6 +223,10 @@ class SendChannel(_Handle[T]):
             return
         except WouldBlock:
             pass
+        await self._wait_send(value)
+
+    async def _wait_send(self, value: T) -> None:
+        """The waiting half of ``send``, for callers that already tried ``send_nowait``."""
         state = self._state
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         state.waiting_senders[future] = value
@@ -288,7 +293,8 @@ class ReceiveChannel(_Handle[T]):
             EndOfChannel: Every send side is closed and nothing is left.
             ClosedChannelError: This handle is closed.
         """
-        self._check_open()
+        if self._closed:
+            raise ClosedChannelError("this ReceiveChannel was closed")
         state = self._state
         senders = state.waiting_senders
         if state.buffer:
@@ -323,6 +329,10 @@ class ReceiveChannel(_Handle[T]):
             return self.receive_nowait()
         except WouldBlock:
             pass
+        return await self._wait_receive()
+
+    async def _wait_receive(self) -> T:
+        """The waiting half of ``receive``, for callers that already tried ``receive_nowait``."""
         state = self._state
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         state.waiting_receivers[future] = None

@@ -300,6 +300,7 @@ class Graph:
         outlet.inp = outlet._inputs["inp"] = Input(
             outlet, "inp", output.type, capacity=capacity, required=True
         )
+        outlet._input_ports = (outlet.inp,)
         self.add(outlet, name=f"outlet-{output.node.name}-{output.name}")
         self.connect(output, outlet.inp)
         if self._state == "running":
@@ -577,7 +578,7 @@ class Graph:
         """After a failed attempt: stop its selects and dead-letter what it held."""
         for select in list(node._selects):
             await select.aclose()
-        held = list(node._in_hand.values())
+        held = node._held()
         node._in_hand.clear()
         for port in node._inputs.values():
             port._last = None

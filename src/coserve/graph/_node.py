@@ -20,7 +20,6 @@ import inspect
 import logging
 import re
 import sys
-import time
 import typing
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
@@ -64,7 +63,6 @@ class NodeStatistics:
         dead_letters: Messages this node could not finish (see ``Graph(on_dead_letter=...)``).
         in_hand: Messages received and not yet passed on.
         run_time: Seconds spent inside ``run``, across restarts.
-        busy_time: Seconds spent working on messages (from receiving one until asking for more).
         inputs: Each input's statistics by port name.
         outputs: Each output's statistics by port name.
     """
@@ -79,7 +77,6 @@ class NodeStatistics:
     dead_letters: int
     in_hand: int
     run_time: float
-    busy_time: float
     inputs: dict[str, PortStatistics]
     outputs: dict[str, PortStatistics]
 
@@ -154,13 +151,12 @@ class Node:
     restarts: int
     dead_letters: int
     run_time: float
-    busy_time: float
     _graph: Graph | None
     _in_hand: dict[Hashable, Signal[Any]]
     _selects: list[Select]
     _inputs: dict[str, Input[Any]]
     _outputs: dict[str, Output[Any]]
-    _busy_since: float
+    _input_ports: tuple[Input[Any], ...]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> typing.Self:
         self = super().__new__(cls)
@@ -176,8 +172,6 @@ class Node:
         self.restarts = 0
         self.dead_letters = 0
         self.run_time = 0.0
-        self.busy_time = 0.0
-        self._busy_since = 0.0
         for spec in _port_specs(cls):
             port: Input[Any] | Output[Any]
             if spec.kind is Input:
@@ -193,6 +187,7 @@ class Node:
                 port = Output(self, spec.name, spec.type)
                 self._outputs[spec.name] = port
             setattr(self, spec.name, port)
+        self._input_ports = tuple(self._inputs.values())
         return self
 
     async def run(self) -> None:
@@ -244,6 +239,9 @@ class Node:
         """
         if self._in_hand.get(signal.id) is signal:
             del self._in_hand[signal.id]
+        for port in self._input_ports:
+            if port._last is signal:
+                port._last = None
         self.errors += 1
         self._dead_letter(DeadLetter(signal, error, self.name))
 
@@ -255,15 +253,6 @@ class Node:
             logger.error(
                 "%s: message %r not finished: %s", self.name, letter.signal.id, letter.error
             )
-
-    def _idle(self) -> None:
-        since = self._busy_since
-        if since:
-            self.busy_time += time.perf_counter() - since
-            self._busy_since = 0.0
-
-    def _busy(self) -> None:
-        self._busy_since = time.perf_counter()
 
     def statistics(self) -> NodeStatistics:
         """A snapshot of this node and its ports."""
@@ -278,12 +267,19 @@ class Node:
             errors=self.errors,
             restarts=self.restarts,
             dead_letters=self.dead_letters,
-            in_hand=len(self._in_hand),
+            in_hand=len(self._held()),
             run_time=self.run_time,
-            busy_time=self.busy_time,
             inputs=inputs,
             outputs=outputs,
         )
+
+    def _held(self) -> list[Signal[Any]]:
+        """Every message the node has received and not yet passed on, failed or let go."""
+        held = {id(signal): signal for signal in self._in_hand.values()}
+        for port in self._input_ports:
+            if port._last is not None:
+                held.setdefault(id(port._last), port._last)
+        return list(held.values())
 
     def _kind(self) -> str:
         return type(self).__name__

@@ -218,9 +218,16 @@ class Input(_Port[T]):
         Raises:
             EndOfChannel: Every upstream output has closed and nothing is left.
         """
-        self._release()
-        signal = await self._receiver.receive()
-        self._took(signal)
+        # Coming back for more means the node is done with the last message from here. The
+        # bookkeeping is two attribute writes: this is the hot path of every hop.
+        self._last = None
+        receiver = self._receiver
+        try:
+            signal = receiver.receive_nowait()
+        except WouldBlock:
+            signal = await receiver._wait_receive()
+        self._last = signal
+        self.messages += 1
         return signal
 
     def receive_nowait(self) -> Signal[T]:
@@ -230,37 +237,29 @@ class Input(_Port[T]):
             WouldBlock: Nothing is buffered.
             EndOfChannel: Every upstream output has closed and nothing is left.
         """
-        self._release()
+        self._last = None
         signal = self._receiver.receive_nowait()
-        self._took(signal)
-        return signal
-
-    def _release(self) -> None:
-        """Coming back for more means the node is done with the last message from here."""
-        node = self.node
-        node._idle()
-        last = self._last
-        if last is not None:
-            self._last = None
-            key = last.id
-            if node._in_hand.get(key) is last:
-                del node._in_hand[key]
-
-    def _took(self, signal: Signal[T]) -> None:
-        node = self.node
-        node._in_hand[signal.id] = signal
         self._last = signal
         self.messages += 1
-        node._busy()
+        return signal
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> Signal[T]:
+        receiver = self._receiver
         try:
-            return await self.receive()
+            try:
+                signal = receiver.receive_nowait()
+            except WouldBlock:
+                self._last = None  # done with the last one while we wait (else overwritten)
+                signal = await receiver._wait_receive()
         except EndOfChannel:
+            self._last = None
             raise StopAsyncIteration from None
+        self._last = signal
+        self.messages += 1
+        return signal
 
     # -- used by the graph ----------------------------------------------------------------
 
@@ -363,14 +362,26 @@ class Output(_Port[T]):
         links = self.links
         if len(links) == 1:  # the common case, without the bookkeeping of fan-out
             link = links[0]
+            handle = link.handle
             try:
-                await link.handle.send(signal)
+                try:
+                    handle.send_nowait(signal)
+                except WouldBlock:
+                    await handle._wait_send(signal)
             except BrokenChannelError:  # its node finished reading: it takes no more
                 unlink(link)
             except ClosedChannelError:
                 pass  # disconnected while we waited: a replacement may have been connected
             else:
-                self._sent(signal)
+                # _sent, inlined: this is the hot path of every hop.
+                self.messages += 1
+                key = signal.id
+                for port in self.node._input_ports:
+                    last = port._last
+                    if last is not None and last.id == key:
+                        port._last = None
+                if self.node._in_hand:
+                    self.node._in_hand.pop(key, None)
                 return
             # Nothing was delivered yet, so rewiring until now needs no record.
             await self._redeliver(signal, link.serial, _Delivery())
@@ -448,10 +459,16 @@ class Output(_Port[T]):
             delivery.stand_ins.setdefault(new, []).append(old)
 
     def _sent(self, signal: Signal[T]) -> None:
+        """The request left the node's hands: forget it wherever the node held it."""
         self.messages += 1
-        in_hand = self.node._in_hand
-        if signal.id in in_hand:
-            del in_hand[signal.id]
+        node = self.node
+        key = signal.id
+        for port in node._input_ports:
+            last = port._last
+            if last is not None and last.id == key:
+                port._last = None
+        if node._in_hand:
+            node._in_hand.pop(key, None)
 
     def statistics(self) -> PortStatistics:
         """A snapshot of this output."""

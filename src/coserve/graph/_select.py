@@ -84,8 +84,6 @@ class Select:
         Returns None when ``timeout`` seconds pass first; raises StopAsyncIteration once every
         input has ended.
         """
-        node = self._node
-        node._idle()
         inputs = self._inputs
         count = len(inputs)
         while True:
@@ -107,7 +105,6 @@ class Select:
                     return port, None
                 self._turn = index + 1
                 port.messages += 1
-                node._busy()
                 return port, signal
             if len(self._ended) == count:
                 raise StopAsyncIteration
@@ -129,7 +126,6 @@ class Select:
             self._ended.add(port)
             return port, None
         port.messages += 1
-        self._node._busy()
         return port, signal
 
     async def aclose(self) -> None:

