@@ -43,3 +43,22 @@ def create_fragile(session: Session) -> SessionPipeline:
     graph = Graph("fragile", supervision=Supervision(max_restarts=0))
     node = graph.add(Fragile())
     return SessionPipeline(graph, node.inp, node.out)
+
+
+class Pair(Node):
+    """Needs two inputs; the unwired app connects only one."""
+
+    left: Input[dict[str, Any]]
+    right: Input[dict[str, Any]]
+    out: Output[dict[str, Any]]
+
+    async def run(self) -> None:
+        async for left, _ in self.join(self.left, self.right, timeout=1.0):
+            await self.out.send(left)
+
+
+def create_unwired(session: Session) -> SessionPipeline:
+    """A graph with a required input left unconnected: it fails validation when started."""
+    graph = Graph("unwired")
+    node = graph.add(Pair())
+    return SessionPipeline(graph, node.left, node.out)

@@ -561,6 +561,23 @@ async def test_on_restart_is_called_before_run_starts_again() -> None:
     assert sink.values == [0, 2, 4]
 
 
+async def test_an_on_restart_that_raises_fails_the_graph() -> None:
+    """A node that cannot reset itself fails the graph with that error, not silently."""
+
+    class Unresettable(Crashy):
+        def on_restart(self) -> None:
+            raise ValueError("reset failed")
+
+    node = Unresettable({1})
+    graph, _, _, dead = pipeline(node, count=3)
+    await graph.start()
+    with pytest.raises(GraphFailed, match="reset failed") as failed:
+        await graph.wait()
+    assert isinstance(failed.value.__cause__, ValueError)
+    assert node.state == "failed"
+    assert next(letter.signal.id for letter in dead if letter.node == node.name) == 1
+
+
 async def test_too_many_restarts_fail_the_graph_with_the_error() -> None:
     """Past max_restarts within the period the graph fails: GraphFailed, caused by the crash."""
     dead, record = letters()
@@ -769,6 +786,58 @@ async def test_remove_with_bridge_drains_the_node_and_closes_the_gap() -> None:
     await graph.wait()
     assert sorted(sink.values) == list(range(8))
     assert not dead
+
+
+async def test_a_failed_insert_leaves_the_wiring_as_it_was() -> None:
+    """insert() checks both links' types before changing anything."""
+
+    class ToText(Node):
+        inp: Input[int]
+        out: Output[str]
+
+        async def run(self) -> None:
+            async for signal in self.inp:
+                await self.out.send(signal.derive(str(signal.value)))
+
+    relay = Pass()
+    graph, source, sink, _ = pipeline(relay, count=3)
+    with pytest.raises(PortTypeError, match=r"ToText\.out"):
+        graph.insert(ToText(), source.out, relay.inp)
+    assert [link.input for link in source.out.links] == [relay.inp]
+    assert "ToText" not in graph.nodes
+    async with graph:
+        pass
+    assert sink.values == [0, 1, 2]
+
+
+async def test_a_node_may_rewire_the_graph_while_it_drains() -> None:
+    """A command still queued when stop(drain=True) begins may reshape the pipeline."""
+
+    class Switcher(Node):
+        """Inserts a Pass in front of the sink when it sees -1; passes everything else on."""
+
+        inp: Input[int]
+        out: Output[int]
+
+        async def run(self) -> None:
+            async for signal in self.inp:
+                if signal.value == -1:
+                    assert self.graph is not None
+                    self.graph.insert(Pass(), self.out, sink.inp)
+                    continue
+                await self.out.send(signal)
+
+    switcher = Switcher()
+    graph, _, sink, dead = pipeline(switcher, count=0)
+    inlet = graph.inlet(switcher.inp)
+    await graph.start()
+    for value in (0, -1, 1, 2):
+        await inlet.send(Signal(value, id=value))
+    await graph.stop(drain=True, timeout=10)
+    assert sink.values == [0, 1, 2]
+    assert graph.nodes["Pass"].state == "done"
+    assert not dead
+    assert graph.state == "done"
 
 
 async def test_a_node_added_to_a_running_graph_starts_and_finishes() -> None:

@@ -116,6 +116,44 @@ async def test_prepare_and_combine_adapt_messages_and_skip_the_model() -> None:
     assert sum(model.batches) == 2
 
 
+async def test_a_lone_request_is_answered_without_waiting_for_more() -> None:
+    """With room for more in flight, an answer still goes out as soon as it is ready."""
+    handle = handle_for(Doubler())
+    graph = Graph("chat")
+    node = graph.add(ModelNode(handle, concurrency=4))
+    inlet, outlet = graph.inlet(node.inp), graph.outlet(node.out)
+    try:
+        await graph.start()
+        await inlet.send(Signal({"x": [[1.5]]}, id="only"))
+        async with asyncio.timeout(30):  # a hang guard, not a timing check
+            answer = await outlet.receive()
+        assert answer.id == "only"
+        assert answer.value["y"].tolist() == [[3.0]]
+    finally:
+        inlet.close()
+        await graph.stop(timeout=10)
+        await handle.aclose()
+
+
+async def test_requests_in_flight_become_dead_letters_when_nobody_listens() -> None:
+    """A node whose reader went away ends, and every request it held reaches a requester."""
+    handle = handle_for(Doubler())
+    dead: list[DeadLetter] = []
+    graph = Graph("gone", on_dead_letter=dead.append)
+    node = graph.add(ModelNode(handle, concurrency=4))
+    inlet, outlet = graph.inlet(node.inp), graph.outlet(node.out)
+    await graph.start()
+    outlet.close()
+    sent = [f"r{i}" for i in range(6)]
+    for request_id in sent:
+        await inlet.send(Signal({"x": [[1.0]]}, id=request_id))
+    inlet.close()
+    await graph.stop(timeout=10)
+    await handle.aclose()
+    assert sorted(letter.signal.id for letter in dead) == sent  # each exactly once
+    assert node.state == "done"
+
+
 def test_concurrency_must_be_positive() -> None:
     """A ModelNode needs at least one request in flight."""
     handle = handle_for(Doubler())

@@ -42,6 +42,8 @@ def server() -> Iterator[ServerProcess]:
         "broken=session_apps:create_broken",
         "--app",
         "fragile=session_apps:create_fragile",
+        "--app",
+        "unwired=session_apps:create_unwired",
     )
     try:
         process.wait_ready()
@@ -192,6 +194,17 @@ async def test_an_app_that_cannot_build_a_session_closes_with_1011(server: Serve
     assert metric(server, "coserve_sessions_errors_total", "broken") >= 1
 
 
+async def test_an_app_whose_graph_cannot_start_closes_with_1011(server: ServerProcess) -> None:
+    """A graph that fails validation at start closes the session with 1011, counted."""
+    errors_before = metric(server, "coserve_sessions_errors_total", "unwired")
+    async with websockets.connect(ws_url(server, "unwired")) as socket:
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await socket.recv()
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1011
+    assert metric(server, "coserve_sessions_errors_total", "unwired") == errors_before + 1
+
+
 async def test_a_failed_graph_answers_its_message_and_closes_the_session(
     server: ServerProcess,
 ) -> None:
@@ -212,7 +225,9 @@ async def test_a_failed_graph_answers_its_message_and_closes_the_session(
 
 async def test_sessions_over_the_cap_are_refused_with_1013(server: ServerProcess) -> None:
     """With the cap reached, a new session is closed with 1013 (try again later)."""
-    await wait_for_metric(server, "coserve_sessions_active", "echo", 0)
+    # The cap counts every app's sessions.
+    for app in ("echo", "broken", "fragile", "unwired", "digits"):
+        await wait_for_metric(server, "coserve_sessions_active", app, 0)
     refused_before = metric(server, "coserve_sessions_refused_total", "echo")
     sockets = [await open_session(server, "echo") for _ in range(MAX_SESSIONS)]
     try:
@@ -240,18 +255,24 @@ async def test_an_idle_session_expires_with_4408(server: ServerProcess) -> None:
     assert metric(server, "coserve_sessions_expired_total", "echo") == expired_before + 1
 
 
-async def test_closing_the_socket_still_answers_what_was_sent(server: ServerProcess) -> None:
-    """Messages sent just before the client closes its side are still processed and counted."""
-    messages_before = metric(server, "coserve_sessions_messages_total", "echo")
-    created_before = metric(server, "coserve_sessions_created_total", "echo")
+async def test_closing_the_socket_right_after_sending_ends_the_session_cleanly(
+    server: ServerProcess,
+) -> None:
+    """Messages sent just before the client closes are taken in, and the session drains.
+
+    It ends without errors, and no answer is counted as lost.
+    """
+    counted = ("messages", "created", "errors", "lost_answers")
+    before = {name: metric(server, f"coserve_sessions_{name}_total", "echo") for name in counted}
     async with await open_session(server, "echo") as socket:
         for i in range(20):
             await socket.send(json.dumps({"id": i}))
-        answers = [json.loads(await socket.recv()) for _ in range(20)]
-    assert [answer["id"] for answer in answers] == list(range(20))
-    assert metric(server, "coserve_sessions_messages_total", "echo") == messages_before + 20
-    assert metric(server, "coserve_sessions_created_total", "echo") == created_before + 1
     await wait_for_metric(server, "coserve_sessions_active", "echo", 0)
+    after = {name: metric(server, f"coserve_sessions_{name}_total", "echo") for name in counted}
+    assert after["messages"] == before["messages"] + 20
+    assert after["created"] == before["created"] + 1
+    assert after["errors"] == before["errors"]
+    assert after["lost_answers"] == before["lost_answers"]
 
 
 async def test_many_sessions_share_the_models_batcher(

@@ -156,8 +156,10 @@ class Graph:
         node.name = unique
         node._graph = self
         self._nodes[unique] = node
-        if self._state == "running" and not isinstance(node, _Outlet):
+        if self._state in ("running", "stopping") and not isinstance(node, _Outlet):
             self._start_node(node)
+            if self._state == "stopping" and not node._inputs:
+                self._tasks[node].cancel()  # sources do not run during a stop
         return node
 
     def connect(self, output: Output[Any], *inputs: Input[Any]) -> None:
@@ -175,11 +177,7 @@ class Graph:
         self._check_port(output, Output)
         for target in inputs:
             self._check_port(target, Input)
-            if not assignable(output.type, target.type):
-                raise PortTypeError(
-                    f"cannot connect {output.full_name} ({type_name(output.type)}) to "
-                    f"{target.full_name} ({type_name(target.type)}): the types do not fit"
-                )
+            _check_fits(output, target)
             if any(link.input is target for link in output.links):
                 raise GraphError(f"{output.full_name} is already connected to {target.full_name}")
         for target in inputs:
@@ -211,11 +209,14 @@ class Graph:
         Atomic on a running graph: messages already queued for ``target`` still reach it, and
         later ones go through ``node``.
         """
-        if node._graph is None:
-            self.add(node)
+        self._check_changeable()
         node_in, node_out = self._single_ports(node)
         if not any(link.input is target for link in output.links):
             raise GraphError(f"{output.full_name} is not connected to {target.full_name}")
+        _check_fits(output, node_in)  # both checked before anything changes
+        _check_fits(node_out, target)
+        if node._graph is None:
+            self.add(node)
         self.connect(output, node_in)
         self.connect(node_out, target)
         output._replaced(target, node_in)
@@ -228,7 +229,10 @@ class Graph:
         Its inputs are disconnected at once, so it drains what is buffered and its ``run``
         returns (a node without inputs is cancelled); its outputs close when it finishes. With
         ``bridge=True`` every output that fed it is first connected to every input it fed, so
-        the pipeline closes around the gap in the same atomic step.
+        the pipeline closes around the gap in the same atomic step. Every message is still
+        delivered exactly once, but not in order: what the node still holds or has buffered
+        reaches the downstream inputs after it, so newer messages sent around it may overtake
+        those older ones.
 
         Returns:
             A future that completes when the node has finished and left the graph.
@@ -284,8 +288,13 @@ class Graph:
         """A send channel into ``target`` from outside the graph (e.g. a WebSocket reader).
 
         Close it to end the stream; ``stop`` closes it too.
+
+        Raises:
+            GraphError: The graph is stopping or has ended (a new inlet would keep it open).
         """
         self._check_changeable()
+        if self._state == "stopping":
+            raise GraphError(f"graph {self.name!r} is stopping: it takes no new inlets")
         self._check_port(target, Input)
         sender: SendChannel[Signal[T]] = target._open_sender()
         self._inlets.append(sender)
@@ -303,7 +312,7 @@ class Graph:
         outlet._input_ports = (outlet.inp,)
         self.add(outlet, name=f"outlet-{output.node.name}-{output.name}")
         self.connect(output, outlet.inp)
-        if self._state == "running":
+        if self._state in ("running", "stopping"):
             outlet.inp._seal()
         receiver: ReceiveChannel[Signal[T]] = outlet.inp._receiver
         return receiver
@@ -442,13 +451,25 @@ class Graph:
         for node, task in list(self._tasks.items()):
             if not node._inputs:
                 task.cancel()
-        if drain and self._tasks:
-            await asyncio.wait(list(self._tasks.values()), timeout=timeout)
+        if drain:
+            await self._drain(timeout)
         remaining = list(self._tasks.values())
         for task in remaining:
             task.cancel()
         if remaining:
             await asyncio.gather(*remaining, return_exceptions=True)
+
+    async def _drain(self, timeout: float | None) -> None:  # noqa: ASYNC109 - a drain deadline
+        """Wait for every task, including nodes added while draining, until the deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while self._tasks:
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return
+            _, pending = await asyncio.wait(list(self._tasks.values()), timeout=left)
+            if pending:
+                return
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -506,8 +527,9 @@ class Graph:
                     await node.run()
                     node.state = "done"
                     return
-                except BrokenChannelError:  # nobody downstream listens any more
+                except BrokenChannelError as error:  # nobody downstream listens any more
                     node.state = "done"
+                    stopped = GraphStopped(f"{node.name} ended: {error}")
                     return
                 except asyncio.CancelledError:
                     if node not in self._restart_requested or self._state != "running":
@@ -531,7 +553,21 @@ class Graph:
                 node.state = "restarting"
                 node.restarts += 1
                 self.restarts += 1
-                node.on_restart()
+                try:
+                    node.on_restart()
+                except Exception as error:  # a broken reset: the node cannot go on
+                    node.errors += 1
+                    logger.error(
+                        "graph %s: node %s failed to restart: %r",
+                        self.name,
+                        node.name,
+                        error,
+                        exc_info=error,
+                    )
+                    node.state = "failed"
+                    if self._state == "running":
+                        self._fail(node, error, f"could not restart: on_restart raised {error!r}")
+                    return
         finally:
             await self._retire(node, stopped)
 
@@ -546,17 +582,12 @@ class Graph:
         while times and times[0] <= now - policy.period:
             times.popleft()
         if len(times) > policy.max_restarts:
-            failure = GraphFailed(
-                f"graph {self.name!r} failed: node {node.name!r} crashed ({error!r}) after "
-                f"{policy.max_restarts} restart(s) within {policy.period:g} s"
+            self._fail(
+                node,
+                error,
+                f"crashed ({error!r}) after {policy.max_restarts} restart(s) "
+                f"within {policy.period:g} s",
             )
-            failure.__cause__ = error
-            self._failure = failure
-            self._state = "failed"
-            logger.error("%s", failure)
-            for other, task in self._tasks.items():
-                if other is not node:
-                    task.cancel()
             return False
         if policy.strategy != "one_for_one":
             order = list(self._nodes.values())
@@ -574,16 +605,27 @@ class Graph:
                     running.cancel()
         return True
 
+    def _fail(self, node: Node, error: Exception, how: str) -> None:
+        """The graph fails because of ``node``: record why and cancel every other node."""
+        failure = GraphFailed(f"graph {self.name!r} failed: node {node.name!r} {how}")
+        failure.__cause__ = error
+        self._failure = failure
+        self._state = "failed"
+        logger.error("%s", failure)
+        for other, task in self._tasks.items():
+            if other is not node:
+                task.cancel()
+
     async def _release(self, node: Node, error: BaseException) -> None:
-        """After a failed attempt: stop its selects and dead-letter what it held."""
-        for select in list(node._selects):
-            await select.aclose()
-        held = node._held()
+        """After a failed attempt: dead-letter what it held, then stop its selects."""
+        held = node._held()  # first, before any await: a cancel meanwhile must not lose them
         node._in_hand.clear()
         for port in node._inputs.values():
             port._last = None
         for signal in held:
             node._dead_letter(DeadLetter(signal, error, node.name))
+        for select in list(node._selects):
+            await select.aclose()
 
     async def _retire(self, node: Node, stopped: BaseException | None) -> None:
         """A node has finished for good: close its ports, account for every message left."""
@@ -660,7 +702,9 @@ class Graph:
         node._graph = None
 
     def _check_changeable(self) -> None:
-        if self._state in ("stopping", "done", "failed"):
+        # Rewiring stays allowed while stopping: a node may meet a queued command that reshapes
+        # the pipeline during the drain, and refusing it would crash the node mid-drain.
+        if self._state in ("done", "failed"):
             raise GraphError(f"graph {self.name!r} is {self._state}: it can no longer change")
 
     def _check_port(self, port: Input[Any] | Output[Any], kind: type) -> None:
@@ -677,6 +721,14 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"<Graph {self.name!r} {self._state}, {len(self._nodes)} nodes>"
+
+
+def _check_fits(output: Output[Any], target: Input[Any]) -> None:
+    if not assignable(output.type, target.type):
+        raise PortTypeError(
+            f"cannot connect {output.full_name} ({type_name(output.type)}) to "
+            f"{target.full_name} ({type_name(target.type)}): the types do not fit"
+        )
 
 
 def _escape(text: str) -> str:

@@ -20,6 +20,7 @@ import asyncio
 import itertools
 import types
 import typing
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
@@ -448,6 +449,7 @@ class Output(_Port[T]):
             self._sent(signal)
             return
         self.dropped += 1
+        self._forget(signal.id)  # this dead letter answers for the message the node held
         self.node.fail(signal, GraphStopped(f"{self.full_name} lost its targets while sending"))
         if not self.links:
             # Trio's rule: a producer whose consumers are gone stops (the node ends normally).
@@ -461,8 +463,10 @@ class Output(_Port[T]):
     def _sent(self, signal: Signal[T]) -> None:
         """The request left the node's hands: forget it wherever the node held it."""
         self.messages += 1
+        self._forget(signal.id)
+
+    def _forget(self, key: Hashable) -> None:
         node = self.node
-        key = signal.id
         for port in node._input_ports:
             last = port._last
             if last is not None and last.id == key:

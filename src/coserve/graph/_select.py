@@ -6,6 +6,7 @@ A join's wait is bounded, so an unmatched message becomes an error rather than a
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Self
@@ -132,16 +133,20 @@ class Select:
         """Stop waiting; what a pending receive had already taken goes back to its input."""
         waits = self._waits
         self._waits = {}
-        for task in waits.values():
-            task.cancel()
         for port, task in waits.items():
-            try:
-                signal = await asyncio.shield(task) if not task.done() else task.result()
-            except (asyncio.CancelledError, EndOfChannel, ClosedChannelError):
-                continue
-            port._receiver._put_back(signal)
-        if self in self._node._selects:
-            self._node._selects.remove(self)
+            task.cancel()
+            # A receive that won the race with the cancel took a message: it goes back, even
+            # if whoever is closing this select is itself cancelled while waiting below.
+            if task.done():
+                _give_back(port, task)
+            else:
+                task.add_done_callback(functools.partial(_give_back, port))
+        try:
+            if waits:
+                await asyncio.wait(waits.values())
+        finally:
+            if self in self._node._selects:
+                self._node._selects.remove(self)
 
     async def __aenter__(self) -> Self:
         return self
@@ -153,6 +158,13 @@ class Select:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _give_back(port: Input[Any], task: asyncio.Task[Signal[Any]]) -> None:
+    """Return what a cancelled receive had already taken to the front of its input."""
+    if task.cancelled() or task.exception() is not None:  # nothing taken (or the input ended)
+        return
+    port._receiver._put_back(task.result())
 
 
 class Join:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from coserve._exceptions import CoserveError
+from coserve._exceptions import CoserveError, EndOfChannel
 from coserve.graph import Input, Node, Output, Signal
 from coserve.models._handle import ModelHandle
 
@@ -69,20 +69,49 @@ class ModelNode(Node):
         self._concurrency = concurrency
 
     async def run(self) -> None:
-        """Infer for every message, keeping at most ``concurrency`` in flight, in order."""
+        """Infer for every message, keeping at most ``concurrency`` in flight, in order.
+
+        A reader takes messages and starts their requests while this loop passes results on
+        in arrival order, so an answer goes out as soon as it (and those before it) is ready,
+        whether or not another message arrives.
+        """
         in_flight: deque[tuple[Signal[Any], asyncio.Future[Any]]] = deque()
+        slots = asyncio.Semaphore(self._concurrency)
+        arrived = asyncio.Event()
+
+        async def read() -> None:
+            try:
+                while True:
+                    await slots.acquire()
+                    try:
+                        signal = await self.inp.receive()
+                    except EndOfChannel:
+                        return
+                    self._in_hand[signal.id] = signal  # in this node's hands until passed on
+                    in_flight.append((signal, asyncio.ensure_future(self._infer(signal.value))))
+                    arrived.set()
+            finally:
+                arrived.set()
+
+        reader = asyncio.ensure_future(read())
         try:
-            async for signal in self.inp:
-                in_flight.append((signal, asyncio.ensure_future(self._infer(signal.value))))
-                for held, _ in in_flight:  # everything in flight is still in this node's hands
-                    self._in_hand[held.id] = held
-                while in_flight and (len(in_flight) >= self._concurrency or in_flight[0][1].done()):
-                    await self._pass_on(*in_flight.popleft())
-            while in_flight:
-                await self._pass_on(*in_flight.popleft())
+            while True:
+                if not in_flight:
+                    if reader.done():
+                        break
+                    arrived.clear()
+                    await arrived.wait()
+                    continue
+                await self._pass_on(*in_flight[0])
+                in_flight.popleft()
+                slots.release()
+            await reader  # the reader's crash is this node's crash
         finally:
-            for _, pending in in_flight:  # stopped or crashed: the requests are not wanted
+            # Stopped or crashed: the requests are not wanted; every task ends before we do.
+            reader.cancel()
+            for _, pending in in_flight:
                 pending.cancel()
+            await asyncio.gather(reader, *(p for _, p in in_flight), return_exceptions=True)
 
     async def _infer(self, value: Any) -> Any:
         inputs = self._prepare(value) if self._prepare is not None else value

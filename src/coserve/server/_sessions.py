@@ -132,6 +132,7 @@ class SessionCounters:
     refused: int = 0
     errors: int = 0
     messages: int = 0
+    lost_answers: int = 0
 
 
 @dataclass(slots=True)
@@ -143,7 +144,6 @@ class _Connection:
     graph: Graph
     outbound: SendChannel[bytes]
     counters: SessionCounters
-    lost_answers: int = 0
     ids: Any = field(default_factory=lambda: itertools.count(1))
 
 
@@ -229,9 +229,17 @@ class SessionManager:
         outbound, pending = open_channel[bytes](_OUTBOUND_CAPACITY)
         connection = _Connection(session, websocket, graph, outbound, counters)
         graph.on_dead_letter = lambda letter: self._answer_error(connection, letter)
-        inlet = graph.inlet(pipeline.entry)
-        outlet = graph.outlet(pipeline.exit, capacity=_OUTBOUND_CAPACITY)
-        await graph.start()
+        try:
+            inlet = graph.inlet(pipeline.entry)
+            outlet = graph.outlet(pipeline.exit, capacity=_OUTBOUND_CAPACITY)
+            await graph.start()  # validates the wiring: an app's bug surfaces here
+        except Exception:
+            counters.errors += 1
+            logger.exception("session app %r: the session's graph could not start", session.app)
+            await graph.stop(drain=False)
+            with contextlib.suppress(Exception):
+                await websocket.close(CLOSE_APP_FAILED, "the app could not start a session")
+            return
         hello = {"event": "session", "session": session.id, "app": session.app}
         outbound.send_nowait(orjson.dumps(hello))
         writer = asyncio.create_task(self._write(websocket, pending))
@@ -289,7 +297,10 @@ class SessionManager:
                 if not isinstance(value, dict):
                     raise TypeError("a session message must be a JSON object")
             except (orjson.JSONDecodeError, TypeError) as error:
-                self._send_error(connection, None, f"bad message: {error}", 400)
+                # The reader may wait for room: a client flooding bad messages slows itself.
+                await connection.outbound.send(
+                    orjson.dumps({"id": None, "error": f"bad message: {error}", "status": 400})
+                )
                 continue
             request_id = value.get("id")
             if request_id is None or not isinstance(request_id, str | int | float | bool):
@@ -357,7 +368,7 @@ class SessionManager:
         try:
             connection.outbound.send_nowait(data)
         except WouldBlock:
-            connection.lost_answers += 1
+            connection.counters.lost_answers += 1
             logger.error(
                 "session %s: outbound queue full; error answer for %r not sent: %s",
                 connection.session.id,
