@@ -151,6 +151,7 @@ def _serve(args: argparse.Namespace) -> int:
     from coserve._exceptions import ConfigError
     from coserve.models import ModelRepository
     from coserve.server import SessionFactory, SessionManager, create_app, load_factory
+    from coserve.server._protocol import CoserveHttpProtocol
 
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -212,7 +213,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         loop="uvloop",
-        http="httptools",
+        http=CoserveHttpProtocol,
         lifespan="on",
         access_log=False,
         log_config=None,

@@ -5,6 +5,9 @@ Request/Response objects, which cost more per request than the batcher and the m
 (profiled under load: see benchmarks/README.md). Behaviour is the same as everywhere else: the
 shared error mapping, the body limit checked before reading, the work dropped if the client
 disconnects while it waits, and the latency recorded per model, version and status.
+
+Under ``coserve serve`` the HTTP protocol (``_protocol``) reports a lost client through a scope
+hook; under any other ASGI server a watcher task per request waits for ``http.disconnect``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import orjson
 from coserve._exceptions import BatcherClosed, CoserveError, InvalidInput, RequestTooLarge
 from coserve.server._codec import decode_request_async, encode_response
 from coserve.server._http import status_of
+from coserve.server._protocol import DISCONNECT_HOOK
 
 __all__ = ["InferenceRoute"]
 
@@ -127,23 +131,37 @@ class InferenceRoute:
         timeout, priority = _timeout_and_priority(decoded.parameters)
 
         # A client that goes away while its request waits: drop the work before it runs. The
-        # watcher cancels this task; the request then ends quietly with no response to send.
+        # server's protocol (or, under another ASGI server, a watcher task) cancels this task;
+        # the request then ends quietly with no response to send.
         task = asyncio.current_task()
         assert task is not None
-        watcher = asyncio.ensure_future(_disconnected(receive))
-        watcher.add_done_callback(lambda w: None if w.cancelled() else task.cancel())
+        gone: list[bool] = []
+
+        def client_gone() -> None:
+            gone.append(True)
+            task.cancel()
+
+        watcher: asyncio.Future[None] | None = None
+        if DISCONNECT_HOOK in scope:
+            scope[DISCONNECT_HOOK] = client_gone
+        else:
+            watcher = asyncio.ensure_future(_disconnected(receive))
+            watcher.add_done_callback(lambda w: None if w.cancelled() else client_gone())
         try:
             outputs = await handle.infer(
                 decoded.inputs, timeout=timeout, priority=priority, outputs=decoded.outputs
             )
         except asyncio.CancelledError:
-            if not watcher.done() or watcher.cancelled():
+            if not gone:
                 raise  # cancelled for another reason (shutdown): let it propagate
             task.uncancel()
             logger.debug("client went away; request for %s dropped", model)
             return _CLIENT_GONE, b"", []
         finally:
-            watcher.cancel()
+            if watcher is None:
+                scope[DISCONNECT_HOOK] = None
+            else:
+                watcher.cancel()
         body, json_length = encode_response(
             model=handle.name,
             version=handle.version,
