@@ -1,10 +1,11 @@
 """Serving benchmark: coserve vs an unbatched uvicorn endpoint vs mosec, on the demo model.
 
-All three servers run at once, each serving the bundled digits SavedModel; ``wrk`` (Debian's
+All the servers run at once, each serving the bundled digits SavedModel; ``wrk`` (Debian's
 package; a load generator in C, much cheaper per request than the servers) sends single-image
 inference requests at concurrency 1, 64 and 256 for ``--seconds`` after a warm-up, the cells
 interleaved server by server in every round. coserve is driven with the Open Inference
-Protocol's JSON body and with its binary tensor extension; the two peers take the same JSON body.
+Protocol's JSON body and with its binary tensor extension, and once more as ``coserve-2w``
+(``--workers 2``) with the JSON body; the two peers take the same JSON body.
 
 Reported per cell: requests/s, p50 and p99 latency, the mean batch size the server formed, errors,
 and the CPU time per request of the load generator and of the server's process tree.
@@ -106,9 +107,16 @@ class Served:
     """One server under test: how to start it, where to send, how to read its batch sizes."""
 
     def __init__(
-        self, name: str, command: list[str], url: str, ready: str, env: dict[str, str] | None = None
+        self,
+        name: str,
+        command: list[str],
+        url: str,
+        ready: str,
+        env: dict[str, str] | None = None,
+        *,
+        workers: int = 1,
     ) -> None:
-        self.name, self.url, self.ready = name, url, ready
+        self.name, self.url, self.ready, self.workers = name, url, ready, workers
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
         self.process = subprocess.Popen(
             command, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
@@ -122,7 +130,10 @@ class Served:
                 self.log.seek(0)
                 raise RuntimeError(f"{self.name} exited:\n{self.log.read().decode()[-3000:]}")
             try:
-                if httpx.get(self.ready, timeout=1).status_code == 200:
+                # With several workers, wait until every one reports (any may answer /ready).
+                if httpx.get(self.ready, timeout=1).status_code == 200 and (
+                    self.workers == 1 or len(self._batch_samples("count")) == self.workers
+                ):
                     return
             except httpx.TransportError:
                 pass
@@ -131,16 +142,16 @@ class Served:
 
     def batches(self) -> tuple[float, float]:
         """(rows, batches) so far, for the mean batch size over a cell; (0, 0) if unknown."""
-        if self.name != "coserve":
+        if not self.name.startswith("coserve"):
             return 0.0, 0.0
-        text = httpx.get(self.url.split("/v2/")[0] + "/metrics").text
-        values = {}
-        for key in ("sum", "count"):
-            match = re.search(
-                rf'^coserve_batch_size_{key}{{model="digits",version="1"}} (\S+)$', text, re.M
-            )
-            values[key] = float(match.group(1)) if match else 0.0
-        return values["sum"], values["count"]
+        return sum(self._batch_samples("sum")), sum(self._batch_samples("count"))
+
+    def _batch_samples(self, key: str) -> list[float]:
+        """The digits model's batch-size ``sum`` or ``count``, one value per worker."""
+        text = httpx.get(self.url.split("/v2/")[0] + "/metrics", timeout=10).text
+        labels = r'model="digits",version="1"(?:,worker="\d+")?'
+        pattern = rf"^coserve_batch_size_{key}{{{labels}}} (\S+)$"
+        return [float(value) for value in re.findall(pattern, text, re.M)]
 
     def stop(self) -> None:
         """SIGTERM, and SIGKILL if it does not go within 30 s."""
@@ -233,7 +244,7 @@ def main() -> None:
     script = scratch / "post.lua"
     script.write_text(WRK_SCRIPT)
     request_bodies = bodies(scratch)
-    ports = {name: free_port() for name in ("coserve", "unbatched", "mosec")}
+    ports = {name: free_port() for name in ("coserve", "coserve-2w", "unbatched", "mosec")}
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     servers = [
         Served(
@@ -250,6 +261,24 @@ def main() -> None:
             ],
             f"http://127.0.0.1:{ports['coserve']}/v2/models/digits/infer",
             f"http://127.0.0.1:{ports['coserve']}/v2/health/ready",
+        ),
+        Served(
+            "coserve-2w",
+            [
+                sys.executable,
+                "-m",
+                "coserve.cli",
+                "serve",
+                "--workers",
+                "2",
+                "--port",
+                str(ports["coserve-2w"]),
+                "--log-level",
+                "warning",
+            ],
+            f"http://127.0.0.1:{ports['coserve-2w']}/v2/models/digits/infer",
+            f"http://127.0.0.1:{ports['coserve-2w']}/v2/health/ready",
+            workers=2,
         ),
         Served(
             "unbatched",
@@ -357,16 +386,14 @@ def main() -> None:
     by = {(r["server"], r["format"], r["concurrency"]): r for r in rows}
     print()
     for c in CONCURRENCY:
-        mine, mosec, plain = (
-            by["coserve", "json", c],
-            by["mosec", "json", c],
-            by["unbatched", "json", c],
-        )
-        print(
-            f"c={c}: coserve/mosec throughput {mine['rps'] / mosec['rps']:.2f}x, "
-            f"p99 {mine['p99_ms']:.1f} vs {mosec['p99_ms']:.1f} ms; "
-            f"coserve/unbatched p50 {mine['p50_ms']:.2f} vs {plain['p50_ms']:.2f} ms"
-        )
+        mosec, plain = by["mosec", "json", c], by["unbatched", "json", c]
+        for name in ("coserve", "coserve-2w"):
+            mine = by[name, "json", c]
+            print(
+                f"c={c}: {name}/mosec throughput {mine['rps'] / mosec['rps']:.2f}x, "
+                f"p99 {mine['p99_ms']:.1f} vs {mosec['p99_ms']:.1f} ms; "
+                f"{name}/unbatched p50 {mine['p50_ms']:.2f} vs {plain['p50_ms']:.2f} ms"
+            )
     opts.output.parent.mkdir(parents=True, exist_ok=True)
     opts.output.write_text(
         json.dumps({"command": shlex.join([sys.executable, *sys.argv]), "rows": rows}, indent=2)

@@ -137,6 +137,18 @@ def _parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="worker processes, each with its own copy of the models and batchers, sharing the "
+        "port (SO_REUSEPORT); /metrics gathers every worker's series with a worker label; "
+        "--max-sessions applies per worker (default: %(default)s)",
+    )
+    # Set by the supervisor of --workers N for each worker it starts; not for users.
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    serve.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -145,19 +157,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    worker = None
+    if args.worker_index is not None:
+        from coserve.server._workers import WorkerInfo, die_with_parent
+
+        die_with_parent()
+        worker = WorkerInfo(args.worker_index, args.workers, args.worker_dir)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s"
+        + (f"[worker {worker.index}]" if worker is not None else "")
+        + ": %(message)s",
+    )
+    log = logging.getLogger("coserve.server")
+    if args.workers > 1 and worker is None:
+        return _supervise(args, argv, log)
+
     import uvicorn
 
     from coserve._exceptions import ConfigError
     from coserve.models import ModelRepository
     from coserve.server import SessionFactory, SessionManager, create_app, load_factory
     from coserve.server._protocol import CoserveHttpProtocol
+    from coserve.server._workers import bind, bind_unix
 
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
-    log = logging.getLogger("coserve.server")
     repository = ModelRepository(args.model_repository)
     apps: dict[str, SessionFactory] = {}
     if args.model_repository is None:
@@ -181,6 +205,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_request_size=args.max_request_size,
         graceful_timeout=args.graceful_timeout,
         sessions=sessions,
+        worker=worker,
     )
     state = app.state
 
@@ -219,19 +244,39 @@ def _serve(args: argparse.Namespace) -> int:
         log_config=None,
         timeout_graceful_shutdown=int(args.graceful_timeout) or 1,
     )
+    try:
+        sockets = [bind(args.host, args.port, reuse_port=worker is not None)]
+        if worker is not None:  # the private socket the other workers gather metrics through
+            sockets.append(bind_unix(worker.socket_path()))
+    except OSError as error:
+        log.error("cannot listen on %s:%d: %s", args.host, args.port, error)
+        return 1
     log.info("coserve serving %s on http://%s:%d", repository.path, args.host, args.port)
     for name in apps:
         log.info("session app %r at ws://%s:%d/sessions/%s", name, args.host, args.port, name)
     server = Server(config)
-    server.run()
+    server.run(sockets=sockets)
     return 0 if server.started else 1
+
+
+def _supervise(args: argparse.Namespace, argv: Sequence[str], log: logging.Logger) -> int:
+    from coserve.server._workers import bind, run_supervisor
+
+    try:  # fail here, once, if the address is taken, rather than in every worker
+        bind(args.host, args.port, reuse_port=True).close()
+    except OSError as error:
+        log.error("cannot listen on %s:%d: %s", args.host, args.port, error)
+        return 1
+    log.info("coserve starting %d workers on http://%s:%d", args.workers, args.host, args.port)
+    return run_supervisor(argv, args.workers, args.graceful_timeout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``coserve`` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     if args.command == "serve":
-        return _serve(args)
+        return _serve(args, argv)
     return 2  # argparse rejects unknown commands before this
 
 

@@ -44,6 +44,7 @@ from coserve.server._metrics import Metrics
 from coserve.server._sessions import SessionManager
 from coserve.server._tfserving import tfserving_endpoint
 from coserve.server._websocket import websocket_endpoint
+from coserve.server._workers import WorkerInfo, gather_metrics
 
 __all__ = ["EXTENSIONS", "ServerState", "create_app"]
 
@@ -76,12 +77,15 @@ def create_app(
     max_request_size: int = 64 * 1024 * 1024,
     graceful_timeout: float = 30.0,
     sessions: SessionManager | None = None,
+    worker: WorkerInfo | None = None,
 ) -> InferenceRoute:
     """The ASGI app serving ``repository``.
 
     Its lifespan loads the models at startup and, at shutdown, drains them within
     ``graceful_timeout`` seconds (the repository's ``reload`` and ``aclose``). ``sessions``
-    serves per-session graphs at ``/sessions/{app}`` (none by default).
+    serves per-session graphs at ``/sessions/{app}`` (none by default). ``worker`` is set in the
+    worker processes of ``coserve serve --workers N``: the app then reports its readiness to the
+    supervisor, and ``/metrics`` gathers every worker's series (``?local=1``: this one's only).
     """
     state = ServerState(
         repository, max_request_size=max_request_size, graceful_timeout=graceful_timeout
@@ -104,6 +108,8 @@ def create_app(
             time.perf_counter() - start,
         )
         state.ready = True
+        if worker is not None:
+            worker.mark_ready()
         try:
             yield
         finally:
@@ -146,7 +152,10 @@ def create_app(
         )
 
     async def metrics_endpoint(request: Request) -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+        text = metrics.render()
+        if worker is not None and worker.count > 1 and request.query_params.get("local") != "1":
+            text = await gather_metrics(worker, text)
+        return Response(text, media_type="text/plain; version=0.0.4")
 
     async def http_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, HTTPException)

@@ -1,0 +1,199 @@
+"""``coserve serve --workers N``: several server processes behind one port, one supervisor.
+
+Real processes on real sockets, serving Python models (quick to load): requests spread over
+the workers, ``/metrics`` gathers every worker's series, a dead worker is replaced, SIGTERM
+drains every worker, and start-up failures stop everything with exit status 1.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from helpers import ServerProcess
+from server_models import SLOW_CONFIG, SLOW_MODEL, TYPES_CONFIG, TYPES_MODEL
+
+COMPLETED = re.compile(
+    r'^coserve_requests_total\{model="types",outcome="completed",version="1"'
+    r'(?:,worker="(\d+)")?\} (\S+)$',
+    re.MULTILINE,
+)
+TYPES_REQUEST = {
+    "inputs": [
+        {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hi"]},
+        {"name": "flag", "shape": [1], "datatype": "BOOL", "data": [True]},
+        {"name": "count", "shape": [1], "datatype": "INT32", "data": [2]},
+    ]
+}
+SLOW_REQUEST = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
+
+
+def python_repository(root: Path) -> Path:
+    for name, config, model in (
+        ("types", TYPES_CONFIG, TYPES_MODEL),
+        ("slow", SLOW_CONFIG, SLOW_MODEL),
+    ):
+        (root / name / "1").mkdir(parents=True)
+        (root / name / "config.toml").write_text(config)
+        (root / name / "1" / "model.py").write_text(model)
+    return root
+
+
+def start(repository: Path, *args: str) -> ServerProcess:
+    server = ServerProcess(
+        "--workers", "2", "--model-repository", str(repository), "--graceful-timeout", "20", *args
+    )
+    server.wait_ready()
+    return server
+
+
+def workers_of(server: ServerProcess) -> list[int]:
+    pid = server.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return sorted(int(child) for child in children)
+
+
+def completed_by_worker(server: ServerProcess) -> dict[str | None, float]:
+    text = httpx.get(f"{server.url}/metrics").text
+    return {worker: float(value) for worker, value in COMPLETED.findall(text)}
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def both_workers_ready(server: ServerProcess) -> bool:
+    return set(completed_by_worker(server)) == {"0", "1"} and len(workers_of(server)) == 2
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = start(python_repository(tmp_path_factory.mktemp("repository")))
+    try:
+        wait_until(lambda: both_workers_ready(process), "both workers")
+        yield process
+    finally:
+        process.close()
+
+
+def test_requests_spread_over_the_workers_and_metrics_gather_them(server: ServerProcess) -> None:
+    """Connections reach both workers; /metrics on either counts every worker's requests."""
+    before = completed_by_worker(server)
+    for _ in range(40):  # a new connection each time: the kernel picks a worker per connection
+        response = httpx.post(f"{server.url}/v2/models/types/infer", json=TYPES_REQUEST)
+        assert response.status_code == 200
+        assert response.json()["outputs"][1]["data"] == [False]
+    after = completed_by_worker(server)
+    assert set(after) == {"0", "1"}
+    served = {worker: after[worker] - before.get(worker, 0.0) for worker in after}
+    assert sum(served.values()) == 40
+    assert all(count > 0 for count in served.values()), served
+
+
+def test_local_metrics_show_one_worker_without_a_worker_label(server: ServerProcess) -> None:
+    """/metrics?local=1 is the answering worker's own exposition."""
+    text = httpx.get(f"{server.url}/metrics", params={"local": "1"}).text
+    found = COMPLETED.findall(text)
+    assert len(found) == 1
+    assert found[0][0] == ""  # no worker label
+
+
+def test_a_worker_that_dies_is_replaced(server: ServerProcess) -> None:
+    """A worker killed outright is started again; the server keeps answering meanwhile."""
+    first, second = workers_of(server)
+    subprocess.run(["kill", "-KILL", str(first)], check=True)
+    wait_until(
+        lambda: len(workers_of(server)) == 2 and first not in workers_of(server), "a new worker"
+    )
+    assert second in workers_of(server)
+    wait_until(lambda: both_workers_ready(server), "the new worker to answer")
+    for _ in range(10):
+        response = httpx.post(f"{server.url}/v2/models/types/infer", json=TYPES_REQUEST)
+        assert response.status_code == 200
+    assert "exited unexpectedly" in server.output()
+
+
+def test_sigterm_drains_every_worker_and_exits_0(tmp_path: Path) -> None:
+    """Requests accepted by any worker are answered after SIGTERM; then all processes exit 0."""
+    server = start(python_repository(tmp_path))
+    try:
+        wait_until(lambda: both_workers_ready(server), "both workers")
+        workers = workers_of(server)
+        url = f"{server.url}/v2/models/slow/infer"
+        with ThreadPoolExecutor(4) as pool:
+            # Each worker runs one 1-second request and queues one more (per-worker queue of 2).
+            answers = [
+                pool.submit(httpx.post, url, json=SLOW_REQUEST, timeout=60) for _ in range(4)
+            ]
+
+            def accepted() -> bool:
+                text = httpx.get(f"{server.url}/metrics").text
+                counts = re.findall(
+                    r'^coserve_(?:queued_requests|running_batches)\{model="slow",version="1",'
+                    r'worker="\d"\} (\S+)$',
+                    text,
+                    re.MULTILINE,
+                )
+                return sum(map(float, counts)) >= 3
+
+            wait_until(accepted, "the slow requests to be accepted")
+            server.process.send_signal(signal.SIGTERM)
+            statuses = [answer.result().status_code for answer in answers]
+        assert statuses == [200] * 4
+        assert server.process.wait(timeout=60) == 0
+        for pid in workers:
+            assert not Path(f"/proc/{pid}").exists()
+        assert "all workers stopped" in server.output()
+    finally:
+        server.close()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "coserve.cli", "serve", "--workers", "2", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_port_in_use_fails_at_once_with_status_1(tmp_path: Path) -> None:
+    """If another program holds the port, the supervisor says so and exits 1."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(
+            "--model-repository", str(python_repository(tmp_path)), "--port", str(port)
+        )
+    assert result.returncode == 1
+    assert "cannot listen" in result.stderr
+
+
+def test_a_worker_that_cannot_start_stops_the_supervisor_with_status_1(tmp_path: Path) -> None:
+    """A worker that fails before it is ready ends the whole server with status 1."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    repository = str(python_repository(tmp_path))
+    result = run_cli(
+        "--model-repository", repository, "--port", str(port), "--app", "x=no_such_module:create"
+    )
+    assert result.returncode == 1
+    assert "failed to start" in result.stderr
+    assert "no_such_module" in result.stderr
