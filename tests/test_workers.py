@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,8 @@ TYPES_REQUEST = {
         {"name": "count", "shape": [1], "datatype": "INT32", "data": [2]},
     ]
 }
+COMMAND = [sys.executable, "-m", "coserve.cli", "serve"]
+ANNOUNCED = re.compile(r"starting 2 workers on http://127\.0\.0\.1:(\d+)")
 SLOW_REQUEST = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
 
 
@@ -165,7 +168,7 @@ def test_sigterm_drains_every_worker_and_exits_0(tmp_path: Path) -> None:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "coserve.cli", "serve", "--workers", "2", *args],
+        [*COMMAND, "--workers", "2", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -197,3 +200,41 @@ def test_a_worker_that_cannot_start_stops_the_supervisor_with_status_1(tmp_path:
     assert result.returncode == 1
     assert "failed to start" in result.stderr
     assert "no_such_module" in result.stderr
+
+
+def test_port_0_gives_every_worker_the_same_free_port(tmp_path: Path) -> None:
+    """With --port 0 the supervisor picks one free port and every worker serves on it."""
+    repository = str(python_repository(tmp_path))
+    with tempfile.TemporaryFile(mode="w+") as log:
+        process = subprocess.Popen(
+            [*COMMAND, "--workers", "2", "--port", "0", "--model-repository", repository],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            found: list[str] = []
+
+            def announced() -> bool:
+                log.seek(0)
+                found[:] = re.findall(
+                    r"starting 2 workers on http://127\.0\.0\.1:(\d+)", log.read()
+                )
+                return bool(found)
+
+            wait_until(announced, "the supervisor to announce its port")
+            url = f"http://127.0.0.1:{found[0]}"
+
+            def both_answer() -> bool:
+                try:
+                    text = httpx.get(f"{url}/metrics", timeout=5).text
+                except httpx.TransportError:
+                    return False
+                return {w for w, _ in COMPLETED.findall(text)} == {"0", "1"}
+
+            wait_until(both_answer, "both workers on the chosen port")
+            response = httpx.post(f"{url}/v2/models/types/infer", json=TYPES_REQUEST)
+            assert response.status_code == 200
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0

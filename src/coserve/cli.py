@@ -263,12 +263,16 @@ def _supervise(args: argparse.Namespace, argv: Sequence[str], log: logging.Logge
     from coserve.server._workers import bind, run_supervisor
 
     try:  # fail here, once, if the address is taken, rather than in every worker
-        bind(args.host, args.port, reuse_port=True).close()
+        reservation = bind(args.host, args.port, reuse_port=True)
     except OSError as error:
         log.error("cannot listen on %s:%d: %s", args.host, args.port, error)
         return 1
-    log.info("coserve starting %d workers on http://%s:%d", args.workers, args.host, args.port)
-    return run_supervisor(argv, args.workers, args.graceful_timeout)
+    # Held, bound but never listening, while the workers run: it takes no connections, keeps
+    # the port from programs that do not share it, and fixes the port that --port 0 chose.
+    with reservation:
+        port = reservation.getsockname()[1]
+        log.info("coserve starting %d workers on http://%s:%d", args.workers, args.host, port)
+        return run_supervisor([*argv, "--port", str(port)], args.workers, args.graceful_timeout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
