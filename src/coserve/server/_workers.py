@@ -233,6 +233,10 @@ class _Supervisor:
             stopping.cancel()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+            for process in self.processes.values():  # only on an error path: none left running
+                if process.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
             shutil.rmtree(self.directory, ignore_errors=True)
 
     async def exited(self, index: int, code: int, stop: asyncio.Event) -> None:
