@@ -8,8 +8,10 @@ for the disconnect itself. Both run here in process, on real sockets, with a Pyt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -31,20 +33,18 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture(params=sorted(PROTOCOLS))
-async def served(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[tuple[int, ModelRepository]]:
-    (tmp_path / "slow" / "1").mkdir(parents=True)
-    (tmp_path / "slow" / "config.toml").write_text(SLOW_CONFIG)
-    (tmp_path / "slow" / "1" / "model.py").write_text(SLOW_MODEL)
-    repository = ModelRepository(tmp_path)
+@contextlib.asynccontextmanager
+async def serve(folder: Path, protocol: str) -> AsyncIterator[tuple[int, ModelRepository]]:
+    (folder / "slow" / "1").mkdir(parents=True)
+    (folder / "slow" / "config.toml").write_text(SLOW_CONFIG)
+    (folder / "slow" / "1" / "model.py").write_text(SLOW_MODEL)
+    repository = ModelRepository(folder)
     port = free_port()
     config = uvicorn.Config(
         create_app(repository, graceful_timeout=5),
         host="127.0.0.1",
         port=port,
-        http=PROTOCOLS[request.param],
+        http=PROTOCOLS[protocol],
         lifespan="on",
         log_config=None,
     )
@@ -56,6 +56,14 @@ async def served(
     finally:
         server.should_exit = True
         await task
+
+
+@pytest.fixture(params=sorted(PROTOCOLS))
+async def served(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[int, ModelRepository]]:
+    async with serve(tmp_path, request.param) as running:
+        yield running
 
 
 async def wait_until(condition: Callable[[], bool], what: str) -> None:
@@ -127,3 +135,62 @@ async def test_pipelined_requests_are_answered_in_order(
     assert [status for status, _ in answers] == [200] * 5
     assert [body["id"] for _, body in answers] == [f"r{i}" for i in range(5)]
     assert [body["outputs"][0]["data"] for _, body in answers] == [[0.0]] * 5
+
+
+async def test_a_client_that_half_closes_still_gets_its_response(
+    served: tuple[int, ModelRepository],
+) -> None:
+    """A client that shuts down its sending side after the request still reads the answer."""
+    port, _ = served
+    for _ in range(20):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n")
+            writer.write_eof()
+            head = await reader.readuntil(b"\r\n\r\n")
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        assert head.startswith(b"HTTP/1.1 200")
+
+
+async def test_a_client_gone_while_its_large_body_is_decoded_runs_nothing(
+    tmp_path: Path,
+) -> None:
+    """The coserve protocol remembers a disconnect that comes before the request waits."""
+    async with serve(tmp_path, "coserve") as (port, repository):
+        handle = repository.get("slow")
+        # A body over 1 MiB is decoded in a thread; the client is gone before that ends.
+        body = json.dumps(
+            {
+                "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.0]}],
+                "parameters": {"padding": [0.5] * 600_000},
+            }
+        )
+        request = (
+            f"POST /v2/models/slow/infer HTTP/1.1\r\nHost: test\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+        ).encode()
+        latency = 'coserve_request_duration_seconds_count{model="slow"'
+
+        def answered() -> int:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+            return sum(
+                int(float(line.rsplit(" ", 1)[1]))
+                for line in text.splitlines()
+                if line.startswith(latency)
+            )
+
+        before = await asyncio.to_thread(answered)
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        for _ in range(600):
+            if await asyncio.to_thread(answered) > before:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the request was never finished")
+        assert handle.statistics().submitted == 0

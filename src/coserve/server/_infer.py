@@ -23,7 +23,7 @@ import orjson
 from coserve._exceptions import BatcherClosed, CoserveError, InvalidInput, RequestTooLarge
 from coserve.server._codec import decode_request_async, encode_response
 from coserve.server._http import status_of
-from coserve.server._protocol import DISCONNECT_HOOK
+from coserve.server._protocol import CLIENT_GONE, DISCONNECT_HOOK
 
 __all__ = ["InferenceRoute"]
 
@@ -143,6 +143,9 @@ class InferenceRoute:
 
         watcher: asyncio.Future[None] | None = None
         if DISCONNECT_HOOK in scope:
+            if scope[DISCONNECT_HOOK] is CLIENT_GONE:  # left while the body was read or decoded
+                logger.debug("client went away; request for %s dropped", model)
+                return _CLIENT_GONE, b"", []
             scope[DISCONNECT_HOOK] = client_gone
         else:
             watcher = asyncio.ensure_future(_disconnected(receive))

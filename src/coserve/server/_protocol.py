@@ -21,10 +21,13 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["DISCONNECT_HOOK", "CoserveHttpProtocol"]
+__all__ = ["CLIENT_GONE", "DISCONNECT_HOOK", "CoserveHttpProtocol"]
 
 DISCONNECT_HOOK = "coserve.disconnect_hook"
 """Scope key: the protocol sets it to None; a request may replace it with a callback."""
+
+CLIENT_GONE: Any = object()
+"""What :data:`DISCONNECT_HOOK` holds if the client left before the request set its callback."""
 
 
 class _CoalescingTransport:
@@ -85,6 +88,28 @@ class CoserveHttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._coalescing: _CoalescingTransport | None = _CoalescingTransport(transport, self.loop)
         self.transport = self._coalescing  # type: ignore[assignment]
+        self._running: Any = None  # the running cycle: older than self.cycle when pipelined
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
+
+    def on_message_complete(self) -> None:
+        """The request is read: read on, so that a client leaving is noticed while it is served.
+
+        uvicorn pauses reading when a large body fills its buffer and resumes only when the app
+        asks for more; the inference path does not ask again after the body, so without this a
+        client that leaves during a long decode would still have its work run.
+        """
+        super().on_message_complete()
+        if self.flow is not None:
+            self.flow.resume_reading()
+
+    def eof_received(self) -> None:
+        """The client half-closed: send what is buffered before the transport closes itself."""
+        if self._coalescing is not None:
+            self._coalescing.flush()
+        super().eof_received()
 
     def on_message_begin(self) -> None:
         """Start a request's scope, offering the disconnect hook."""
@@ -92,11 +117,15 @@ class CoserveHttpProtocol(HttpToolsProtocol):
         self.scope[DISCONNECT_HOOK] = None  # type: ignore[literal-required]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Tell a request still in progress that its client has gone, then clean up."""
-        cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
-            hook: Callable[[], None] | None = cycle.scope.get(DISCONNECT_HOOK)  # type: ignore[assignment]
-            if hook is not None:
+        """Tell the requests still in progress that their client has gone, then clean up."""
+        for cycle in {id(c): c for c in (self._running, self.cycle) if c is not None}.values():
+            if cycle.response_complete:
+                continue
+            scope: Any = cycle.scope
+            hook: Callable[[], None] | None = scope.get(DISCONNECT_HOOK)
+            if hook is None:  # not waiting yet (reading or decoding): it checks when it would
+                scope[DISCONNECT_HOOK] = CLIENT_GONE
+            elif hook is not CLIENT_GONE:
                 hook()
         if self._coalescing is not None:
             self._coalescing._buffer.clear()  # nobody to send it to

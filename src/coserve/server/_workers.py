@@ -16,7 +16,8 @@ kernel spreads connections across them. The supervisor loads no model and serves
   ``RESTART_PERIOD`` seconds; beyond that the supervisor stops everything and exits 1.
 - **Shutdown.** SIGTERM or SIGINT to the supervisor sends SIGTERM to every worker; each drains its
   accepted requests within ``--graceful-timeout`` as a single server does. The supervisor exits 0
-  when every worker has exited 0.
+  when every worker has exited 0. A second signal tells the workers to quit without draining.
+  Workers run in sessions of their own, so a terminal's Ctrl+C reaches only the supervisor.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -56,6 +58,7 @@ MAX_RESTARTS = 5
 """Crashed workers replaced within ``RESTART_PERIOD`` seconds before the supervisor gives up."""
 RESTART_PERIOD = 60.0
 _STOP_MARGIN = 15.0  # seconds past --graceful-timeout before a worker is killed
+_SUPERVISOR_PID = "COSERVE_SUPERVISOR_PID"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,11 +120,14 @@ def bind_unix(path: Path) -> socket.socket:
 
 def die_with_parent() -> None:
     """Ask Linux to send this worker SIGTERM if its supervisor dies (no-op elsewhere)."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    supervisor = os.environ.get(_SUPERVISOR_PID)
+    if supervisor is not None and os.getppid() != int(supervisor):
+        # The supervisor died before the request above took effect: nobody would stop us.
+        raise SystemExit("the supervisor of this worker has already exited")
 
 
 # -- metrics across workers -----------------------------------------------------------------
@@ -207,7 +213,13 @@ class _Supervisor:
             "--worker-dir",
             str(self.directory),
         ]
-        process = await asyncio.create_subprocess_exec(*command)
+        # A session of its own: a terminal's Ctrl+C reaches the supervisor only, which then
+        # sends each worker one SIGTERM (uvicorn takes SIGINT after SIGTERM as "force quit").
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            start_new_session=True,
+            env={**os.environ, _SUPERVISOR_PID: str(os.getpid())},
+        )
         self.processes[index] = process
         self.waits[index] = asyncio.ensure_future(process.wait())
         logger.info("worker %d started (pid %d)", index, process.pid)
@@ -215,8 +227,15 @@ class _Supervisor:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
+
+        def on_signal() -> None:
+            if stop.is_set():  # asked twice: stop draining, quit now
+                logger.warning("second signal: telling the workers to quit without draining")
+                self.signal_workers(signal.SIGINT)
+            stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         stopping = asyncio.ensure_future(stop.wait())
         try:
             for index in range(self.count):
@@ -266,12 +285,15 @@ class _Supervisor:
         logger.error("worker %d exited unexpectedly (status %d); starting a new one", index, code)
         await self.spawn(index)
 
-    async def shut_down(self) -> int:
-        """SIGTERM every worker, wait for their drains, kill whatever outlives the deadline."""
+    def signal_workers(self, sig: int) -> None:
         for process in self.processes.values():
             if process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGTERM)
+                    process.send_signal(sig)
+
+    async def shut_down(self) -> int:
+        """SIGTERM every worker, wait for their drains, kill whatever outlives the deadline."""
+        self.signal_workers(signal.SIGTERM)
         waits = list(self.waits.values())
         if waits:
             _, late = await asyncio.wait(waits, timeout=self.graceful_timeout + _STOP_MARGIN)
@@ -283,7 +305,14 @@ class _Supervisor:
             if late:
                 await asyncio.wait(late)
         codes = {index: wait.result() for index, wait in self.waits.items()}
-        bad = {index: code for index, code in codes.items() if code != 0}
+        # A worker still starting has no handler yet, so the SIGTERM ends it at once; it had
+        # accepted nothing, so that is a clean stop too.
+        bad = {
+            index: code
+            for index, code in codes.items()
+            if code != 0
+            and not (code == -signal.SIGTERM and not self.info.ready_path(index).exists())
+        }
         if bad:
             logger.error("workers exited with errors: %s", bad)
         else:
