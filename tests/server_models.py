@@ -76,15 +76,20 @@ def predict(inputs):
 """
 
 
-def build_repository(root: Path) -> Path:
-    """The demo models (linked) plus the 'types' and 'slow' Python models."""
-    for name in ("digits", "digits_onnx"):
-        (root / name).symlink_to(bundled_repository() / name)
+def add_python_models(root: Path, *, slow_config: str = SLOW_CONFIG) -> Path:
+    """Write the 'types' and 'slow' Python models into the repository folder ``root``."""
     for name, config, model in (
         ("types", TYPES_CONFIG, TYPES_MODEL),
-        ("slow", SLOW_CONFIG, SLOW_MODEL),
+        ("slow", slow_config, SLOW_MODEL),
     ):
         (root / name / "1").mkdir(parents=True)
         (root / name / "config.toml").write_text(config)
         (root / name / "1" / "model.py").write_text(model)
     return root
+
+
+def build_repository(root: Path) -> Path:
+    """The demo models (linked) plus the 'types' and 'slow' Python models."""
+    for name in ("digits", "digits_onnx"):
+        (root / name).symlink_to(bundled_repository() / name)
+    return add_python_models(root)

@@ -22,7 +22,7 @@ import uvicorn
 from coserve.models import ModelRepository
 from coserve.server import create_app
 from coserve.server._protocol import CoserveHttpProtocol
-from server_models import SLOW_CONFIG, SLOW_MODEL
+from server_models import add_python_models
 
 PROTOCOLS: dict[str, Any] = {"coserve": CoserveHttpProtocol, "uvicorn": "httptools"}
 
@@ -35,10 +35,7 @@ def free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def serve(folder: Path, protocol: str) -> AsyncIterator[tuple[int, ModelRepository]]:
-    (folder / "slow" / "1").mkdir(parents=True)
-    (folder / "slow" / "config.toml").write_text(SLOW_CONFIG)
-    (folder / "slow" / "1" / "model.py").write_text(SLOW_MODEL)
-    repository = ModelRepository(folder)
+    repository = ModelRepository(add_python_models(folder))
     port = free_port()
     config = uvicorn.Config(
         create_app(repository, graceful_timeout=5),

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from helpers import ServerProcess
-from server_models import SLOW_CONFIG, SLOW_MODEL, TYPES_CONFIG, TYPES_MODEL
+from server_models import SLOW_CONFIG, add_python_models
 
 COMPLETED = re.compile(
     r'^coserve_requests_total\{model="types",outcome="completed",version="1"'
@@ -47,14 +47,7 @@ def python_repository(root: Path) -> Path:
     # worker of each connection.
     slow_config = SLOW_CONFIG.replace("max_queue_size = 2", "max_queue_size = 8")
     assert slow_config != SLOW_CONFIG
-    for name, config, model in (
-        ("types", TYPES_CONFIG, TYPES_MODEL),
-        ("slow", slow_config, SLOW_MODEL),
-    ):
-        (root / name / "1").mkdir(parents=True)
-        (root / name / "config.toml").write_text(config)
-        (root / name / "1" / "model.py").write_text(model)
-    return root
+    return add_python_models(root, slow_config=slow_config)
 
 
 def start(repository: Path, *args: str) -> ServerProcess:

@@ -102,7 +102,9 @@ class CoserveHttpProtocol(HttpToolsProtocol):
         client that leaves during a long decode would still have its work run.
         """
         super().on_message_complete()
-        if self.flow is not None:
+        # Only for the request being served: a pipelined one queued behind it keeps reading
+        # paused, uvicorn's bound on how much a client can queue on one connection.
+        if self.flow is not None and self.cycle is self._running:
             self.flow.resume_reading()
 
     def eof_received(self) -> None:
