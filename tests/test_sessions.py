@@ -91,6 +91,15 @@ async def wait_for_metric(server: ServerProcess, name: str, app: str, value: flo
     raise AssertionError(f"{name}{{app={app!r}}} never reached {value}")
 
 
+async def refused_with(server: ServerProcess, app: str) -> int:
+    """Connect to ``app`` expecting the server to close at once; the close code it sent."""
+    async with websockets.connect(ws_url(server, app)) as socket:
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await socket.recv()
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd.code
+
+
 def image(digits: tuple[np.ndarray, np.ndarray], wanted: int) -> list[list[float]]:
     images, labels = digits
     index = int(np.flatnonzero(labels == wanted)[0])
@@ -177,31 +186,19 @@ async def test_bad_messages_get_an_error_and_the_session_stays_open(
 
 async def test_unknown_app_closes_with_4404(server: ServerProcess) -> None:
     """A URL naming no session app closes at once with code 4404."""
-    async with websockets.connect(ws_url(server, "nope")) as socket:
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            await socket.recv()
-    assert closed.value.rcvd is not None
-    assert closed.value.rcvd.code == 4404
+    assert await refused_with(server, "nope") == 4404
 
 
 async def test_an_app_that_cannot_build_a_session_closes_with_1011(server: ServerProcess) -> None:
     """If the app's factory raises, the session closes with 1011 and is counted as an error."""
-    async with websockets.connect(ws_url(server, "broken")) as socket:
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            await socket.recv()
-    assert closed.value.rcvd is not None
-    assert closed.value.rcvd.code == 1011
+    assert await refused_with(server, "broken") == 1011
     assert metric(server, "coserve_sessions_errors_total", "broken") >= 1
 
 
 async def test_an_app_whose_graph_cannot_start_closes_with_1011(server: ServerProcess) -> None:
     """A graph that fails validation at start closes the session with 1011, counted."""
     errors_before = metric(server, "coserve_sessions_errors_total", "unwired")
-    async with websockets.connect(ws_url(server, "unwired")) as socket:
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            await socket.recv()
-    assert closed.value.rcvd is not None
-    assert closed.value.rcvd.code == 1011
+    assert await refused_with(server, "unwired") == 1011
     assert metric(server, "coserve_sessions_errors_total", "unwired") == errors_before + 1
 
 
@@ -231,11 +228,7 @@ async def test_sessions_over_the_cap_are_refused_with_1013(server: ServerProcess
     refused_before = metric(server, "coserve_sessions_refused_total", "echo")
     sockets = [await open_session(server, "echo") for _ in range(MAX_SESSIONS)]
     try:
-        async with websockets.connect(ws_url(server, "echo")) as extra:
-            with pytest.raises(websockets.ConnectionClosed) as closed:
-                await extra.recv()
-        assert closed.value.rcvd is not None
-        assert closed.value.rcvd.code == 1013
+        assert await refused_with(server, "echo") == 1013
         assert metric(server, "coserve_sessions_refused_total", "echo") == refused_before + 1
         assert (await ask(sockets[0], {"id": "still"}))["echo"]["id"] == "still"
     finally:
