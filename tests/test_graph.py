@@ -525,6 +525,35 @@ async def test_select_merges_inputs_in_arrival_order() -> None:
     assert sorted(sink.values) == ["a0", "a1", "a2", "b7"]
 
 
+async def test_closing_a_select_keeps_what_it_took_and_passes_its_callers_cancel_on() -> None:
+    """aclose() puts a message its receive had taken back, even when its caller is cancelled."""
+
+    class Two(Node):
+        a: Input[int]
+        b: Input[int]
+
+        async def run(self) -> None:
+            raise AssertionError("never started")
+
+    graph = Graph()
+    node = graph.add(Two())
+    inlet = graph.inlet(node.a)
+    select = node.select()
+    waiter = asyncio.ensure_future(select.next_event(None))
+    await settle()  # a receive is now waiting on each input
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    inlet.send_nowait(Signal(1, id=1))  # wakes the receive on `a`: it takes the message
+    closer = asyncio.ensure_future(select.aclose())
+    await asyncio.sleep(0)  # the receive finishes, then aclose starts and waits for `b`'s
+    closer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closer
+    assert node.a.receive_nowait().id == 1  # back in its input, not lost
+    assert select not in node._selects
+
+
 # -- supervision ----------------------------------------------------------------------------
 
 
@@ -838,6 +867,29 @@ async def test_a_node_may_rewire_the_graph_while_it_drains() -> None:
     assert graph.nodes["Pass"].state == "done"
     assert not dead
     assert graph.state == "done"
+
+
+async def test_a_stopping_graph_takes_no_new_inlets_and_starts_no_new_sources() -> None:
+    """While draining, a new inlet is refused and a source added then never runs."""
+    gate = Gate()
+    gate.gate.clear()
+    graph, _, sink, dead = pipeline(gate, count=0)
+    inlet = graph.inlet(gate.inp)
+    await graph.start()
+    await inlet.send(Signal(0, id=0))
+    await settle()
+    stopper = asyncio.ensure_future(graph.stop(drain=True, timeout=10))
+    await settle()
+    assert graph.state == "stopping"
+    with pytest.raises(GraphError, match="stopping"):
+        graph.inlet(gate.inp)
+    late = graph.add(Forever())
+    await settle()
+    assert late.state == "cancelled"
+    gate.gate.set()
+    await stopper
+    assert sink.values == [0]
+    assert not dead
 
 
 async def test_a_node_added_to_a_running_graph_starts_and_finishes() -> None:

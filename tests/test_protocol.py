@@ -191,3 +191,26 @@ async def test_a_client_gone_while_its_large_body_is_decoded_runs_nothing(
         else:
             raise AssertionError("the request was never finished")
         assert handle.statistics().submitted == 0
+
+
+async def test_a_queued_request_ahead_of_a_pipelined_one_is_dropped_when_its_client_goes(
+    tmp_path: Path,
+) -> None:
+    """The coserve protocol tells the request being served, not only the newest one parsed."""
+    async with serve(tmp_path, "coserve") as (port, repository):
+        handle = repository.get("slow")
+        _, busy = await asyncio.open_connection("127.0.0.1", port)
+        busy.write(infer_request(1.0, "busy"))  # occupies the model for a second
+        await busy.drain()
+        await wait_until(lambda: handle.statistics().running_batches == 1, "the busy request")
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(infer_request(0.0, "first") + infer_request(0.0, "second"))
+        await writer.drain()
+        await wait_until(lambda: handle.statistics().queued == 1, "the first one queued")
+        writer.close()
+        await writer.wait_closed()
+        await wait_until(lambda: handle.statistics().cancelled == 1, "the first one cancelled")
+        await wait_until(lambda: handle.statistics().running_batches == 0, "the busy one done")
+        busy.close()
+        await busy.wait_closed()
+        assert handle.statistics().batches == 1  # only the busy request ever ran
