@@ -1,11 +1,13 @@
 """Every backend loads a real model file and predicts the same as the framework itself.
 
 The models are tiny and built here, in the test's temporary repository: a Keras model saved as
-``.keras``, a PyTorch module saved as TorchScript and as a ``torch.export`` program.
+``.keras``, SavedModels (frozen into a session, or called as a ``tf.function`` when they cannot
+be frozen), a PyTorch module saved as TorchScript and as a ``torch.export`` program.
 """
 
 from __future__ import annotations
 
+import logging
 import textwrap
 import warnings
 from pathlib import Path
@@ -58,6 +60,83 @@ async def test_keras_model_predicts_like_keras(tmp_path: Path) -> None:
         assert [s.name for s in handle.outputs] == ["scores"]
         result = await handle.infer({"features": ROWS})
     np.testing.assert_allclose(result["scores"], expected, rtol=1e-5, atol=1e-6)
+
+
+def save_module(module: object, folder: Path) -> None:
+    import tensorflow as tf
+
+    serve = module.serve  # type: ignore[attr-defined]
+    tf.saved_model.save(
+        module, str(folder / "model.savedmodel"), signatures={"serving_default": serve}
+    )
+
+
+async def test_savedmodel_runs_frozen_and_predicts_like_its_signature(tmp_path: Path) -> None:
+    """A SavedModel with variables runs as a frozen graph and answers as its signature does."""
+    import tensorflow as tf
+
+    class Dense(tf.Module):
+        def __init__(self) -> None:
+            self.weights = tf.Variable(tf.random.stateless_normal((3, 2), seed=(1, 2)))
+            self.bias = tf.Variable([0.25, -0.5])
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="features")])
+        def serve(self, features: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"scores": tf.matmul(features, self.weights) + self.bias, "double": 2 * features}
+
+    module = Dense()
+    folder = model_folder(tmp_path, "dense", 'platform = "tensorflow_savedmodel"')
+    save_module(module, folder)
+    expected = module.serve(tf.constant(ROWS))
+    async with ModelRepository(tmp_path) as repository:
+        result = await repository.get("dense").infer({"features": ROWS})
+        assert repository.get("dense").backend.frozen  # type: ignore[attr-defined]
+    np.testing.assert_allclose(result["scores"], expected["scores"].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(result["double"], expected["double"].numpy())
+
+
+async def test_savedmodels_that_cannot_be_frozen_run_as_functions(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A signature that updates a variable keeps doing so; one with a lookup table still works."""
+    import tensorflow as tf
+
+    class Counter(tf.Module):
+        def __init__(self) -> None:
+            self.count = tf.Variable(0.0)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            self.count.assign_add(1.0)
+            return {"y": x + self.count}
+
+    class Table(tf.Module):
+        def __init__(self) -> None:
+            keys, values = tf.constant(["a", "b"]), tf.constant([1, 2], tf.int64)
+            initializer = tf.lookup.KeyValueTensorInitializer(keys, values)
+            self.table = tf.lookup.StaticHashTable(initializer, -1)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="x")])
+        def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"y": self.table.lookup(x)}
+
+    save_module(Counter(), model_folder(tmp_path, "counter", 'platform = "tensorflow_savedmodel"'))
+    save_module(Table(), model_folder(tmp_path, "table", 'platform = "tensorflow_savedmodel"'))
+    with caplog.at_level(logging.INFO, logger="coserve.models"):
+        async with ModelRepository(tmp_path, warm_up=False) as repository:
+            counter, table = repository.get("counter"), repository.get("table")
+            assert not counter.backend.frozen  # type: ignore[attr-defined]
+            assert not table.backend.frozen  # type: ignore[attr-defined]
+            first = await counter.infer({"x": np.array([10.0], dtype=np.float32)})
+            second = await counter.infer({"x": np.array([10.0], dtype=np.float32)})
+            looked_up = await table.infer({"x": np.array([b"b", b"a", b"z"], dtype=object)})
+    assert first["y"].tolist() == [11.0]
+    assert second["y"].tolist() == [12.0]  # the variable kept counting
+    assert looked_up["y"].tolist() == [2, 1, -1]
+    refused = [
+        r.getMessage() for r in caplog.records if "cannot run as a frozen graph" in r.getMessage()
+    ]
+    assert len(refused) == 2
 
 
 class TinyNet:

@@ -1,12 +1,20 @@
 """TensorFlow backends: SavedModel signatures and Keras ``.keras`` files (extra ``tensorflow``).
 
-Both call a concrete ``tf.function`` (a SavedModel signature, or the Keras model traced once with
-a batch-polymorphic input signature): about 0.7 ms a call here, against 50-65 ms for Keras's
-``model.predict``, which builds a data pipeline on every call (DESIGN.md §7).
+Keras models call a concrete ``tf.function`` (the model traced once with a batch-polymorphic
+input signature): about 0.7 ms a call here, against 50-65 ms for Keras's ``model.predict``, which
+builds a data pipeline on every call (DESIGN.md §7).
+
+A SavedModel signature runs the way TensorFlow Serving runs it: its graph, with the variables
+frozen into constants, in a session, through a callable made once. Calling the signature as a
+``tf.function`` spends hundreds of microseconds per call in Python, holding the GIL that the
+server's event loop needs; the session's callable spends a fraction of that (measured side by
+side: benchmarks/README.md). A signature that cannot be frozen (one that updates variables, or
+uses lookup tables) is called as a ``tf.function`` instead, with a log line saying so.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from pathlib import Path
@@ -65,6 +73,38 @@ def _spec(tf: Any, name: str, spec: Any) -> TensorSpec:
     return TensorSpec(name, dtype, tuple(shape))
 
 
+class _FrozenSignature:
+    """A signature's graph with its variables as constants, run by a session's callable."""
+
+    def __init__(self, tf: Any, fn: Any, threads: ThreadConfig) -> None:
+        # Not in TensorFlow's public API, but what its own converters (TFLite's) use.
+        convert = importlib.import_module("tensorflow.python.framework.convert_to_constants")
+        frozen = convert.convert_variables_to_constants_v2(fn)
+        _, kwargs = fn.structured_input_signature
+        # Flattening sorts a dict by key: that is the order of the graph's inputs and outputs.
+        self.input_names = sorted(kwargs)
+        self.output_names = sorted(fn.structured_outputs)
+        if len(frozen.inputs) != len(self.input_names) or len(frozen.outputs) != len(
+            self.output_names
+        ):
+            raise ValueError("the frozen graph's inputs or outputs do not match the signature")
+        graph = tf.Graph()
+        with graph.as_default():
+            tf.compat.v1.import_graph_def(frozen.graph.as_graph_def(), name="")
+        # inter_op 1 runs the ops in the calling (batch) thread rather than handing them to a
+        # pool of one: the same order of work, without a thread switch per call.
+        inter_op = threads.inter_op or 0
+        config = tf.compat.v1.ConfigProto(
+            intra_op_parallelism_threads=threads.intra_op or 0,
+            inter_op_parallelism_threads=-1 if inter_op == 1 else inter_op,
+        )
+        self.session = tf.compat.v1.Session(graph=graph, config=config)
+        self.call = self.session.make_callable(
+            [graph.get_tensor_by_name(t.name) for t in frozen.outputs],
+            [graph.get_tensor_by_name(t.name) for t in frozen.inputs],
+        )
+
+
 class TensorFlowSavedModel(Backend):
     """A TensorFlow SavedModel, called through one of its signatures.
 
@@ -100,6 +140,17 @@ class TensorFlowSavedModel(Backend):
             )
         self._tf = tf
         self._fn = signatures[signature]
+        self._frozen: _FrozenSignature | None = None
+        try:
+            self._frozen = _FrozenSignature(tf, self._fn, threads)
+        except Exception as error:  # TF raises many kinds; any means "call it eagerly"
+            logger.info(
+                "model %r: signature %r cannot run as a frozen graph (%s); calling it as a "
+                "tf.function instead",
+                name,
+                signature,
+                error,
+            )
         _, kwargs = self._fn.structured_input_signature
         read_inputs = tuple(_spec(tf, key, spec) for key, spec in sorted(kwargs.items()))
         read_outputs = tuple(
@@ -112,14 +163,26 @@ class TensorFlowSavedModel(Backend):
             override_specs(name, "outputs", read_outputs, outputs),
         )
 
+    @property
+    def frozen(self) -> bool:
+        """Whether the signature runs as a frozen graph in a session (else as a tf.function)."""
+        return self._frozen is not None
+
     def predict(self, inputs: Tensors) -> dict[str, np.ndarray]:
-        """Call the signature function on one batch."""
+        """Run the signature on one batch."""
+        frozen = self._frozen
+        if frozen is not None:
+            values = frozen.call(*(inputs[name] for name in frozen.input_names))
+            return dict(zip(frozen.output_names, values, strict=True))
         constant = self._tf.constant
         result = self._fn(**{name: constant(array) for name, array in inputs.items()})
         return {name: tensor.numpy() for name, tensor in result.items()}
 
     def close(self) -> None:
-        """Drop the references to the graph so TensorFlow can free it."""
+        """Close the session and drop the references to the graph so TensorFlow can free it."""
+        if self._frozen is not None:
+            self._frozen.session.close()
+            self._frozen = None
         self._fn = None
         self._loaded = None
 
