@@ -197,42 +197,32 @@ class Batcher(Generic[T, R]):
             BatchFailed: The batch function raised, or returned the wrong number of results.
             Exception: The per-item error the batch function returned for this item.
         """
-        counters = self._counters
-        if self._closing:
-            counters.rejected_closed += 1
-            raise BatcherClosed(f"batcher {self._name!r} is closed")
-        loop = self._loop or self._start()
-        if asyncio.get_running_loop() is not loop:
-            raise RuntimeError(f"batcher {self._name!r} is bound to another event loop")
-        queue = self._queue
-        if queue.count >= self._max_queue_size:
-            counters.rejected_queue_full += 1
-            raise QueueFull(
-                f"batcher {self._name!r} has {queue.count} requests queued, its maximum"
-            )
-        if size != 1 and (isinstance(size, bool) or not 1 <= size <= self._max_batch_size):
-            raise ValueError(f"size must be between 1 and {self._max_batch_size}, got {size!r}")
-        if timeout is None:
-            timeout = self._timeout
-        elif timeout <= 0:
-            raise ValueError(f"timeout must be > 0, got {timeout!r}")
-
-        future: asyncio.Future[R] = loop.create_future()
-        request = QueuedRequest(item, future, priority, size, loop.time())
-        if timeout is not None:
-            request.deadline_timer = loop.call_at(
-                request.enqueued_at + timeout, self._expire, request, timeout
-            )
-        queue.push(request)
-        counters.submitted += 1
-        waiter = self._waiter
-        if waiter is not None and queue.rows >= self._wake_rows and not waiter.done():
-            waiter.set_result(None)
+        request = self._enqueue(item, timeout, priority, size)
+        future: asyncio.Future[R] = request.future
         try:
             return await future
         except asyncio.CancelledError:
             self._abandon(request)
             raise
+
+    def submit_nowait(
+        self,
+        item: T,
+        *,
+        timeout: float | None = None,
+        priority: int = 0,
+        size: int = 1,
+    ) -> asyncio.Future[R]:
+        """Queue ``item`` and return a future of its result, for callers that cannot await.
+
+        The same as :meth:`submit` (same arguments, and ``QueueFull`` or ``BatcherClosed`` raised
+        at once), for code that runs in callbacks, such as a protocol's, where a task per request
+        would cost more than the batching saves. Cancel the future to withdraw the request: if its
+        batch has not started, it never runs. A withdrawn request keeps its place in the queue's
+        counts until the dispatcher reaches it, where it is dropped and counted as cancelled.
+        Must be called from the batcher's event loop.
+        """
+        return self._enqueue(item, timeout, priority, size).future
 
     def statistics(self) -> BatcherStatistics:
         """A snapshot of the queue, the running batches and every counter."""
@@ -241,7 +231,10 @@ class Batcher(Generic[T, R]):
             queued_rows=self._queue.rows,
             running_batches=len(self._running),
             in_flight=sum(
-                1 for batch in self._running.values() for r in batch if not r.future.done()
+                1
+                for batch in self._running.values()
+                for r in batch
+                if r.state is RequestState.RUNNING
             ),
         )
 
@@ -289,6 +282,44 @@ class Batcher(Generic[T, R]):
             f"<Batcher {self._name!r} {state} max_batch_size={self._max_batch_size} "
             f"max_wait={self._max_wait} queued={self._queue.count} running={len(self._running)}>"
         )
+
+    # -- queueing ---------------------------------------------------------------------------
+
+    def _enqueue(
+        self, item: T, timeout: float | None, priority: int, size: int
+    ) -> QueuedRequest[T]:
+        counters = self._counters
+        if self._closing:
+            counters.rejected_closed += 1
+            raise BatcherClosed(f"batcher {self._name!r} is closed")
+        loop = self._loop or self._start()
+        if asyncio.get_running_loop() is not loop:
+            raise RuntimeError(f"batcher {self._name!r} is bound to another event loop")
+        queue = self._queue
+        if queue.count >= self._max_queue_size:
+            counters.rejected_queue_full += 1
+            raise QueueFull(
+                f"batcher {self._name!r} has {queue.count} requests queued, its maximum"
+            )
+        if size != 1 and (isinstance(size, bool) or not 1 <= size <= self._max_batch_size):
+            raise ValueError(f"size must be between 1 and {self._max_batch_size}, got {size!r}")
+        if timeout is None:
+            timeout = self._timeout
+        elif timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {timeout!r}")
+
+        future: asyncio.Future[R] = loop.create_future()
+        request = QueuedRequest(item, future, priority, size, loop.time())
+        if timeout is not None:
+            request.deadline_timer = loop.call_at(
+                request.enqueued_at + timeout, self._expire, request, timeout
+            )
+        queue.push(request)
+        counters.submitted += 1
+        waiter = self._waiter
+        if waiter is not None and queue.rows >= self._wake_rows and not waiter.done():
+            waiter.set_result(None)
+        return request
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -421,6 +452,10 @@ class Batcher(Generic[T, R]):
         loop = self._loop
         assert loop is not None
         counters = self._counters
+        if any(request.future.done() for request in batch):
+            batch, rows = self._drop_withdrawn(batch)
+            if not batch:
+                return
         counters.batches += 1
         counters.batch_sizes[rows] += 1
         counters.close_reasons[reason] += 1
@@ -439,6 +474,16 @@ class Batcher(Generic[T, R]):
             future.set_exception(exc)
         self._running[future] = batch
         future.add_done_callback(functools.partial(self._finish_batch, batch, now))
+
+    def _drop_withdrawn(self, batch: list[QueuedRequest[T]]) -> tuple[list[QueuedRequest[T]], int]:
+        """Drop requests whose futures were cancelled while queued (``submit_nowait``)."""
+        live = []
+        for request in batch:
+            if request.future.done():
+                self._withdrawn(request)
+            else:
+                live.append(request)
+        return live, sum(request.size for request in live)
 
     def _finish_batch(
         self,
@@ -494,11 +539,17 @@ class Batcher(Generic[T, R]):
         # The hot loop of the batcher: keep it to what every item needs.
         item_errors: list[Exception] = []
         delivered = 0
+        cancelled = 0
+        done = RequestState.DONE
         for request, result in zip(batch, results, strict=False):  # lengths checked above
+            if request.state is done:  # its outcome came first: cancelled or expired
+                continue
+            request.state = done
             if request.deadline_timer is not None:
                 request.deadline_timer.cancel()
             caller = request.future
-            if caller.done():  # the caller went away (cancelled, or its deadline passed)
+            if caller.done():  # withdrawn while it ran (a cancelled ``submit_nowait`` future)
+                cancelled += 1
                 continue
             if isinstance(result, Exception):
                 caller.set_exception(result)
@@ -509,6 +560,7 @@ class Batcher(Generic[T, R]):
         counters = self._counters
         counters.completed += delivered
         counters.failed += len(item_errors)
+        counters.cancelled += cancelled
         if item_errors:
             logger.warning(
                 "batcher %r: %d of %d items failed, the first with %r",
@@ -522,18 +574,29 @@ class Batcher(Generic[T, R]):
 
     def _fail(self, request: QueuedRequest[T], error: Exception) -> None:
         """Fail one request with ``error`` unless it already has an outcome."""
+        if request.future.done():
+            if request.state is not RequestState.DONE:
+                self._withdrawn(request)
+            return
         timer = request.deadline_timer
         if timer is not None:
             timer.cancel()
             request.deadline_timer = None
         request.state = RequestState.DONE
-        if request.future.done():
-            return
         request.future.set_exception(error)
         if isinstance(error, BatcherClosed):
             self._counters.aborted += 1
         else:
             self._counters.failed += 1
+
+    def _withdrawn(self, request: QueuedRequest[T]) -> None:
+        """Account for a request whose ``submit_nowait`` future its caller cancelled."""
+        timer = request.deadline_timer
+        if timer is not None:
+            timer.cancel()
+            request.deadline_timer = None
+        request.state = RequestState.DONE
+        self._counters.cancelled += 1
 
     def _expire(self, request: QueuedRequest[T], timeout: float) -> None:
         request.deadline_timer = None
@@ -543,6 +606,7 @@ class Batcher(Generic[T, R]):
             self._queue.discard(request)
             where = "queued"
         else:
+            request.state = RequestState.DONE
             where = "running"
         request.future.set_exception(
             DeadlineExceeded(f"the deadline of {timeout:g}s passed while the request was {where}")
@@ -560,6 +624,7 @@ class Batcher(Generic[T, R]):
             return  # it already had its outcome when the cancellation arrived
         if request.state is RequestState.QUEUED:
             self._queue.discard(request)
+        request.state = RequestState.DONE
         self._counters.cancelled += 1
 
 

@@ -145,10 +145,8 @@ class RequestQueue(Generic[T]):
         return batch, taken, taken == max_rows
 
     def drain(self) -> list[QueuedRequest[T]]:
-        """Remove and return every live request, marked done (used when aborting)."""
+        """Remove and return every live request (used when aborting; the caller settles them)."""
         live = [r for lane in self._lanes.values() for r in lane if r.state is RequestState.QUEUED]
-        for request in live:
-            request.state = RequestState.DONE
         self._lanes.clear()
         self._descending.clear()
         self._dead = 0

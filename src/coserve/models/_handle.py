@@ -118,7 +118,7 @@ class ModelHandle:
             BatcherClosed: The model is being unloaded or the server is shutting down.
             BatchFailed: The model failed on this request's batch.
         """
-        wanted = self._select_outputs(outputs)
+        wanted = self.check_outputs(outputs)
         arrays, rows = check_inputs(self.name, self.inputs, inputs, max_rows=self._max_rows)
         limit = self.batching.max_batch_size
         if rows <= limit:
@@ -130,6 +130,29 @@ class ModelHandle:
         if outputs is None:
             return result  # already every output, in order: no need to rebuild it
         return {name: result[name] for name in wanted}
+
+    def infer_nowait(
+        self,
+        inputs: Mapping[str, Any],
+        *,
+        timeout: float | None = None,
+        priority: int = 0,
+    ) -> asyncio.Future[dict[str, np.ndarray]]:
+        """Queue a request's rows and return a future of every output, without awaiting.
+
+        For callbacks that cannot await, such as the HTTP protocol's inference path. The inputs
+        are checked here (``InvalidInput``, ``QueueFull`` and ``BatcherClosed`` are raised at
+        once); the other errors of :meth:`infer` arrive through the future. Cancel the future to
+        withdraw the request: rows that have not run yet never run. Pick outputs from the result
+        with names that :meth:`check_outputs` accepted.
+        """
+        arrays, rows = check_inputs(self.name, self.inputs, inputs, max_rows=self._max_rows)
+        limit = self.batching.max_batch_size
+        if rows <= limit:
+            return self._batcher.submit_nowait(
+                arrays, timeout=timeout, priority=priority, size=rows
+            )
+        return asyncio.ensure_future(self._infer_in_chunks(arrays, rows, limit, timeout, priority))
 
     async def _infer_in_chunks(
         self,
@@ -158,7 +181,12 @@ class ModelHandle:
             raise
         return {name: np.concatenate([p[name] for p in parts]) for name in self._output_names}
 
-    def _select_outputs(self, outputs: Sequence[str] | None) -> tuple[str, ...]:
+    def check_outputs(self, outputs: Sequence[str] | None) -> tuple[str, ...]:
+        """The output names a request asks for (None: every output), checked.
+
+        Raises:
+            InvalidInput: The model has no output of one of the names.
+        """
         if outputs is None:
             return self._output_names
         for name in outputs:

@@ -1,8 +1,9 @@
 """The ASGI application over a model repository.
 
-Open Inference Protocol (KServe V2) REST under ``/v2`` (inference itself on the plain-ASGI hot
-path in ``_infer``), streaming inference over WebSocket, per-session graphs over WebSocket at
-``/sessions/{app}``, TensorFlow Serving REST under ``/v1``, health and ``/metrics``.
+Open Inference Protocol (KServe V2) REST under ``/v2`` (inference itself in ``_infer``, served
+natively by coserve's HTTP protocol, ``_protocol``), streaming inference over WebSocket,
+per-session graphs over WebSocket at ``/sessions/{app}``, TensorFlow Serving REST under ``/v1``,
+health and ``/metrics``.
 
 Status codes (one mapping, shared by every endpoint, in ``_http.status_of``):
 

@@ -21,6 +21,7 @@ from coserve._exceptions import InvalidInput
 from coserve.models import dtype_of
 
 __all__ = [
+    "LARGE_BODY",
     "DecodedRequest",
     "decode_request",
     "decode_request_async",
@@ -220,12 +221,13 @@ def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
     )
 
 
-_LARGE_BODY = 1 << 20
+LARGE_BODY = 1 << 20
+"""Bodies this size or larger are decoded in a thread, off the event loop."""
 
 
 async def decode_request_async(body: bytes, header_length: int | None) -> DecodedRequest:
     """``decode_request``, off the event loop for large bodies (decoding 64 MiB takes seconds)."""
-    if len(body) < _LARGE_BODY:
+    if len(body) < LARGE_BODY:
         return decode_request(body, header_length)
     return await asyncio.to_thread(decode_request, body, header_length)
 

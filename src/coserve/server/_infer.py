@@ -1,13 +1,20 @@
-"""The inference hot path, ``/v2/models/{m}[/versions/{v}]/infer``, as plain ASGI.
+"""The inference route, ``/v2/models/{m}[/versions/{v}]/infer``: its steps, and plain ASGI.
 
 Every other route goes through Starlette; this one skips its middleware, router and
 Request/Response objects, which cost more per request than the batcher and the model together
-(profiled under load: see benchmarks/README.md). Behaviour is the same as everywhere else: the
-shared error mapping, the body limit checked before reading, the work dropped if the client
-disconnects while it waits, and the latency recorded per model, version and status.
+(profiled under load: see benchmarks/README.md). :class:`InferenceRoute` holds the steps of a
+request, each plain code that raises ``CoserveError``: :meth:`~InferenceRoute.open` (readiness,
+the model, the body's declared size), :meth:`~InferenceRoute.start` (queue the decoded request),
+:meth:`~InferenceRoute.answer` and :meth:`~InferenceRoute.error_answer` (the response), and
+``observe`` (the latency metric). Two paths run them:
 
-Under ``coserve serve`` the HTTP protocol (``_protocol``) reports a lost client through a scope
-hook; under any other ASGI server a watcher task per request waits for ``http.disconnect``.
+- under ``coserve serve`` the HTTP protocol serves the route itself, with callbacks and no task
+  per request (``_exchange``);
+- under any other ASGI server, :meth:`InferenceRoute.__call__` runs them in the request's task,
+  with a watcher task that notices a client leaving.
+
+Either way: the body limit is checked before reading, the work is dropped if the client
+disconnects while it waits, and the latency is recorded per model, version and status.
 """
 
 from __future__ import annotations
@@ -15,17 +22,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+import numpy as np
 import orjson
 
 from coserve._exceptions import BatcherClosed, CoserveError, InvalidInput, RequestTooLarge
-from coserve.server._codec import decode_request_async, encode_response
+from coserve.models import ModelHandle
+from coserve.server._codec import DecodedRequest, decode_request_async, encode_response
 from coserve.server._http import status_of
-from coserve.server._protocol import CLIENT_GONE, DISCONNECT_HOOK
 
-__all__ = ["InferenceRoute"]
+__all__ = ["CLIENT_GONE_STATUS", "InferenceRoute", "match_infer_path"]
 
 logger = logging.getLogger("coserve.server")
 
@@ -33,9 +41,11 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
 
-_JSON = [(b"content-type", b"application/json")]
-_CLIENT_GONE = 499  # nginx's "client closed request": nobody reads it, but logs and metrics do
+_JSON: Headers = [(b"content-type", b"application/json")]
+CLIENT_GONE_STATUS = 499
+"""nginx's "client closed request": never sent, but recorded in the latency metric."""
 
 
 def match_infer_path(path: str) -> tuple[str, str | None] | None:
@@ -63,7 +73,10 @@ def _timeout_and_priority(parameters: dict[str, Any]) -> tuple[float | None, int
 
 
 class InferenceRoute:
-    """ASGI middleware: serves inference paths itself and passes everything else to ``app``."""
+    """ASGI middleware: serves inference paths itself and passes everything else to ``app``.
+
+    Also the steps that coserve's HTTP protocol runs to serve the route without ASGI.
+    """
 
     def __init__(
         self, app: ASGIApp, state: Any, observe: Callable[[str, str, int, float], None]
@@ -72,99 +85,53 @@ class InferenceRoute:
         self.state = state
         """The server's shared state (repository, limits, readiness)."""
         self.observe = observe
+        """Record a request's latency: ``observe(model, version, status, seconds)``."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            target = match_infer_path(scope["path"])
-            if target is not None:
-                await self._serve(scope, receive, send, *target)
-                return
-        await self.app(scope, receive, send)
+    # -- the steps ---------------------------------------------------------------------------
 
-    async def _serve(
-        self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None
-    ) -> None:
-        start = time.perf_counter()
-        headers: list[tuple[bytes, bytes]] = _JSON
-        # Metric labels name only models that exist: a URL must not mint a time series.
-        served = ["_unknown", ""]
-        try:
-            if scope["method"] != "POST":
-                status, body = 405, orjson.dumps({"error": "Method Not Allowed"})
-            else:
-                status, body, headers = await self._infer(scope, receive, model, version, served)
-        except CoserveError as error:
-            status = status_of(error)
-            if status == 500:
-                logger.error("inference on %s failed: %s", model, error, exc_info=error)
-            body = orjson.dumps({"error": str(error)})
-        except Exception as error:  # a bug: still answer in the protocol's shape, and log it
-            logger.exception("inference on %s: internal error", model)
-            status, body = 500, orjson.dumps({"error": f"internal error: {error!r}"})
-        if status != _CLIENT_GONE:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": [*headers, (b"content-length", str(len(body)).encode())],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
-        self.observe(served[0], served[1], status, time.perf_counter() - start)
+    def open(
+        self, model: str, version: str | None, headers: Iterable[tuple[bytes, bytes]]
+    ) -> tuple[ModelHandle, int | None]:
+        """The model a request is for, and its Inference-Header-Content-Length.
 
-    async def _infer(
-        self, scope: Scope, receive: Receive, model: str, version: str | None, served: list[str]
-    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        Raises:
+            BatcherClosed: The server is not ready.
+            ModelNotFound: No such model or version.
+            InvalidInput: A length header is not a number.
+            RequestTooLarge: The declared body is over the server's limit.
+        """
         state = self.state
         if not state.ready:
             raise BatcherClosed("the server is not ready (starting or shutting down)")
-        handle = state.repository.get(model, version)
-        served[:] = [handle.name, handle.version]
-        declared, header_length = _headers(scope)
+        handle: ModelHandle = state.repository.get(model, version)
+        declared, header_length = _headers(headers)
         limit = state.max_request_size
         if declared is not None and declared > limit:
             raise RequestTooLarge(
                 f"the request body ({declared} bytes) is over the {limit}-byte limit"
             )
-        body = await _read_body(receive, limit)
-        decoded = await decode_request_async(body, header_length)
+        return handle, header_length
+
+    def start(
+        self, handle: ModelHandle, decoded: DecodedRequest
+    ) -> asyncio.Future[dict[str, np.ndarray]]:
+        """Queue a decoded request on its model; cancel the future to withdraw it.
+
+        Raises:
+            InvalidInput: Bad parameters, inputs or requested outputs.
+            QueueFull: The model's queue is full.
+            BatcherClosed: The model is shutting down.
+        """
         timeout, priority = _timeout_and_priority(decoded.parameters)
+        handle.check_outputs(decoded.outputs)
+        return handle.infer_nowait(decoded.inputs, timeout=timeout, priority=priority)
 
-        # A client that goes away while its request waits: drop the work before it runs. The
-        # server's protocol (or, under another ASGI server, a watcher task) cancels this task;
-        # the request then ends quietly with no response to send.
-        task = asyncio.current_task()
-        assert task is not None
-        gone: list[bool] = []
-
-        def client_gone() -> None:
-            gone.append(True)
-            task.cancel()
-
-        watcher: asyncio.Future[None] | None = None
-        if DISCONNECT_HOOK in scope:
-            if scope[DISCONNECT_HOOK] is CLIENT_GONE:  # left while the body was read or decoded
-                logger.debug("client went away; request for %s dropped", model)
-                return _CLIENT_GONE, b"", []
-            scope[DISCONNECT_HOOK] = client_gone
-        else:
-            watcher = asyncio.ensure_future(_disconnected(receive))
-            watcher.add_done_callback(lambda w: None if w.cancelled() else client_gone())
-        try:
-            outputs = await handle.infer(
-                decoded.inputs, timeout=timeout, priority=priority, outputs=decoded.outputs
-            )
-        except asyncio.CancelledError:
-            if not gone:
-                raise  # cancelled for another reason (shutdown): let it propagate
-            task.uncancel()
-            logger.debug("client went away; request for %s dropped", model)
-            return _CLIENT_GONE, b"", []
-        finally:
-            if watcher is None:
-                scope[DISCONNECT_HOOK] = None
-            else:
-                watcher.cancel()
+    def answer(
+        self, handle: ModelHandle, decoded: DecodedRequest, outputs: dict[str, np.ndarray]
+    ) -> tuple[int, bytes, Headers]:
+        """The 200 response to a request: status, body and headers (not Content-Length)."""
+        if decoded.outputs is not None:
+            outputs = {name: outputs[name] for name in decoded.outputs}
         body, json_length = encode_response(
             model=handle.name,
             version=handle.version,
@@ -183,11 +150,91 @@ class InferenceRoute:
             ],
         )
 
+    def error_answer(self, error: Exception, model: str) -> tuple[int, bytes, Headers]:
+        """The response to a failed request, in the protocol's ``{"error": ...}`` shape.
 
-def _headers(scope: Scope) -> tuple[int | None, int | None]:
+        A ``CoserveError`` maps to its status; anything else is a bug: logged, and a 500.
+        """
+        if isinstance(error, CoserveError):
+            status = status_of(error)
+            if status == 500:
+                logger.error("inference on %s failed: %s", model, error, exc_info=error)
+            return status, orjson.dumps({"error": str(error)}), _JSON
+        logger.error("inference on %s: internal error", model, exc_info=error)
+        return 500, orjson.dumps({"error": f"internal error: {error!r}"}), _JSON
+
+    # -- the ASGI path -----------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            target = match_infer_path(scope["path"])
+            if target is not None:
+                await self._serve(scope, receive, send, *target)
+                return
+        await self.app(scope, receive, send)
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None
+    ) -> None:
+        start = time.perf_counter()
+        # Metric labels name only models that exist: a URL must not mint a time series.
+        served = ["_unknown", ""]
+        try:
+            if scope["method"] != "POST":
+                status, body, headers = 405, orjson.dumps({"error": "Method Not Allowed"}), _JSON
+            else:
+                status, body, headers = await self._infer(scope, receive, model, version, served)
+        except Exception as error:
+            status, body, headers = self.error_answer(error, model)
+        if status != CLIENT_GONE_STATUS:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [*headers, (b"content-length", str(len(body)).encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+        self.observe(served[0], served[1], status, time.perf_counter() - start)
+
+    async def _infer(
+        self, scope: Scope, receive: Receive, model: str, version: str | None, served: list[str]
+    ) -> tuple[int, bytes, Headers]:
+        handle, header_length = self.open(model, version, scope["headers"])
+        served[:] = [handle.name, handle.version]
+        body = await _read_body(receive, self.state.max_request_size)
+        decoded = await decode_request_async(body, header_length)
+        future = self.start(handle, decoded)
+        # A client that goes away while its request waits: drop the work before it runs. The
+        # watcher cancels this task, which withdraws the request; it then ends quietly.
+        task = asyncio.current_task()
+        assert task is not None
+        gone: list[bool] = []
+
+        def client_gone(watcher: asyncio.Future[None]) -> None:
+            if not watcher.cancelled():
+                gone.append(True)
+                task.cancel()
+
+        watcher = asyncio.ensure_future(_disconnected(receive))
+        watcher.add_done_callback(client_gone)
+        try:
+            outputs = await future
+        except asyncio.CancelledError:
+            if not gone:
+                raise  # cancelled for another reason (shutdown): let it propagate
+            task.uncancel()
+            logger.debug("client went away; request for %s dropped", model)
+            return CLIENT_GONE_STATUS, b"", []
+        finally:
+            watcher.cancel()
+        return self.answer(handle, decoded, outputs)
+
+
+def _headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[int | None, int | None]:
     """Content-Length and Inference-Header-Content-Length, as numbers."""
     declared = header = None
-    for key, value in scope["headers"]:
+    for key, value in headers:
         if key == b"content-length":
             declared = _number(key, value)
         elif key == b"inference-header-content-length":

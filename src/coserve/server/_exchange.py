@@ -1,0 +1,174 @@
+"""One inference request served inside coserve's HTTP protocol, by callbacks instead of a task.
+
+Profiling ``coserve serve`` under load (benchmarks/README.md) put most of the event loop's time
+per request in the machinery around the work rather than the work: a task per request, ASGI's
+message dicts, and uvicorn's per-request ``send``/``receive`` coroutines. On the inference route
+the protocol skips all of that: it hands the request to an :class:`InferenceExchange`, which runs
+the same steps as the ASGI path (:class:`~coserve.server._infer.InferenceRoute`) as the request's
+events arrive: headers, body, the model's future, or the client leaving.
+
+The exchange owns what it starts: the decode of a large body in a thread, then the model's
+future. When the client leaves first, it cancels them, which withdraws the request from its
+batcher before it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from coserve.models import ModelHandle
+from coserve.server._codec import LARGE_BODY, DecodedRequest, decode_request
+from coserve.server._infer import CLIENT_GONE_STATUS, Headers, InferenceRoute
+
+__all__ = ["InferenceExchange", "Reply"]
+
+logger = logging.getLogger("coserve.server")
+
+Reply = Callable[[int, Headers, bytes], None]
+"""How an exchange sends its one response: ``reply(status, headers, body)``."""
+
+
+class InferenceExchange:
+    """The life of one inference request on a connection, driven by the protocol's events.
+
+    The protocol creates it once the request's head is read (so a request for an unknown model,
+    or too large a body, is refused before its body arrives), then calls :meth:`body_complete`
+    once, and :meth:`client_gone` if the connection is lost first. The exchange calls ``reply``
+    at most once, and not after :meth:`client_gone`.
+
+    Args:
+        route: The inference steps and the server's state.
+        model: The model named by the path.
+        version: The version named by the path, if any.
+        headers: The request's headers, names lower-case.
+        reply: Sends the response.
+    """
+
+    __slots__ = (
+        "_decoded",
+        "_handle",
+        "_header_length",
+        "_model",
+        "_pending",
+        "_reply",
+        "_route",
+        "_started",
+        "finished",
+    )
+
+    def __init__(
+        self,
+        route: InferenceRoute,
+        model: str,
+        version: str | None,
+        headers: list[tuple[bytes, bytes]],
+        reply: Reply,
+    ) -> None:
+        self._route = route
+        self._model = model
+        self._reply = reply
+        self._started = time.perf_counter()
+        self._handle: ModelHandle | None = None
+        self._header_length: int | None = None
+        self._decoded: DecodedRequest | None = None
+        self._pending: asyncio.Future[Any] | None = None
+        self.finished = False
+        """Whether the exchange has answered, or given up because its client left."""
+        try:
+            self._handle, self._header_length = route.open(model, version, headers)
+        except Exception as error:
+            self._fail(error)
+
+    def body_complete(self, body: bytes) -> None:
+        """The whole body is here: decode it (in a thread if it is large) and queue it."""
+        if self.finished:
+            return
+        if len(body) < LARGE_BODY:
+            try:
+                decoded = decode_request(body, self._header_length)
+            except Exception as error:
+                self._fail(error)
+                return
+            self._start(decoded)
+            return
+        loop = asyncio.get_running_loop()
+        self._pending = loop.run_in_executor(None, decode_request, body, self._header_length)
+        self._pending.add_done_callback(self._decoded_in_thread)
+
+    def client_gone(self) -> None:
+        """The connection was lost: withdraw the work and record the request as dropped."""
+        if self.finished:
+            return
+        self.finished = True
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+        logger.debug("client went away; request for %s dropped", self._model)
+        self._observe(CLIENT_GONE_STATUS)
+
+    # -- callbacks -----------------------------------------------------------------------
+
+    def _decoded_in_thread(self, future: asyncio.Future[DecodedRequest]) -> None:
+        if self.finished or future.cancelled():
+            return
+        self._pending = None
+        error = future.exception()
+        if error is not None:
+            self._fail(error)
+        else:
+            self._start(future.result())
+
+    def _start(self, decoded: DecodedRequest) -> None:
+        handle = self._handle
+        assert handle is not None
+        self._decoded = decoded
+        try:
+            pending = self._route.start(handle, decoded)
+        except Exception as error:
+            self._fail(error)
+            return
+        self._pending = pending
+        pending.add_done_callback(self._answered)
+
+    def _answered(self, future: asyncio.Future[Any]) -> None:
+        if self.finished or future.cancelled():
+            return
+        self._pending = None
+        error = future.exception()
+        if error is not None:
+            self._fail(error)
+            return
+        handle, decoded = self._handle, self._decoded
+        assert handle is not None
+        assert decoded is not None
+        try:
+            status, body, headers = self._route.answer(handle, decoded, future.result())
+        except Exception as bug:  # a bug in encoding: still answer, in the protocol's shape
+            self._fail(bug)
+            return
+        self._finish(status, headers, body)
+
+    # -- answering -----------------------------------------------------------------------
+
+    def _fail(self, error: BaseException) -> None:
+        if not isinstance(error, Exception):  # a cancelled decode thread, for instance
+            error = RuntimeError(repr(error))
+        status, body, headers = self._route.error_answer(error, self._model)
+        self._finish(status, headers, body)
+
+    def _finish(self, status: int, headers: Headers, body: bytes) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._reply(status, headers, body)
+        self._observe(status)
+
+    def _observe(self, status: int) -> None:
+        # Metric labels name only models that exist: a URL must not mint a time series.
+        handle = self._handle
+        model, version = ("_unknown", "") if handle is None else (handle.name, handle.version)
+        self._route.observe(model, version, status, time.perf_counter() - self._started)

@@ -1,0 +1,123 @@
+"""The head of an HTTP/1.1 inference request, parsed strictly, or refused for uvicorn to parse.
+
+coserve's protocol (``_protocol``) serves inference requests itself and hands every other
+connection to uvicorn. It only needs the heads of the requests it serves, and those are simple:
+``POST /v2/models/{m}[/versions/{v}]/infer HTTP/1.1``, a ``Content-Length``, a few headers.
+:func:`parse_head` accepts exactly that and answers :data:`HANDOFF` for anything else: other
+methods, paths and versions, chunked bodies, ``Expect``, upgrades, percent-encoded paths or
+query strings, and any line that is not plainly well-formed (bare LF, folded or malformed headers,
+control characters, repeated Content-Length). uvicorn's parser then handles the request, and its
+errors, as it always has, so nothing this parser lets through is ambiguous.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from coserve.server._infer import match_infer_path
+
+__all__ = ["HANDOFF", "INCOMPLETE", "MAX_HEAD", "RequestHead", "parse_head"]
+
+MAX_HEAD: Final = 16 * 1024
+"""A head not complete within this many bytes is handed off (uvicorn decides what to do)."""
+
+_PREFIX: Final = b"POST /v2/models/"
+_TARGET = re.compile(rb"/[\x21-\x7e]*")  # visible ASCII, no space
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 field-name
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # control characters but HTAB
+_HANDED_OFF_HEADERS: Final = frozenset((b"transfer-encoding", b"expect", b"upgrade"))
+
+
+class RequestHead:
+    """A parsed inference request head."""
+
+    __slots__ = ("content_length", "headers", "keep_alive", "model", "size", "version")
+
+    def __init__(
+        self,
+        model: str,
+        version: str | None,
+        headers: list[tuple[bytes, bytes]],
+        content_length: int,
+        keep_alive: bool,
+        size: int,
+    ) -> None:
+        self.model = model
+        self.version = version
+        self.headers = headers
+        """Every header as ``(lower-case name, value)``, in order."""
+        self.content_length = content_length
+        self.keep_alive = keep_alive
+        """False when the client sent ``Connection: close``."""
+        self.size = size
+        """Bytes of the head, its blank line included: where the body starts."""
+
+
+class _Verdict:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+INCOMPLETE: Final = _Verdict("INCOMPLETE")
+"""The head is not all here yet."""
+HANDOFF: Final = _Verdict("HANDOFF")
+"""Not a request this parser serves: hand the connection to uvicorn."""
+
+
+def parse_head(buffer: bytes | bytearray) -> RequestHead | _Verdict:
+    """Parse the request head at the start of ``buffer``.
+
+    Returns:
+        The head; :data:`INCOMPLETE` if more bytes are needed; :data:`HANDOFF` if the request
+        is not a plain inference request.
+    """
+    if not buffer.startswith(_PREFIX):
+        if len(buffer) >= len(_PREFIX) or not _PREFIX.startswith(bytes(buffer)):
+            return HANDOFF
+        return INCOMPLETE
+    end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD)
+    if end < 0:
+        return HANDOFF if len(buffer) >= MAX_HEAD else INCOMPLETE
+    lines = bytes(buffer[:end]).split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or parts[2] != b"HTTP/1.1" or not _TARGET.fullmatch(parts[1]):
+        return HANDOFF
+    target = parts[1].decode("ascii")
+    if "%" in target or "?" in target:
+        return HANDOFF  # uvicorn decodes and splits these
+    matched = match_infer_path(target)
+    if matched is None:
+        return HANDOFF
+    headers = []
+    content_length: int | None = None
+    keep_alive = True
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.fullmatch(name):
+            return HANDOFF  # also a folded line: it starts with a space
+        value = value.strip(b" \t")
+        if _BAD_VALUE.search(value):
+            return HANDOFF
+        name = name.lower()
+        if name == b"content-length":
+            if content_length is not None or not value.isdigit():
+                return HANDOFF
+            content_length = int(value)
+        elif name in _HANDED_OFF_HEADERS:
+            return HANDOFF
+        elif name == b"connection":
+            tokens = {token.strip().lower() for token in value.split(b",")}
+            if b"upgrade" in tokens:
+                return HANDOFF
+            if b"close" in tokens:
+                keep_alive = False
+        headers.append((name, value))
+    if content_length is None:
+        return HANDOFF
+    return RequestHead(matched[0], matched[1], headers, content_length, keep_alive, end + 4)
