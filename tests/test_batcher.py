@@ -296,6 +296,39 @@ class TestCancellation:
         assert model.batches == [[0], [2]]
         assert batcher.statistics().cancelled == 1
 
+    async def test_a_cancelled_submit_nowait_future_withdraws_its_item(
+        self, model: RecordingModel
+    ) -> None:
+        """Cancelling a queued item's future drops it at dispatch; a running one is counted."""
+        async with Batcher(model, max_batch_size=2) as batcher:
+            model.hold()
+            running = batcher.submit_nowait(0)
+            await settle()
+            queued = batcher.submit_nowait(1)
+            kept = batcher.submit_nowait(2)
+            await settle()
+            running.cancel()
+            queued.cancel()
+            assert batcher.statistics().queued == 2  # withdrawn items leave at dispatch
+            model.release()
+            assert await kept == 20
+        assert model.batches == [[0], [2]]
+        stats = batcher.statistics()
+        assert (stats.completed, stats.cancelled, stats.submitted) == (1, 2, 3)
+
+    async def test_submit_nowait_refuses_at_once(self, model: RecordingModel) -> None:
+        async with Batcher(model, max_queue_size=1) as batcher:
+            model.hold()
+            first = batcher.submit_nowait(0)
+            await settle()
+            second = batcher.submit_nowait(1)
+            with pytest.raises(QueueFull):
+                batcher.submit_nowait(2)
+            model.release()
+            assert await asyncio.gather(first, second) == [0, 10]
+        with pytest.raises(BatcherClosed):
+            batcher.submit_nowait(3)
+
     async def test_wait_for_timeout_drops_the_queued_item(self, model: RecordingModel) -> None:
         """A caller's own asyncio timeout cancels its request before it runs."""
         async with Batcher(model) as batcher:

@@ -58,6 +58,7 @@ class Request:
     timeout: float | None
     priority: int
     cancel_after: float | None
+    nowait: bool  # submit_nowait, awaiting the future (a cancellation withdraws it)
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ def batcher_scenarios(draw: st.DrawFn) -> BatcherScenario:
                 timeout=st.none() | times.filter(bool),
                 priority=st.integers(0, 2),
                 cancel_after=st.none() | times,
+                nowait=st.booleans(),
             ),
             min_size=1,
             max_size=25,
@@ -169,7 +171,8 @@ async def play(scenario: BatcherScenario) -> BatcherRun:
         try:
             await asyncio.sleep(request.arrives_at)
             attempts.add(item)
-            result = await batcher.submit(item, timeout=request.timeout, priority=request.priority)
+            submit = batcher.submit_nowait if request.nowait else batcher.submit
+            result = await submit(item, timeout=request.timeout, priority=request.priority)
             outcomes[item] = ("ok", result)
         except asyncio.CancelledError:
             outcomes[item] = ("cancelled", loop.time())

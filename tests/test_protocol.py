@@ -1,8 +1,9 @@
 """The app's HTTP behaviour on both protocols: coserve's own and plain uvicorn's.
 
-``coserve serve`` runs uvicorn with :class:`CoserveHttpProtocol` (one write per response, a
-disconnect hook); the app must behave the same under any other ASGI server, where it watches
-for the disconnect itself. Both run here in process, on real sockets, with a Python model.
+``coserve serve`` runs uvicorn with :class:`CoserveHttpProtocol`, which serves plain inference
+requests itself and hands a connection to uvicorn's protocol at its first other request; the app
+must behave the same under any other ASGI server, where it watches for the disconnect itself.
+Both run here in process, on real sockets, with a Python model.
 """
 
 from __future__ import annotations
@@ -34,16 +35,19 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def serve(folder: Path, protocol: str) -> AsyncIterator[tuple[int, ModelRepository]]:
+async def serve(
+    folder: Path, protocol: str, *, max_request_size: int = 1 << 26, timeout_keep_alive: int = 5
+) -> AsyncIterator[tuple[int, ModelRepository]]:
     repository = ModelRepository(add_python_models(folder))
     port = free_port()
     config = uvicorn.Config(
-        create_app(repository, graceful_timeout=5),
+        create_app(repository, graceful_timeout=5, max_request_size=max_request_size),
         host="127.0.0.1",
         port=port,
         http=PROTOCOLS[protocol],
         lifespan="on",
         log_config=None,
+        timeout_keep_alive=timeout_keep_alive,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -71,7 +75,9 @@ async def wait_until(condition: Callable[[], bool], what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def infer_request(seconds: float, request_id: str) -> bytes:
+def infer_request(
+    seconds: float, request_id: str, *, model: str = "slow", headers: str = ""
+) -> bytes:
     body = json.dumps(
         {
             "id": request_id,
@@ -79,12 +85,14 @@ def infer_request(seconds: float, request_id: str) -> bytes:
         }
     )
     return (
-        f"POST /v2/models/slow/infer HTTP/1.1\r\nHost: test\r\n"
+        f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: test\r\n{headers}"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
     ).encode()
 
 
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, Any]]:
+async def read_response_with_head(
+    reader: asyncio.StreamReader,
+) -> tuple[int, dict[str, Any], bytes]:
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     length = next(
@@ -92,7 +100,22 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, An
         for line in head.split(b"\r\n")
         if line.lower().startswith(b"content-length:")
     )
-    return status, json.loads(await reader.readexactly(length))
+    return status, json.loads(await reader.readexactly(length)), head.lower()
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, Any]]:
+    status, body, _ = await read_response_with_head(reader)
+    return status, body
+
+
+@contextlib.asynccontextmanager
+async def connection(port: int) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+        await writer.wait_closed()
 
 
 async def test_queued_work_of_a_client_that_hangs_up_never_runs(
@@ -214,3 +237,114 @@ async def test_a_queued_request_ahead_of_a_pipelined_one_is_dropped_when_its_cli
         busy.close()
         await busy.wait_closed()
         assert handle.statistics().batches == 1  # only the busy request ever ran
+
+
+async def test_a_connection_goes_on_through_uvicorn_after_its_first_other_request(
+    served: tuple[int, ModelRepository],
+) -> None:
+    """Inference, a health check and inference again, pipelined: all answered, in order."""
+    port, _ = served
+    async with connection(port) as (reader, writer):
+        writer.write(
+            infer_request(0.0, "a")
+            + b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n"
+            + infer_request(0.0, "b")
+        )
+        await writer.drain()
+        first = await read_response(reader)
+        health = await reader.readuntil(b"\r\n\r\n")
+        length = int(health.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        second = await read_response(reader)
+    assert (first[0], first[1]["id"]) == (200, "a")
+    assert health.startswith(b"HTTP/1.1 200")
+    assert (second[0], second[1]["id"]) == (200, "b")
+
+
+async def test_a_refused_request_leaves_the_connection_usable(
+    served: tuple[int, ModelRepository],
+) -> None:
+    """An unknown model is refused from its head; its body is skipped; the next one is served."""
+    port, _ = served
+    async with connection(port) as (reader, writer):
+        writer.write(infer_request(0.0, "lost", model="nothing") + infer_request(0.0, "found"))
+        await writer.drain()
+        refused = await read_response(reader)
+        served_ = await read_response(reader)
+    assert refused[0] == 404
+    assert "nothing" in refused[1]["error"]
+    assert (served_[0], served_[1]["id"]) == (200, "found")
+
+
+async def test_a_body_over_the_limit_is_refused_unread_and_the_connection_closed(
+    tmp_path: Path,
+) -> None:
+    async with (
+        serve(tmp_path, "coserve", max_request_size=50) as (port, repository),
+        connection(port) as (reader, writer),
+    ):
+        writer.write(infer_request(0.0, "big")[:-10])  # the body never arrives in full
+        await writer.drain()
+        status, body, head = await read_response_with_head(reader)
+        assert await reader.read() == b""  # the server closed the connection
+        assert repository.get("slow").statistics().submitted == 0
+    assert status == 413
+    assert "limit" in body["error"]
+    assert b"connection: close" in head
+
+
+async def test_connection_close_is_honoured(served: tuple[int, ModelRepository]) -> None:
+    port, _ = served
+    async with connection(port) as (reader, writer):
+        writer.write(infer_request(0.0, "last", headers="Connection: close\r\n"))
+        await writer.drain()
+        status, body, head = await read_response_with_head(reader)
+        assert await reader.read() == b""
+    assert (status, body["id"]) == (200, "last")
+    assert b"connection: close" in head
+
+
+async def test_a_request_that_arrives_byte_by_byte_is_served(
+    served: tuple[int, ModelRepository],
+) -> None:
+    port, _ = served
+    async with connection(port) as (reader, writer):
+        for byte in infer_request(0.0, "slowly"):
+            writer.write(bytes([byte]))
+            await writer.drain()
+        status, body = await read_response(reader)
+    assert (status, body["id"]) == (200, "slowly")
+
+
+async def test_chunked_and_malformed_requests_are_left_to_uvicorn(
+    served: tuple[int, ModelRepository],
+) -> None:
+    """A chunked body is served (through ASGI); a malformed head gets uvicorn's 400."""
+    port, _ = served
+    payload = infer_request(0.0, "chunked").split(b"\r\n\r\n", 1)[1]
+    chunked = (
+        b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n"
+        b"\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(payload), payload)
+    )
+    async with connection(port) as (reader, writer):
+        writer.write(chunked)
+        await writer.drain()
+        status, body = await read_response(reader)
+    assert (status, body["id"]) == (200, "chunked")
+    async with connection(port) as (reader, writer):
+        writer.write(b"POST /v2/models/slow/infer HTTP/1.1\r\nBad Header\r\n\r\n")
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+
+
+async def test_an_idle_keep_alive_connection_is_closed(tmp_path: Path) -> None:
+    async with (
+        serve(tmp_path, "coserve", timeout_keep_alive=1) as (port, _),
+        connection(port) as (reader, writer),
+    ):
+        writer.write(infer_request(0.0, "once"))
+        await writer.drain()
+        status, _ = await read_response(reader)
+        assert status == 200
+        assert await asyncio.wait_for(reader.read(), timeout=30) == b""
