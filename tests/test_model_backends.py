@@ -95,6 +95,30 @@ async def test_savedmodel_runs_frozen_and_predicts_like_its_signature(tmp_path: 
     np.testing.assert_allclose(result["double"], expected["double"].numpy())
 
 
+def test_a_session_without_the_fast_callable_uses_the_public_one() -> None:
+    """Should TensorFlow drop ``_make_callable_from_options``, ``make_callable`` still runs."""
+    import tensorflow as tf
+
+    from coserve.models.backends.tensorflow import _callable
+
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
+        tf.identity(2 * x, name="y")
+    session = tf.compat.v1.Session(graph=graph)
+
+    class PublicOnly:
+        graph = session.graph
+        make_callable = session.make_callable
+
+    try:
+        for target in (session, PublicOnly()):
+            (result,) = _callable(target, ["x:0"], ["y:0"])(np.array([1.5, -2.0], np.float32))
+            assert result.tolist() == [3.0, -4.0]
+    finally:
+        session.close()
+
+
 async def test_savedmodels_that_cannot_be_frozen_run_as_functions(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -99,10 +99,30 @@ class _FrozenSignature:
             inter_op_parallelism_threads=-1 if inter_op == 1 else inter_op,
         )
         self.session = tf.compat.v1.Session(graph=graph, config=config)
-        self.call = self.session.make_callable(
-            [graph.get_tensor_by_name(t.name) for t in frozen.outputs],
-            [graph.get_tensor_by_name(t.name) for t in frozen.inputs],
-        )
+        feeds = [t.name for t in frozen.inputs]
+        fetches = [t.name for t in frozen.outputs]
+        self.call = _callable(self.session, feeds, fetches)
+
+
+def _callable(session: Any, feeds: list[str], fetches: list[str]) -> Any:
+    """The session's callable made from tensor names: TensorFlow's own fast path.
+
+    ``Session.make_callable`` with feeds only wraps ``Session.run``, whose Python side costs about
+    120 µs a call here; the callable made from ``CallableOptions`` (what Keras uses) runs
+    straight in C++. Should a future TensorFlow drop that method, the public one still works.
+    """
+    make = getattr(session, "_make_callable_from_options", None)
+    if make is not None:
+        config_pb2 = importlib.import_module("tensorflow.core.protobuf.config_pb2")
+        options = config_pb2.CallableOptions()
+        options.feed.extend(feeds)
+        options.fetch.extend(fetches)
+        return make(options)
+    graph = session.graph
+    return session.make_callable(
+        [graph.get_tensor_by_name(name) for name in fetches],
+        [graph.get_tensor_by_name(name) for name in feeds],
+    )
 
 
 class TensorFlowSavedModel(Backend):
