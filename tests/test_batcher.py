@@ -316,6 +316,23 @@ class TestCancellation:
         stats = batcher.statistics()
         assert (stats.completed, stats.cancelled, stats.submitted) == (1, 2, 3)
 
+    async def test_withdrawn_items_give_up_their_places_in_a_full_queue(
+        self, model: RecordingModel
+    ) -> None:
+        async with Batcher(model, max_queue_size=2) as batcher:
+            model.hold()
+            running = batcher.submit_nowait(0)
+            await settle()
+            withdrawn = [batcher.submit_nowait(1), batcher.submit_nowait(2)]
+            for future in withdrawn:
+                future.cancel()
+            late = batcher.submit_nowait(3)  # the queue was full, but only of withdrawn items
+            assert batcher.statistics().queued == 1
+            model.release()
+            assert await asyncio.gather(running, late) == [0, 30]
+        assert model.batches == [[0], [3]]
+        assert batcher.statistics().cancelled == 2
+
     async def test_submit_nowait_refuses_at_once(self, model: RecordingModel) -> None:
         async with Batcher(model, max_queue_size=1) as batcher:
             model.hold()

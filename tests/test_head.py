@@ -116,9 +116,22 @@ def httptools_reading(raw: bytes) -> tuple[_Oracle, Any] | None:
     return oracle, parser
 
 
-_names = st.sampled_from([b"Host", b"Content-Type", b"X-Id", b"Accept", b"content-LENGTH"])
+_names = st.sampled_from(
+    [
+        b"Host",
+        b"Content-Type",
+        b"X-Id",
+        b"content-LENGTH",
+        b"Connection",
+        b"Transfer-Encoding",
+        b"Expect",
+        b"Upgrade",
+    ]
+)
 _values = st.one_of(
-    st.sampled_from([b"localhost", b"application/json", b" spaced ", b"12", b"a, b"]),
+    st.sampled_from(
+        [b"localhost", b" spaced ", b"12", b"close", b"keep-alive, Close", b"chunked", b"upgrade"]
+    ),
     st.binary(max_size=8),
 )
 _lines = st.one_of(

@@ -36,7 +36,12 @@ def free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def serve(
-    folder: Path, protocol: str, *, max_request_size: int = 1 << 26, timeout_keep_alive: int = 5
+    folder: Path,
+    protocol: str,
+    *,
+    max_request_size: int = 1 << 26,
+    timeout_keep_alive: int = 5,
+    servers: list[uvicorn.Server] | None = None,
 ) -> AsyncIterator[tuple[int, ModelRepository]]:
     repository = ModelRepository(add_python_models(folder))
     port = free_port()
@@ -50,6 +55,8 @@ async def serve(
         timeout_keep_alive=timeout_keep_alive,
     )
     server = uvicorn.Server(config)
+    if servers is not None:
+        servers.append(server)
     task = asyncio.create_task(server.serve())
     try:
         await wait_until(lambda: server.started, "the server to start")
@@ -348,3 +355,81 @@ async def test_an_idle_keep_alive_connection_is_closed(tmp_path: Path) -> None:
         status, _ = await read_response(reader)
         assert status == 200
         assert await asyncio.wait_for(reader.read(), timeout=30) == b""
+
+
+def padded_request(seconds: float, request_id: str, padding: int) -> bytes:
+    """An inference request whose body carries ``padding`` unused floats (a large body)."""
+    body = json.dumps(
+        {
+            "id": request_id,
+            "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [seconds]}],
+            "parameters": {"padding": [0.5] * padding},
+        }
+    )
+    return (
+        f"POST /v2/models/slow/infer HTTP/1.1\r\nHost: test\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+
+
+async def test_a_large_body_pipelined_behind_a_slow_request_is_read_and_answered(
+    served: tuple[int, ModelRepository],
+) -> None:
+    """Reading pauses while the first request runs, and resumes for the rest of a large body.
+
+    Half of the second request's 200 KB body arrives while the first runs (the server pauses
+    reading, over its buffer limit); the other half only after the first answer.
+    """
+    port, repository = served
+    handle = repository.get("slow")
+    large = padded_request(0.0, "large", 40_000)
+    async with connection(port) as (reader, writer):
+        writer.write(infer_request(0.5, "slow"))
+        await writer.drain()
+        await wait_until(lambda: handle.statistics().running_batches == 1, "the first to run")
+        writer.write(large[:100_000])
+        await writer.drain()
+        first = await read_response(reader)
+        writer.write(large[100_000:])
+        await writer.drain()
+        second = await read_response(reader)
+    assert [(status, body["id"]) for status, body in (first, second)] == [
+        (200, "slow"),
+        (200, "large"),
+    ]
+
+
+async def test_shutdown_answers_the_requests_received_then_closes(tmp_path: Path) -> None:
+    """A request in progress and a complete one pipelined behind it both get their answers."""
+    servers: list[uvicorn.Server] = []
+    async with (
+        serve(tmp_path, "coserve", servers=servers) as (port, repository),
+        connection(port) as (reader, writer),
+    ):
+        writer.write(infer_request(0.5, "running") + infer_request(0.0, "waiting"))
+        await writer.drain()
+        handle = repository.get("slow")
+        await wait_until(lambda: handle.statistics().running_batches == 1, "the first to run")
+        servers[0].should_exit = True
+        answers = [await read_response(reader) for _ in range(2)]
+        assert await reader.read() == b""  # then the server closed the connection
+    assert [(status, body["id"]) for status, body in answers] == [
+        (200, "running"),
+        (200, "waiting"),
+    ]
+
+
+async def test_a_stalled_upload_is_not_taken_for_an_idle_connection(tmp_path: Path) -> None:
+    """The keep-alive timer closes idle connections, not one whose body is still coming."""
+    request = infer_request(0.0, "stalled")
+    async with (
+        serve(tmp_path, "coserve", timeout_keep_alive=1) as (port, _),
+        connection(port) as (reader, writer),
+    ):
+        writer.write(request[:-5])
+        await writer.drain()
+        await asyncio.sleep(2.5)  # longer than the keep-alive timeout
+        writer.write(request[-5:])
+        await writer.drain()
+        status, body = await read_response(reader)
+    assert (status, body["id"]) == (200, "stalled")

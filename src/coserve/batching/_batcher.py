@@ -218,9 +218,9 @@ class Batcher(Generic[T, R]):
         The same as :meth:`submit` (same arguments, and ``QueueFull`` or ``BatcherClosed`` raised
         at once), for code that runs in callbacks, such as a protocol's, where a task per request
         would cost more than the batching saves. Cancel the future to withdraw the request: if its
-        batch has not started, it never runs. A withdrawn request keeps its place in the queue's
-        counts until the dispatcher reaches it, where it is dropped and counted as cancelled.
-        Must be called from the batcher's event loop.
+        batch has not started, it never runs. A withdrawn request stays in the queue's counts
+        until the dispatcher reaches it, or a full queue needs its place; then it is dropped and
+        counted as cancelled. Must be called from the batcher's event loop.
         """
         return self._enqueue(item, timeout, priority, size).future
 
@@ -296,6 +296,8 @@ class Batcher(Generic[T, R]):
         if asyncio.get_running_loop() is not loop:
             raise RuntimeError(f"batcher {self._name!r} is bound to another event loop")
         queue = self._queue
+        if queue.count >= self._max_queue_size:
+            self._sweep_withdrawn()
         if queue.count >= self._max_queue_size:
             counters.rejected_queue_full += 1
             raise QueueFull(
@@ -589,6 +591,13 @@ class Batcher(Generic[T, R]):
         else:
             self._counters.failed += 1
 
+    def _sweep_withdrawn(self) -> None:
+        """Free the places of queued requests whose ``submit_nowait`` futures were cancelled."""
+        for request in self._queue.queued():
+            if request.future.done():
+                self._queue.discard(request)
+                self._withdrawn(request)
+
     def _withdrawn(self, request: QueuedRequest[T]) -> None:
         """Account for a request whose ``submit_nowait`` future its caller cancelled."""
         timer = request.deadline_timer
@@ -622,6 +631,8 @@ class Batcher(Generic[T, R]):
             request.deadline_timer = None
         if not request.future.cancelled():
             return  # it already had its outcome when the cancellation arrived
+        if request.state is RequestState.DONE:
+            return  # the batcher saw the cancelled future first and counted it
         if request.state is RequestState.QUEUED:
             self._queue.discard(request)
         request.state = RequestState.DONE

@@ -144,9 +144,13 @@ class RequestQueue(Generic[T]):
         self.rows -= taken
         return batch, taken, taken == max_rows
 
+    def queued(self) -> list[QueuedRequest[T]]:
+        """Every live request, in no particular order."""
+        return [r for lane in self._lanes.values() for r in lane if r.state is RequestState.QUEUED]
+
     def drain(self) -> list[QueuedRequest[T]]:
         """Remove and return every live request (used when aborting; the caller settles them)."""
-        live = [r for lane in self._lanes.values() for r in lane if r.state is RequestState.QUEUED]
+        live = self.queued()
         self._lanes.clear()
         self._descending.clear()
         self._dead = 0

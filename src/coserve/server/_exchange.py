@@ -20,9 +20,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from coserve._exceptions import BatcherClosed
 from coserve.models import ModelHandle
 from coserve.server._codec import LARGE_BODY, DecodedRequest, decode_request
-from coserve.server._infer import CLIENT_GONE_STATUS, Headers, InferenceRoute
+from coserve.server._infer import CLIENT_GONE_STATUS, JSON_HEADERS, Headers, InferenceRoute
 
 __all__ = ["InferenceExchange", "Reply"]
 
@@ -113,13 +114,10 @@ class InferenceExchange:
     # -- callbacks -----------------------------------------------------------------------
 
     def _decoded_in_thread(self, future: asyncio.Future[DecodedRequest]) -> None:
-        if self.finished or future.cancelled():
-            return
-        self._pending = None
-        error = future.exception()
+        error = self._outcome(future)
         if error is not None:
             self._fail(error)
-        else:
+        elif not self.finished:
             self._start(future.result())
 
     def _start(self, decoded: DecodedRequest) -> None:
@@ -135,12 +133,11 @@ class InferenceExchange:
         pending.add_done_callback(self._answered)
 
     def _answered(self, future: asyncio.Future[Any]) -> None:
-        if self.finished or future.cancelled():
-            return
-        self._pending = None
-        error = future.exception()
+        error = self._outcome(future)
         if error is not None:
             self._fail(error)
+            return
+        if self.finished:
             return
         handle, decoded = self._handle, self._decoded
         assert handle is not None
@@ -152,12 +149,32 @@ class InferenceExchange:
             return
         self._finish(status, headers, body)
 
+    def _outcome(self, future: asyncio.Future[Any]) -> BaseException | None:
+        """The error a finished step ended with, if the exchange still has to answer it.
+
+        Always retrieves the exception (asyncio logs one that nobody read). A step cancelled by
+        anyone but :meth:`client_gone` (an executor shutting down, say) still gets an answer.
+        """
+        self._pending = None
+        if future.cancelled():
+            if self.finished:
+                return None
+            return BatcherClosed("the request was cancelled before it finished")
+        error = future.exception()
+        return None if self.finished else error
+
     # -- answering -----------------------------------------------------------------------
 
     def _fail(self, error: BaseException) -> None:
-        if not isinstance(error, Exception):  # a cancelled decode thread, for instance
+        if self.finished:
+            return
+        if not isinstance(error, Exception):
             error = RuntimeError(repr(error))
-        status, body, headers = self._route.error_answer(error, self._model)
+        try:
+            status, body, headers = self._route.error_answer(error, self._model)
+        except Exception:  # never leave the client without an answer
+            logger.exception("inference on %s: cannot describe an error", self._model)
+            status, body, headers = 500, b'{"error": "internal error"}', JSON_HEADERS
         self._finish(status, headers, body)
 
     def _finish(self, status: int, headers: Headers, body: bytes) -> None:

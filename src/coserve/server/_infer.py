@@ -33,7 +33,7 @@ from coserve.models import ModelHandle
 from coserve.server._codec import DecodedRequest, decode_request_async, encode_response
 from coserve.server._http import status_of
 
-__all__ = ["CLIENT_GONE_STATUS", "InferenceRoute", "match_infer_path"]
+__all__ = ["CLIENT_GONE_STATUS", "JSON_HEADERS", "InferenceRoute", "match_infer_path"]
 
 logger = logging.getLogger("coserve.server")
 
@@ -43,7 +43,7 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
-_JSON: Headers = [(b"content-type", b"application/json")]
+JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 CLIENT_GONE_STATUS = 499
 """nginx's "client closed request": never sent, but recorded in the latency metric."""
 
@@ -140,7 +140,7 @@ class InferenceRoute:
             datatypes=handle.output_datatypes,
         )
         if json_length is None:
-            return 200, body, _JSON
+            return 200, body, JSON_HEADERS
         return (
             200,
             body,
@@ -159,9 +159,9 @@ class InferenceRoute:
             status = status_of(error)
             if status == 500:
                 logger.error("inference on %s failed: %s", model, error, exc_info=error)
-            return status, orjson.dumps({"error": str(error)}), _JSON
+            return status, orjson.dumps({"error": str(error)}), JSON_HEADERS
         logger.error("inference on %s: internal error", model, exc_info=error)
-        return 500, orjson.dumps({"error": f"internal error: {error!r}"}), _JSON
+        return 500, orjson.dumps({"error": f"internal error: {error!r}"}), JSON_HEADERS
 
     # -- the ASGI path -----------------------------------------------------------------------
 
@@ -181,7 +181,11 @@ class InferenceRoute:
         served = ["_unknown", ""]
         try:
             if scope["method"] != "POST":
-                status, body, headers = 405, orjson.dumps({"error": "Method Not Allowed"}), _JSON
+                status, body, headers = (
+                    405,
+                    orjson.dumps({"error": "Method Not Allowed"}),
+                    JSON_HEADERS,
+                )
             else:
                 status, body, headers = await self._infer(scope, receive, model, version, served)
         except Exception as error:

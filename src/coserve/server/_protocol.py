@@ -65,7 +65,9 @@ class CoserveHttpProtocol(asyncio.Protocol):
         self._reading: InferenceExchange | None = None  # ...and its exchange
         self._serving: InferenceExchange | None = None  # the request waiting on its model
         self._discard = 0  # body bytes of a refused request still to skip
-        self._keep_alive = True
+        self._keep_alive = True  # False once the client asked to close (or a body was refused)
+        self._draining = False  # the server is shutting down: close once nothing is pending
+        self._handed_off = False
         self._advancing = False
         self._read_paused = False
         self._write_paused = False
@@ -91,8 +93,8 @@ class CoserveHttpProtocol(asyncio.Protocol):
         self._buffer += data
         if self._serving is None:
             self._advance()
-        elif len(self._buffer) > _HIGH_WATER:
-            self._pause_reading()
+        else:
+            self._regulate_reading()
 
     def eof_received(self) -> bool:
         """The client closed its side: like uvicorn, close ours (its request is withdrawn)."""
@@ -122,11 +124,13 @@ class CoserveHttpProtocol(asyncio.Protocol):
     # -- uvicorn's server calls this on shutdown ---------------------------------------------
 
     def shutdown(self) -> None:
-        """Close the connection now if it is idle, else after the request in progress."""
-        self._keep_alive = False
-        idle = self._reading is None and self._serving is None
-        if idle and self._transport is not None:
-            self._transport.close()
+        """Answer the requests already received, then close; close an idle connection at once.
+
+        "Received" is the request in progress and any complete one waiting in the buffer.
+        """
+        self._draining = True
+        if self._serving is None:
+            self._advance()
 
     # -- serving -----------------------------------------------------------------------------
 
@@ -139,6 +143,15 @@ class CoserveHttpProtocol(asyncio.Protocol):
             self._serve_buffered()
         finally:
             self._advancing = False
+        if self._handed_off:
+            return
+        transport = self._transport
+        assert transport is not None
+        idle = self._serving is None and self._reading is None
+        if self._draining and idle and not self._write_paused:
+            transport.close()  # shutting down, and no complete request is left to answer
+        else:
+            self._regulate_reading()
 
     def _serve_buffered(self) -> None:
         transport = self._transport
@@ -186,9 +199,6 @@ class CoserveHttpProtocol(asyncio.Protocol):
             self._head = self._reading = None
             self._serving = serving
             serving.body_complete(body)
-        if self._read_paused and len(buffer) <= _HIGH_WATER:
-            self._read_paused = False
-            transport.resume_reading()
 
     def _reply(self, status: int, headers: Headers, body: bytes) -> None:
         """Send an exchange's answer in one write, then serve the next buffered request."""
@@ -213,7 +223,7 @@ class CoserveHttpProtocol(asyncio.Protocol):
             self._log_access(status)
         if not self._keep_alive:
             transport.close()
-        elif self._buffer:
+        else:
             self._advance()
 
     def _log_access(self, status: int) -> None:
@@ -223,10 +233,24 @@ class CoserveHttpProtocol(asyncio.Protocol):
         client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "-"
         access_logger.info('%s - "POST (inference) HTTP/1.1" %d', client, status)
 
-    def _pause_reading(self) -> None:
-        if not self._read_paused and self._transport is not None:
-            self._read_paused = True
-            self._transport.pause_reading()
+    def _regulate_reading(self) -> None:
+        """Read on while the buffer holds at most the body being read plus ``_HIGH_WATER``.
+
+        A client that pipelines requests faster than they are answered (or does not read its
+        answers) is held back here, as uvicorn holds back a pipelined request.
+        """
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        head = self._head
+        limit = _HIGH_WATER + (head.content_length if head is not None else 0)
+        if len(self._buffer) > limit:
+            if not self._read_paused:
+                self._read_paused = True
+                transport.pause_reading()
+        elif self._read_paused:
+            self._read_paused = False
+            transport.resume_reading()
 
     # -- keep-alive --------------------------------------------------------------------------
 
@@ -240,9 +264,8 @@ class CoserveHttpProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        if self._serving is None and self.loop.time() >= (
-            self._active_at + self.config.timeout_keep_alive
-        ):
+        idle = self._serving is None and self._reading is None and not self._buffer
+        if idle and self.loop.time() >= self._active_at + self.config.timeout_keep_alive:
             transport.close()
             return
         self._arm_idle_timer(max(self._active_at, self.loop.time()))
@@ -253,6 +276,7 @@ class CoserveHttpProtocol(asyncio.Protocol):
         """Give the connection, and every byte not yet served, to uvicorn's protocol."""
         transport = self._transport
         assert transport is not None
+        self._handed_off = True
         self.server_state.connections.discard(self)
         if self._idle_timer is not None:
             self._idle_timer.cancel()

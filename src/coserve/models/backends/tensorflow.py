@@ -88,6 +88,16 @@ class _FrozenSignature:
             self.output_names
         ):
             raise ValueError("the frozen graph's inputs or outputs do not match the signature")
+        outputs = fn.structured_outputs
+        pairs = [
+            *zip((kwargs[n] for n in self.input_names), frozen.inputs, strict=True),
+            *zip((outputs[n] for n in self.output_names), frozen.outputs, strict=True),
+        ]
+        for declared, tensor in pairs:  # a TensorFlow that orders them otherwise fails here
+            if declared.dtype != tensor.dtype or not declared.shape.is_compatible_with(
+                tensor.shape
+            ):
+                raise ValueError(f"the frozen graph's {tensor.name} does not match the signature")
         graph = tf.Graph()
         with graph.as_default():
             tf.compat.v1.import_graph_def(frozen.graph.as_graph_def(), name="")
@@ -163,7 +173,7 @@ class TensorFlowSavedModel(Backend):
         self._frozen: _FrozenSignature | None = None
         try:
             self._frozen = _FrozenSignature(tf, self._fn, threads)
-        except Exception as error:  # TF raises many kinds; any means "call it eagerly"
+        except Exception as error:  # TF raises many kinds; any means "call it as a function"
             logger.info(
                 "model %r: signature %r cannot run as a frozen graph (%s); calling it as a "
                 "tf.function instead",
@@ -182,6 +192,9 @@ class TensorFlowSavedModel(Backend):
             override_specs(name, "inputs", read_inputs, inputs),
             override_specs(name, "outputs", read_outputs, outputs),
         )
+        if self._frozen is not None:  # the graph holds the weights now: free the variables
+            self._fn = None
+            self._loaded = None
 
     @property
     def frozen(self) -> bool:
