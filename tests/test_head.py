@@ -14,6 +14,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from coserve.server._head import HANDOFF, INCOMPLETE, MAX_HEAD, RequestHead, parse_head
+from coserve.server._infer import match_infer_path
 
 INFER = b"POST /v2/models/digits/infer HTTP/1.1\r\n"
 GOOD = (
@@ -196,3 +197,24 @@ def test_what_the_parser_accepts_httptools_reads_the_same(
 def test_arbitrary_bytes_never_break_the_parser(raw: bytes) -> None:
     verdict = parse_head(b"POST /v2/models/" + raw)
     assert verdict is HANDOFF or verdict is INCOMPLETE or isinstance(verdict, RequestHead)
+
+
+_path_parts = st.sampled_from(
+    ["v2", "models", "versions", "infer", "m", "1", "", "%41", "a?b", "x.y"]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_path_parts, min_size=1, max_size=7))
+def test_the_parser_and_the_asgi_path_agree_on_inference_paths(parts: list[str]) -> None:
+    """Both serving paths find the same model and version in a path, and refuse the same ones."""
+    path = "/" + "/".join(parts)
+    head = parse_head(f"POST {path} HTTP/1.1\r\nContent-Length: 0\r\n\r\n".encode())
+    expected = match_infer_path(path)
+    if "%" in path or "?" in path:
+        assert head is HANDOFF  # uvicorn decodes and splits those first
+    elif expected is None:
+        assert head is HANDOFF
+    else:
+        assert isinstance(head, RequestHead)
+        assert (head.model, head.version) == expected

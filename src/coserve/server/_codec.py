@@ -65,8 +65,11 @@ _MAX_DIMENSIONS = 32  # numpy's own limit is 64; no model input has anywhere nea
 
 
 def _shape(name: str, value: Any) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(type(d) is int and d >= 0 for d in value):
+    if type(value) is not list:
         raise _fail(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    for dimension in value:  # a loop: a generator in all() costs more than the check here
+        if type(dimension) is not int or dimension < 0:
+            raise _fail(f"input {name!r}: 'shape' must be a list of non-negative integers")
     if len(value) > _MAX_DIMENSIONS:
         raise _fail(
             f"input {name!r}: 'shape' has {len(value)} dimensions; at most {_MAX_DIMENSIONS}"
@@ -74,10 +77,11 @@ def _shape(name: str, value: Any) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _from_json_data(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
+def _from_json_data(
+    name: str, datatype: str, dtype: np.dtype[Any], shape: tuple[int, ...], data: Any
+) -> np.ndarray:
     if not isinstance(data, list):
         data = [data]
-    dtype = dtype_of(datatype)
     try:
         if datatype == "BYTES":
             flat = np.asarray(data, dtype=object).ravel()
@@ -97,7 +101,7 @@ def _from_json_data(name: str, datatype: str, shape: tuple[int, ...], data: Any)
             if array.dtype.kind == "f" and dtype.kind in "iub" and array.size:
                 raise _fail(f"input {name!r}: {datatype} data must be integers")
             if dtype.kind in "iu" and array.dtype.kind in "iu" and array.size:
-                info = np.iinfo(dtype)  # type: ignore[type-var]  # astype would wrap 300 to 44
+                info = np.iinfo(dtype)  # astype would wrap 300 to 44
                 if array.min() < info.min or array.max() > info.max:
                     raise _fail(f"input {name!r}: values do not fit {datatype}")
             array = array.astype(dtype, copy=False)
@@ -206,18 +210,18 @@ def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
         else:
             if "data" not in entry:
                 raise _fail(f"input {name!r} has no 'data' (and no binary_data_size)")
-            arrays[name] = _from_json_data(name, datatype, shape, entry["data"])
+            arrays[name] = _from_json_data(name, datatype, dtype, shape, entry["data"])
     if offset != len(binary):
         raise _fail(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
 
     outputs, binary_outputs = _requested_outputs(request.get("outputs"))
     return DecodedRequest(
-        inputs=arrays,
-        id=request_id,
-        parameters=parameters,
-        outputs=outputs,
-        binary_outputs=binary_outputs,
-        all_outputs_binary=parameters.get("binary_data_output") is True,
+        arrays,
+        request_id,
+        parameters,
+        outputs,
+        binary_outputs,
+        parameters.get("binary_data_output") is True,
     )
 
 

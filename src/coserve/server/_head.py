@@ -15,16 +15,19 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from coserve.server._infer import match_infer_path
-
 __all__ = ["HANDOFF", "INCOMPLETE", "MAX_HEAD", "RequestHead", "parse_head"]
 
 MAX_HEAD: Final = 16 * 1024
 """A head not complete within this many bytes is handed off (uvicorn decides what to do)."""
 
 _PREFIX: Final = b"POST /v2/models/"
-# The request line: the target is visible ASCII, without spaces.
-_REQUEST_LINE = re.compile(rb"POST (/v2/models/[\x21-\x7e]*) HTTP/1\.1\r\n")
+# The request line, with the inference path's model and version. A path segment is visible
+# ASCII but "/", "%" and "?": a percent-encoded path or a query string goes to uvicorn, which
+# decodes and splits them. The same paths as ``match_infer_path`` (the ASGI path's matcher).
+_SEGMENT = rb"([\x21-\x24\x26-\x2e\x30-\x3e\x40-\x7e]*)"
+_REQUEST_LINE = re.compile(
+    rb"POST /v2/models/" + _SEGMENT + rb"(?:/versions/" + _SEGMENT + rb")?/infer HTTP/1\.1\r\n"
+)
 # Every header line at once: an RFC 9110 token, a colon, a value without control characters
 # (HTAB allowed), CRLF. One match for the block is cheaper than two per line.
 _FIELDS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
@@ -92,12 +95,7 @@ def parse_head(buffer: bytes | bytearray) -> RequestHead | _Verdict:
     fields = bytes(buffer[request_line.end() : end + 2])
     if not _FIELDS.fullmatch(fields):
         return HANDOFF  # also a folded line: it starts with a space, not a token
-    target = request_line.group(1).decode("ascii")
-    if "%" in target or "?" in target:
-        return HANDOFF  # uvicorn decodes and splits these
-    matched = match_infer_path(target)
-    if matched is None:
-        return HANDOFF
+    model, version = request_line.groups()
     headers = []
     content_length: int | None = None
     keep_alive = True
@@ -120,4 +118,11 @@ def parse_head(buffer: bytes | bytearray) -> RequestHead | _Verdict:
         headers.append((name, value))
     if content_length is None:
         return HANDOFF
-    return RequestHead(matched[0], matched[1], headers, content_length, keep_alive, end + 4)
+    return RequestHead(
+        model.decode("ascii"),
+        None if version is None else version.decode("ascii"),
+        headers,
+        content_length,
+        keep_alive,
+        end + 4,
+    )

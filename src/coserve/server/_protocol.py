@@ -16,7 +16,12 @@ Requests on one connection are served one at a time, in order: a pipelined reque
 buffer until the one before it is answered (reading pauses when the buffer is large). A client
 that disconnects has its request withdrawn before it runs. Keep-alive connections are closed
 after uvicorn's ``timeout_keep_alive`` idle seconds, by one timer per connection rather than one
-per response. Server shutdown closes idle connections at once and the others after their answer.
+per response. Server shutdown closes idle connections at once and the others once the requests
+already received are answered.
+
+uvicorn options that act per request inside its own protocol (``limit_concurrency``,
+``root_path``, proxy headers in the access log) do not apply to natively served requests;
+``coserve serve`` sets none of them.
 """
 
 from __future__ import annotations
