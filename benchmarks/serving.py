@@ -5,7 +5,8 @@ package; a load generator in C, much cheaper per request than the servers) sends
 inference requests at concurrency 1, 64 and 256 for ``--seconds`` after a warm-up, the cells
 interleaved server by server in every round. coserve is driven with the Open Inference
 Protocol's JSON body and with its binary tensor extension, and once more as ``coserve-2w``
-(``--workers 2``) with the JSON body; the two peers take the same JSON body.
+(``--workers 2``) with the JSON body; the peers take the same JSON body. mosec runs as in the peer
+study (one Python worker process) and once more as ``mosec-2w`` (two).
 
 Reported per cell: requests/s, p50 and p99 latency, the mean batch size the server formed, errors,
 and the CPU time per request of the load generator and of the server's process tree.
@@ -244,7 +245,9 @@ def main() -> None:
     script = scratch / "post.lua"
     script.write_text(WRK_SCRIPT)
     request_bodies = bodies(scratch)
-    ports = {name: free_port() for name in ("coserve", "coserve-2w", "unbatched", "mosec")}
+    ports = {
+        name: free_port() for name in ("coserve", "coserve-2w", "unbatched", "mosec", "mosec-2w")
+    }
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     servers = [
         Served(
@@ -300,6 +303,20 @@ def main() -> None:
             f"http://127.0.0.1:{ports['mosec']}/inference",
             f"http://127.0.0.1:{ports['mosec']}/",
             env,
+        ),
+        Served(
+            "mosec-2w",
+            [
+                str(mosec_python),
+                str(HERE / "servers" / "mosec_server.py"),
+                "--port",
+                str(ports["mosec-2w"]),
+                "--timeout",
+                "30000",
+            ],
+            f"http://127.0.0.1:{ports['mosec-2w']}/inference",
+            f"http://127.0.0.1:{ports['mosec-2w']}/",
+            {**env, "MOSEC_WORKERS": "2"},
         ),
     ]
     cells: dict[str, list[dict[str, Any]]] = {}
@@ -387,10 +404,12 @@ def main() -> None:
     print()
     for c in CONCURRENCY:
         mosec, plain = by["mosec", "json", c], by["unbatched", "json", c]
+        best = max(mosec, by["mosec-2w", "json", c], key=lambda row: row["rps"])
         for name in ("coserve", "coserve-2w"):
             mine = by[name, "json", c]
             print(
-                f"c={c}: {name}/mosec throughput {mine['rps'] / mosec['rps']:.2f}x, "
+                f"c={c}: {name}/mosec throughput {mine['rps'] / mosec['rps']:.2f}x "
+                f"(/{best['server']}, mosec's better here: {mine['rps'] / best['rps']:.2f}x), "
                 f"p99 {mine['p99_ms']:.1f} vs {mosec['p99_ms']:.1f} ms; "
                 f"{name}/unbatched p50 {mine['p50_ms']:.2f} vs {plain['p50_ms']:.2f} ms"
             )

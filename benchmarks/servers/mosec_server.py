@@ -3,6 +3,7 @@
 Runs in its own virtual environment (the benchmark creates ``benchmarks/.venv-mosec``). It takes
 the same Open Inference Protocol JSON body as coserve at mosec's ``/inference`` route and batches
 up to 64 requests, waiting at most 2 ms for a batch to fill (the settings of the peer study).
+``MOSEC_WORKERS`` sets the number of Python worker processes (default 1, as in the peer study).
 Run: ``python benchmarks/servers/mosec_server.py --port PORT --timeout 30000``.
 """
 
@@ -63,6 +64,7 @@ class Digits(Worker):
 
 if __name__ == "__main__":
     server = Server()
-    server.append_worker(Digits, num=1, max_batch_size=64, max_wait_time=2)
+    workers = int(os.environ.get("MOSEC_WORKERS", "1"))
+    server.append_worker(Digits, num=workers, max_batch_size=64, max_wait_time=2)
     server.run()
     sys.exit(0)
