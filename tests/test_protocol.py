@@ -433,3 +433,34 @@ async def test_a_stalled_upload_is_not_taken_for_an_idle_connection(tmp_path: Pa
         await writer.drain()
         status, body = await read_response(reader)
     assert (status, body["id"]) == (200, "stalled")
+
+
+async def test_any_other_asgi_app_is_served_by_uvicorn_on_the_coserve_protocol() -> None:
+    """With an app that is not coserve's, every connection goes to uvicorn at once."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = scope["path"].encode()
+        length = [(b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": length})
+        await send({"type": "http.response.body", "body": body})
+
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, http=CoserveHttpProtocol, log_config=None
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        await wait_until(lambda: server.started, "the server to start")
+        async with connection(port) as (reader, writer):
+            writer.write(infer_request(0.0, "x"))  # an inference path, but not coserve's app
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            body = await reader.readexactly(len(b"/v2/models/slow/infer"))
+    finally:
+        server.should_exit = True
+        await task
+    assert head.startswith(b"HTTP/1.1 200")
+    assert body == b"/v2/models/slow/infer"

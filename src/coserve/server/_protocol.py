@@ -228,8 +228,8 @@ class CoserveHttpProtocol(asyncio.Protocol):
             self._log_access(status)
         if not self._keep_alive:
             transport.close()
-        else:
-            self._advance()
+        elif self._buffer or self._draining or self._read_paused:
+            self._advance()  # the next request, the shutdown, or reading to resume
 
     def _log_access(self, status: int) -> None:
         transport = self._transport
