@@ -464,3 +464,23 @@ async def test_any_other_asgi_app_is_served_by_uvicorn_on_the_coserve_protocol()
         await task
     assert head.startswith(b"HTTP/1.1 200")
     assert body == b"/v2/models/slow/infer"
+
+
+async def test_a_client_that_never_reads_its_answers_is_held_back(tmp_path: Path) -> None:
+    """Once its answers back up, the server stops reading: the client's writes stall.
+
+    Half a million small pipelined requests (refused from their heads, so no model runs) are
+    far more than the socket buffers hold. A server that kept reading would take them all into
+    memory and the client's drain would finish; this one pauses, so the drain never does.
+    """
+    refused = b"POST /v2/models/nothing/infer HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"
+    async with serve(tmp_path, "coserve") as (port, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(refused * 500_000)  # 38 MB
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(writer.drain(), timeout=5)
+            head = await reader.readuntil(b"\r\n\r\n")  # and it is still answering
+            assert head.startswith(b"HTTP/1.1 404")
+        finally:
+            writer.transport.abort()  # close() would wait to send the 38 MB first
