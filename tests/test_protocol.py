@@ -484,3 +484,36 @@ async def test_a_client_that_never_reads_its_answers_is_held_back(tmp_path: Path
             assert head.startswith(b"HTTP/1.1 404")
         finally:
             writer.transport.abort()  # close() would wait to send the 38 MB first
+
+
+async def test_a_request_whose_work_is_cancelled_by_another_still_gets_an_answer(
+    tmp_path: Path,
+) -> None:
+    """Work cancelled by something other than the client (here its chunk task) is answered."""
+    body = json.dumps(
+        {"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [0.5, 0.0]}]}
+    )
+    request = (  # two rows on a model of max_batch_size 1: run as a task of two chunks
+        f"POST /v2/models/slow/infer HTTP/1.1\r\nHost: test\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+
+    def chunk_tasks() -> list[asyncio.Task[Any]]:
+        return [
+            task
+            for task in asyncio.all_tasks()
+            if getattr(task.get_coro(), "__qualname__", "") == "ModelHandle._infer_in_chunks"
+        ]
+
+    async with (
+        serve(tmp_path, "coserve") as (port, _),
+        connection(port) as (reader, writer),
+    ):
+        writer.write(request)
+        await writer.drain()
+        await wait_until(lambda: bool(chunk_tasks()), "the chunk task")
+        for task in chunk_tasks():
+            task.cancel()
+        status, answer = await asyncio.wait_for(read_response(reader), timeout=30)
+    assert status == 503
+    assert "cancelled" in answer["error"]
