@@ -132,11 +132,13 @@ async def test_queued_work_of_a_client_that_hangs_up_never_runs(
     port, repository = served
     handle = repository.get("slow")
     writers = []
-    for _ in range(3):  # one runs (1 s), two wait in the queue
+    for i in range(3):  # one runs (1 s), two wait in the queue
         _, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(infer_request(1.0, "gone"))
         await writer.drain()
         writers.append(writer)
+        if i == 0:  # three submits in one loop pass would overflow the 2-place queue
+            await wait_until(lambda: handle.statistics().running_batches == 1, "one runs")
     await wait_until(lambda: handle.statistics().queued == 2, "two queued")
     for writer in writers:
         writer.close()

@@ -553,6 +553,10 @@ class TestWebSocket:
                     "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [2.0]}],
                 }
                 await socket.send(json.dumps(request))
+                if i == 0:  # three submits in one loop pass would overflow the 2-place queue
+                    await wait_until(
+                        lambda: metric(server, f"coserve_running_batches{slow}") == 1, "one runs"
+                    )
             await wait_until(
                 lambda: metric(server, f"coserve_queued_requests{slow}") == 2, "two queued"
             )
@@ -579,17 +583,21 @@ async def test_http_client_that_disconnects_has_its_queued_work_dropped(
         "the slow model to be idle",
     )
     before_cancelled, before_batches = metric(server, cancelled), metric(server, batches)
-    body = json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.5]}]})
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [2.0]}]})
     request = (
         f"POST /v2/models/slow/infer HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n{body}"
     ).encode()
     writers = []
-    for _ in range(3):  # one runs, two wait in the queue
+    for i in range(3):  # one runs (2 s: ample even on a loaded machine), two wait in the queue
         _, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(request)
         await writer.drain()
         writers.append(writer)
+        if i == 0:  # three submits in one loop pass would overflow the 2-place queue
+            await wait_until(
+                lambda: metric(server, f"coserve_running_batches{slow}") == 1, "one runs"
+            )
     await wait_until(lambda: metric(server, f"coserve_queued_requests{slow}") == 2, "two queued")
     for writer in writers:  # the clients hang up
         writer.close()
