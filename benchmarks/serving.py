@@ -290,33 +290,22 @@ def main() -> None:
             f"http://127.0.0.1:{ports['unbatched']}/v2/health/ready",
             env,
         ),
-        Served(
-            "mosec",
-            [
-                str(mosec_python),
-                str(HERE / "servers" / "mosec_server.py"),
-                "--port",
-                str(ports["mosec"]),
-                "--timeout",
-                "30000",
-            ],
-            f"http://127.0.0.1:{ports['mosec']}/inference",
-            f"http://127.0.0.1:{ports['mosec']}/",
-            env,
-        ),
-        Served(
-            "mosec-2w",
-            [
-                str(mosec_python),
-                str(HERE / "servers" / "mosec_server.py"),
-                "--port",
-                str(ports["mosec-2w"]),
-                "--timeout",
-                "30000",
-            ],
-            f"http://127.0.0.1:{ports['mosec-2w']}/inference",
-            f"http://127.0.0.1:{ports['mosec-2w']}/",
-            {**env, "MOSEC_WORKERS": "2"},
+        *(
+            Served(
+                name,
+                [
+                    str(mosec_python),
+                    str(HERE / "servers" / "mosec_server.py"),
+                    "--port",
+                    str(ports[name]),
+                    "--timeout",
+                    "30000",
+                ],
+                f"http://127.0.0.1:{ports[name]}/inference",
+                f"http://127.0.0.1:{ports[name]}/",
+                {**env, "MOSEC_WORKERS": workers},
+            )
+            for name, workers in (("mosec", "1"), ("mosec-2w", "2"))
         ),
     ]
     cells: dict[str, list[dict[str, Any]]] = {}
