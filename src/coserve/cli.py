@@ -49,6 +49,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
+    return value
+
+
 def _app_spec(text: str) -> tuple[str, str]:
     name, _, spec = text.partition("=")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or ":" not in spec:
@@ -101,6 +108,61 @@ def _parser() -> argparse.ArgumentParser:
         default=parse_size("64MiB"),
         metavar="SIZE",
         help="largest request body accepted, e.g. 64MiB; larger ones get 413 (default: 64MiB)",
+    )
+    serve.add_argument(
+        "--max-json-size",
+        type=parse_size,
+        default=parse_size("64MiB"),
+        metavar="SIZE",
+        help="largest JSON document in an inference or predict request; larger ones get 413 "
+        "(big tensors are faster as binary data) (default: 64MiB)",
+    )
+    serve.add_argument(
+        "--max-header-size",
+        type=parse_size,
+        default=parse_size("32KiB"),
+        metavar="SIZE",
+        help="largest request head (request line and headers); larger ones get 431 "
+        "(default: 32KiB)",
+    )
+    serve.add_argument(
+        "--max-headers",
+        type=_positive_int,
+        default=100,
+        metavar="N",
+        help="most header lines in a request; more get 431 (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--head-timeout",
+        type=_positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="time a request head may take once it has begun; then 408 and close "
+        "(default: %(default)s)",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=_positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="time a request body may go without a byte arriving; then 408 and close "
+        "(default: %(default)s)",
+    )
+    serve.add_argument(
+        "--min-body-rate",
+        type=parse_size,
+        default=parse_size("64KiB"),
+        metavar="SIZE",
+        help="bytes per second a body must average once it has taken longer than "
+        "--body-timeout (default: 64KiB)",
+    )
+    serve.add_argument(
+        "--limit-connections",
+        type=_positive_int,
+        default=10_000,
+        metavar="N",
+        help="open connections allowed at once (per worker); one more gets 503 and is closed "
+        "(default: %(default)s)",
     )
     serve.add_argument(
         "--graceful-timeout",
@@ -179,6 +241,7 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from coserve._exceptions import ConfigError
     from coserve.models import ModelRepository
     from coserve.server import SessionFactory, SessionManager, create_app, load_factory
+    from coserve.server._limits import ServerLimits
     from coserve.server._protocol import CoserveHttpProtocol
     from coserve.server._workers import bind, bind_unix
 
@@ -202,7 +265,16 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
     )
     app = create_app(
         repository,
-        max_request_size=args.max_request_size,
+        limits=ServerLimits(
+            max_request_size=args.max_request_size,
+            max_json_size=args.max_json_size,
+            max_header_size=args.max_header_size,
+            max_headers=args.max_headers,
+            head_timeout=args.head_timeout,
+            body_timeout=args.body_timeout,
+            min_body_rate=args.min_body_rate,
+            max_connections=args.limit_connections,
+        ),
         graceful_timeout=args.graceful_timeout,
         sessions=sessions,
         worker=worker,

@@ -41,6 +41,7 @@ from coserve._exceptions import ModelNotFound
 from coserve.models import ModelHandle, ModelRepository
 from coserve.server._http import endpoint, error_response, json_response
 from coserve.server._infer import InferenceRoute
+from coserve.server._limits import ServerLimits
 from coserve.server._metrics import Metrics
 from coserve.server._sessions import SessionManager
 from coserve.server._tfserving import tfserving_endpoint
@@ -58,12 +59,17 @@ class ServerState:
     """What the endpoints share: the repository, the limits, and whether the server is ready."""
 
     def __init__(
-        self, repository: ModelRepository, *, max_request_size: int, graceful_timeout: float
+        self, repository: ModelRepository, *, limits: ServerLimits, graceful_timeout: float
     ) -> None:
         self.repository = repository
-        self.max_request_size = max_request_size
+        self.limits = limits
         self.graceful_timeout = graceful_timeout
         self.ready = False
+
+    @property
+    def max_request_size(self) -> int:
+        """The largest request body accepted, in bytes."""
+        return self.limits.max_request_size
 
 
 def _handle(state: ServerState, request: Request) -> ModelHandle:
@@ -75,7 +81,8 @@ def _handle(state: ServerState, request: Request) -> ModelHandle:
 def create_app(
     repository: ModelRepository,
     *,
-    max_request_size: int = 64 * 1024 * 1024,
+    max_request_size: int | None = None,
+    limits: ServerLimits | None = None,
     graceful_timeout: float = 30.0,
     sessions: SessionManager | None = None,
     worker: WorkerInfo | None = None,
@@ -83,14 +90,17 @@ def create_app(
     """The ASGI app serving ``repository``.
 
     Its lifespan loads the models at startup and, at shutdown, drains them within
-    ``graceful_timeout`` seconds (the repository's ``reload`` and ``aclose``). ``sessions``
+    ``graceful_timeout`` seconds (the repository's ``reload`` and ``aclose``). ``limits`` bound
+    what a client may make the server hold (``max_request_size`` overrides its request size).
+    ``sessions``
     serves per-session graphs at ``/sessions/{app}`` (none by default). ``worker`` is set in the
     worker processes of ``coserve serve --workers N``: the app then reports its readiness to the
     supervisor, and ``/metrics`` gathers every worker's series (``?local=1``: this one's only).
     """
-    state = ServerState(
-        repository, max_request_size=max_request_size, graceful_timeout=graceful_timeout
-    )
+    limits = limits if limits is not None else ServerLimits()
+    if max_request_size is not None:
+        limits = limits.replace(max_request_size=max_request_size)
+    state = ServerState(repository, limits=limits, graceful_timeout=graceful_timeout)
     sessions = sessions if sessions is not None else SessionManager(repository, {})
     metrics = Metrics(repository, sessions)
 
