@@ -299,7 +299,7 @@ class TestCancellation:
     async def test_a_cancelled_submit_nowait_future_withdraws_its_item(
         self, model: RecordingModel
     ) -> None:
-        """Cancelling a queued item's future drops it at dispatch; a running one is counted."""
+        """Cancelling a queued item's future drops it at once; a running one is counted."""
         async with Batcher(model, max_batch_size=2) as batcher:
             model.hold()
             running = batcher.submit_nowait(0)
@@ -309,7 +309,7 @@ class TestCancellation:
             await settle()
             running.cancel()
             queued.cancel()
-            assert batcher.statistics().queued == 2  # withdrawn items leave at dispatch
+            assert batcher.statistics().queued == 1  # a withdrawn item leaves at once
             model.release()
             assert await kept == 20
         assert model.batches == [[0], [2]]

@@ -30,7 +30,7 @@ from coserve._exceptions import (
     DeadlineExceeded,
     QueueFull,
 )
-from coserve.batching._queue import QueuedRequest, RequestQueue, RequestState
+from coserve.batching._queue import QueuedRequest, RequestFuture, RequestQueue, RequestState
 from coserve.batching._statistics import BatcherStatistics, CloseReason, Counters
 
 __all__ = ["AsyncBatchFunction", "BatchFunction", "Batcher", "SyncBatchFunction"]
@@ -217,12 +217,13 @@ class Batcher(Generic[T, R]):
 
         The same as :meth:`submit` (same arguments, and ``QueueFull`` or ``BatcherClosed`` raised
         at once), for code that runs in callbacks, such as a protocol's, where a task per request
-        would cost more than the batching saves. Cancel the future to withdraw the request: if its
-        batch has not started, it never runs. A withdrawn request stays in the queue's counts
-        until the dispatcher reaches it, or a full queue needs its place; then it is dropped and
-        counted as cancelled. Must be called from the batcher's event loop.
+        would cost more than the batching saves. Cancel the future to withdraw the request: it
+        leaves the queue at once (its place is free for the next submit) and, if its batch has
+        not started, never runs; it is counted as cancelled. Must be called from the batcher's
+        event loop.
         """
-        return self._enqueue(item, timeout, priority, size).future
+        future: asyncio.Future[R] = self._enqueue(item, timeout, priority, size).future
+        return future
 
     def statistics(self) -> BatcherStatistics:
         """A snapshot of the queue, the running batches and every counter."""
@@ -296,9 +297,7 @@ class Batcher(Generic[T, R]):
         if asyncio.get_running_loop() is not loop:
             raise RuntimeError(f"batcher {self._name!r} is bound to another event loop")
         queue = self._queue
-        if queue.count >= self._max_queue_size:
-            self._sweep_withdrawn()
-        if queue.count >= self._max_queue_size:
+        if queue.count >= self._max_queue_size:  # O(1): withdrawn requests left at once
             counters.rejected_queue_full += 1
             raise QueueFull(
                 f"batcher {self._name!r} has {queue.count} requests queued, its maximum"
@@ -310,8 +309,11 @@ class Batcher(Generic[T, R]):
         elif timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout!r}")
 
-        future: asyncio.Future[R] = loop.create_future()
+        future = RequestFuture(loop=loop)
         request = QueuedRequest(item, future, priority, size, loop.time())
+        # A cycle (future -> partial -> request -> future) until the request settles, when
+        # every settling path clears on_cancel: no garbage for the collector per request.
+        future.on_cancel = functools.partial(self._cancelled, request)
         if timeout is not None:
             request.deadline_timer = loop.call_at(
                 request.enqueued_at + timeout, self._expire, request, timeout
@@ -550,9 +552,10 @@ class Batcher(Generic[T, R]):
             if request.deadline_timer is not None:
                 request.deadline_timer.cancel()
             caller = request.future
-            if caller.done():  # withdrawn while it ran (a cancelled ``submit_nowait`` future)
+            if caller.done():  # settled from outside while it ran (not through cancel())
                 cancelled += 1
                 continue
+            caller.on_cancel = None
             if isinstance(result, Exception):
                 caller.set_exception(result)
                 item_errors.append(result)
@@ -585,26 +588,33 @@ class Batcher(Generic[T, R]):
             timer.cancel()
             request.deadline_timer = None
         request.state = RequestState.DONE
+        request.future.on_cancel = None
         request.future.set_exception(error)
         if isinstance(error, BatcherClosed):
             self._counters.aborted += 1
         else:
             self._counters.failed += 1
 
-    def _sweep_withdrawn(self) -> None:
-        """Free the places of queued requests whose ``submit_nowait`` futures were cancelled."""
-        for request in self._queue.queued():
-            if request.future.done():
-                self._queue.discard(request)
-                self._withdrawn(request)
+    def _cancelled(self, request: QueuedRequest[T]) -> None:
+        """Its future was cancelled (a withdrawn ``submit_nowait``, a cancelled ``submit``).
+
+        Runs inside ``cancel()``: a queued request leaves the queue now, and a running one's
+        result will be dropped. O(1) either way.
+        """
+        if request.state is RequestState.DONE:
+            return
+        if request.state is RequestState.QUEUED:
+            self._queue.discard(request)
+        self._withdrawn(request)
 
     def _withdrawn(self, request: QueuedRequest[T]) -> None:
-        """Account for a request whose ``submit_nowait`` future its caller cancelled."""
+        """Account for a request whose future its caller cancelled."""
         timer = request.deadline_timer
         if timer is not None:
             timer.cancel()
             request.deadline_timer = None
         request.state = RequestState.DONE
+        request.future.on_cancel = None
         self._counters.cancelled += 1
 
     def _expire(self, request: QueuedRequest[T], timeout: float) -> None:
@@ -617,6 +627,7 @@ class Batcher(Generic[T, R]):
         else:
             request.state = RequestState.DONE
             where = "running"
+        request.future.on_cancel = None
         request.future.set_exception(
             DeadlineExceeded(f"the deadline of {timeout:g}s passed while the request was {where}")
         )

@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import bisect
 from collections import deque
+from collections.abc import Callable
 from enum import IntEnum
 from typing import Any, Generic, TypeVar
 
-__all__ = ["QueuedRequest", "RequestQueue", "RequestState"]
+__all__ = ["QueuedRequest", "RequestFuture", "RequestQueue", "RequestState"]
 
 T = TypeVar("T")
 
@@ -28,6 +29,32 @@ class RequestState(IntEnum):
     DONE = 2
 
 
+class RequestFuture(asyncio.Future[Any]):
+    """A request's future that gives up its place in the queue the moment it is cancelled.
+
+    Withdrawing on ``cancel()`` itself, rather than in a done callback a loop pass later, keeps
+    the queue's counts exact at every instant, so a full queue never refuses a request because
+    of withdrawn ones, and refusing costs the same whatever the queue's size.
+    """
+
+    __slots__ = ("on_cancel",)
+
+    def __init__(self, *, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+        self.on_cancel: Callable[[], None] | None = None
+        """Called once, synchronously, when the future is cancelled; None once settled."""
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        """Cancel the future and withdraw its request."""
+        if not super().cancel(msg):
+            return False
+        on_cancel = self.on_cancel
+        if on_cancel is not None:
+            self.on_cancel = None
+            on_cancel()
+        return True
+
+
 class QueuedRequest(Generic[T]):
     """One submitted item, with its caller's future and its place in the queue."""
 
@@ -36,7 +63,7 @@ class QueuedRequest(Generic[T]):
     def __init__(
         self,
         item: T,
-        future: asyncio.Future[Any],
+        future: RequestFuture,
         priority: int,
         size: int,
         enqueued_at: float,
