@@ -8,16 +8,20 @@ does not depend on how loaded the machine is.
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coserve import Batcher, QueueFull
+from coserve import Batcher, PythonModel, QueueFull, TensorSpec
+from coserve.models import BatchingConfig, ModelHandle
 from helpers import RecordingModel, settle
 
 
@@ -102,3 +106,94 @@ async def test_a_withdrawn_request_frees_its_place_before_the_next_submit() -> N
         assert [await running, await first, await late] == [0, 10, 30]
     assert model.seen == [0, 1, 3]
     assert batcher.statistics().cancelled == 1
+
+
+class GatedSum:
+    """Sums each row once its gate opens; records the rows of every batch it runs."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.batches: list[int] = []
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert self.gate.wait(30), "the test never opened the gate"
+        self.batches.append(len(inputs["x"]))
+        return {"total": inputs["x"].sum(axis=1)}
+
+
+def gated_handle(model: GatedSum, **batching: int) -> ModelHandle:
+    backend = PythonModel(
+        model,
+        name="sum",
+        inputs=(TensorSpec.of("x", "FP32", [-1, -1]),),
+        outputs=(TensorSpec.of("total", "FP32", [-1]),),
+    )
+    return ModelHandle(backend, BatchingConfig(**batching))  # type: ignore[arg-type]
+
+
+async def wait_for(condition: Callable[[], bool]) -> None:
+    for _ in range(3000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the condition never held")
+
+
+async def test_a_request_of_the_most_rows_leaves_room_for_others() -> None:
+    """The largest legal request holds at most its window of places; a small one gets in first."""
+    model = GatedSum()
+    handle = gated_handle(model, max_batch_size=4, max_queue_size=32)
+    # a window of 32 // 16 = 2 chunks
+    try:
+        rows = 4 * 32  # as many rows as the whole queue holds
+        big = asyncio.ensure_future(handle.infer({"x": np.arange(rows).reshape(rows, 1)}))
+        await wait_for(lambda: handle.statistics().running_batches == 1)
+        await settle()
+        assert handle.statistics().queued == 1  # the window: one chunk running, one queued
+        small = asyncio.ensure_future(handle.infer({"x": [[7.0]]}))
+        await settle()
+        model.gate.set()
+        assert (await small)["total"].tolist() == [7.0]
+        assert not big.done()  # the small request did not wait for all 32 chunks
+        assert (await big)["total"].tolist() == list(range(rows))
+    finally:
+        model.gate.set()
+        await handle.aclose()
+    assert sum(model.batches) == rows + 1
+
+
+async def test_an_admitted_large_request_is_not_refused_when_the_queue_fills() -> None:
+    """Once its first chunk is in, a large request finishes even if others fill the queue."""
+    model = GatedSum()
+    handle = gated_handle(model, max_batch_size=4, max_queue_size=16)
+    try:
+        big = asyncio.ensure_future(handle.infer({"x": np.ones((64, 1))}))
+        await wait_for(lambda: handle.statistics().running_batches == 1)
+        others = []
+        with pytest.raises(QueueFull):
+            while True:
+                others.append(handle.infer_nowait({"x": [[1.0]]}))
+        model.gate.set()
+        assert (await big)["total"].tolist() == [1.0] * 64
+        assert [(await other)["total"].tolist() for other in others] == [[1.0]] * len(others)
+    finally:
+        model.gate.set()
+        await handle.aclose()
+
+
+async def test_wait_for_room_returns_once_a_place_frees() -> None:
+    """``wait_for_room`` sleeps while the queue is full and wakes when a request leaves it."""
+    model = RecordingModel()
+    async with Batcher(model, max_queue_size=1, max_batch_size=1) as batcher:
+        model.hold()
+        running = batcher.submit_nowait(0)
+        await settle()
+        queued = batcher.submit_nowait(1)
+        waiting = asyncio.ensure_future(batcher.wait_for_room())
+        await settle()
+        assert not waiting.done()
+        queued.cancel()
+        await settle()
+        assert waiting.done()
+        model.release()
+        assert await running == 0

@@ -147,6 +147,7 @@ class Batcher(Generic[T, R]):
         self._wake_rows = _NEVER
         self._closing = False
         self._closed: asyncio.Future[None] | None = None
+        self._room_waiters: list[asyncio.Future[None]] = []
 
     # -- public surface ---------------------------------------------------------------------
 
@@ -225,6 +226,23 @@ class Batcher(Generic[T, R]):
         future: asyncio.Future[R] = self._enqueue(item, timeout, priority, size).future
         return future
 
+    async def wait_for_room(self) -> None:
+        """Wait until the queue has a free place, or the batcher closes.
+
+        For a caller that submits one request after another (the chunks of a request larger
+        than a batch) and met ``QueueFull`` with nothing of its own queued. Another submit may
+        still take the place first: submit, and wait again on ``QueueFull``.
+        """
+        loop = self._loop or self._start()
+        while self._queue.count >= self._max_queue_size and not self._closing:
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._room_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._room_waiters:  # cancelled before a wake-up took it out
+                    self._room_waiters.remove(waiter)
+
     def statistics(self) -> BatcherStatistics:
         """A snapshot of the queue, the running batches and every counter."""
         return self._counters.snapshot(
@@ -252,6 +270,7 @@ class Batcher(Generic[T, R]):
         """
         _check_positive("grace_period", grace_period, allow_zero=True)
         self._closing = True
+        self._wake_room_waiters()
         loop = self._loop
         if loop is None:
             return
@@ -385,6 +404,12 @@ class Batcher(Generic[T, R]):
 
     # -- the dispatcher ----------------------------------------------------------------------
 
+    def _wake_room_waiters(self) -> None:
+        waiters, self._room_waiters = self._room_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -430,6 +455,8 @@ class Batcher(Generic[T, R]):
                         await self._sleep(max_rows, deadline)
                         continue
                 batch, rows, full = queue.take(max_rows)
+                if self._room_waiters:
+                    self._wake_room_waiters()
                 if full:
                     reason = CloseReason.FULL
                 elif self._closing:
@@ -605,6 +632,8 @@ class Batcher(Generic[T, R]):
             return
         if request.state is RequestState.QUEUED:
             self._queue.discard(request)
+            if self._room_waiters:
+                self._wake_room_waiters()
         self._withdrawn(request)
 
     def _withdrawn(self, request: QueuedRequest[T]) -> None:

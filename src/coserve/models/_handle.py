@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from coserve._exceptions import BatchFailed, InvalidInput, ModelError
+from coserve._exceptions import BatchFailed, DeadlineExceeded, InvalidInput, ModelError, QueueFull
 from coserve.batching import Batcher, BatcherStatistics
 from coserve.models._backend import Backend
 from coserve.models._config import BatchingConfig
@@ -29,7 +29,9 @@ class ModelHandle:
     """A loaded model version that callers ``await handle.infer(...)`` on, batched together.
 
     A request carries one or more rows; batch size is counted in rows. A request with more rows
-    than ``max_batch_size`` is split across batches and its rows come back together, in order.
+    than ``max_batch_size`` is split across batches and its rows come back together, in order;
+    at most ``chunk_window`` of its chunks are queued or running at once, so it takes a bounded
+    share of the queue and other requests interleave with it.
     Rows whose trailing shapes differ are never concatenated: each batch is grouped by shape
     and the model runs once per group. With ``pad_to_allowed_batch_size``, a group is padded with
     copies of its last row up to the next allowed batch size, and the padding is cut from the
@@ -51,6 +53,8 @@ class ModelHandle:
         self.output_datatypes = {spec.name: spec.datatype for spec in backend.outputs}
         """Each output's protocol datatype, for response encoders."""
         self._max_rows = batching.max_batch_size * batching.max_queue_size
+        self.chunk_window = max(1, batching.max_queue_size // 16)
+        """The most chunks of one large request queued or running at once (1/16 of the queue)."""
         self._batcher: Batcher[Request, Response] = Batcher(
             self._run_batch,
             max_batch_size=batching.max_batch_size,
@@ -159,27 +163,63 @@ class ModelHandle:
         arrays: Request,
         rows: int,
         limit: int,
-        timeout: float | None,  # noqa: ASYNC109 - passed on to Batcher.submit
+        timeout: float | None,  # noqa: ASYNC109 - passed on to the batcher
         priority: int,
     ) -> Response:
-        starts = range(0, rows, limit)
-        chunks = [{k: v[s : s + limit] for k, v in arrays.items()} for s in starts]
-        tasks = [
-            asyncio.ensure_future(
-                self._batcher.submit(
-                    chunk, timeout=timeout, priority=priority, size=min(limit, rows - s)
-                )
-            )
-            for chunk, s in zip(chunks, starts, strict=True)
-        ]
+        """Run a request larger than a batch as batch-sized chunks, a window at a time.
+
+        At most ``chunk_window`` chunks are queued or running at once, so one very large
+        request never holds more than that share of the queue, and requests from other callers
+        interleave with its chunks. The first chunk is admitted or refused (``QueueFull``) like
+        any request; a later chunk that finds the queue full waits for one of the request's own
+        chunks to finish, or for room, so an admitted request is never refused halfway. The
+        request's deadline covers all its chunks.
+        """
+        batcher = self._batcher
+        loop = asyncio.get_running_loop()
+        if timeout is None:
+            timeout = self.batching.timeout
+        deadline = None if timeout is None else loop.time() + timeout
+        starts = iter(enumerate(range(0, rows, limit)))
+        pending: dict[asyncio.Future[Response], int] = {}
+        parts: list[Response | None] = [None] * -(-rows // limit)
+
+        def submit(index: int, start: int) -> None:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceeded(f"the deadline of {timeout:g}s passed between chunks")
+            chunk = {name: array[start : start + limit] for name, array in arrays.items()}
+            size = min(limit, rows - start)
+            future = batcher.submit_nowait(chunk, timeout=remaining, priority=priority, size=size)
+            pending[future] = index
+
         try:
-            parts = await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:  # one chunk failed: the others' rows are no use any more
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-        return {name: np.concatenate([p[name] for p in parts]) for name in self._output_names}
+            submit(*next(starts))  # QueueFull here refuses the whole request
+            following = next(starts, None)
+            while pending or following is not None:
+                while following is not None and len(pending) < self.chunk_window:
+                    try:
+                        submit(*following)
+                    except QueueFull:
+                        break
+                    following = next(starts, None)
+                if not pending:  # the queue is full and none of this request's chunks is in it
+                    await batcher.wait_for_room()
+                    continue
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                errors = [future.exception() for future in done]  # read every outcome
+                for error in errors:
+                    if error is not None:
+                        raise error
+                for future in done:
+                    parts[pending.pop(future)] = future.result()
+        finally:
+            for future in pending:  # one chunk failed: the others' rows are no use any more
+                future.cancel()
+        return {
+            name: np.concatenate([part[name] for part in parts if part is not None])
+            for name in self._output_names
+        }
 
     def check_outputs(self, outputs: Sequence[str] | None) -> tuple[str, ...]:
         """The output names a request asks for (None: every output), checked.
