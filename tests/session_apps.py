@@ -62,3 +62,25 @@ def create_unwired(session: Session) -> SessionPipeline:
     graph = Graph("unwired")
     node = graph.add(Pair())
     return SessionPipeline(graph, node.left, node.out)
+
+
+class Reject(Node):
+    """Fails every message (a dead letter, answered 500) with an error ``pad`` characters long.
+
+    The padding makes the error answers large, so a client that does not read them fills its
+    socket quickly and the server's writer has to wait.
+    """
+
+    inp: Input[dict[str, Any]]
+    out: Output[dict[str, Any]]
+
+    async def run(self) -> None:
+        async for signal in self.inp:
+            self.fail(signal, RuntimeError("rejected " + "x" * int(signal.value.get("pad", 0))))
+
+
+def create_rejecting(session: Session) -> SessionPipeline:
+    """A one-node graph whose every message becomes an error answer (and an ERROR log line)."""
+    graph = Graph("rejecting")
+    node = graph.add(Reject())
+    return SessionPipeline(graph, node.inp, node.out)

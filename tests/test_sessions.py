@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,8 @@ def server() -> Iterator[ServerProcess]:
         "fragile=session_apps:create_fragile",
         "--app",
         "unwired=session_apps:create_unwired",
+        "--app",
+        "rejecting=session_apps:create_rejecting",
     )
     try:
         process.wait_ready()
@@ -313,3 +317,110 @@ async def test_the_example_client_runs_a_session(server: ServerProcess) -> None:
     assert "drew a 4: read 4, number 4" in output
     assert "careful mode: model:digits -> ConfidenceGate -> Assistant" in output
     assert "please draw it again" in output
+
+
+FLOOD = 2000  # messages: many times the 256 answers a session holds for its client
+LOG_INTERVAL = 10.0  # seconds: RepeatedLog's default, which the sessions' error lines use
+
+
+async def open_unread_session(server: ServerProcess, app: str) -> tuple[Any, str]:
+    """A session whose client has a small fixed receive window, and its session id.
+
+    With the kernel's receive buffer small (set before connecting, so it is not autotuned),
+    answers the client does not read back up into the server within a few hundred kilobytes.
+    """
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    raw.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", server.port))
+    # No compression, which would shrink the answers to nothing on the wire; no client pings,
+    # whose pongs would wait behind the unread answers.
+    client = await websockets.connect(
+        ws_url(server, app), sock=raw, compression=None, ping_interval=None
+    )
+    hello = json.loads(await client.recv())
+    assert hello["app"] == app
+    return client, hello["session"]
+
+
+async def messages_read_once_stalled(
+    server: ServerProcess, app: str, start: float, limit: float
+) -> float:
+    """Poll the app's messages counter until it stops moving between ``start`` and ``limit``.
+
+    Returns early at ``limit``. No fixed wait decides the outcome: a reader that is only slow
+    keeps the loop polling, and one that takes every message ends it at ``limit``.
+    """
+    readings: list[float] = []
+    for _ in range(600):
+        readings.append(
+            await asyncio.to_thread(metric, server, "coserve_sessions_messages_total", app)
+        )
+        if readings[-1] >= limit:
+            return readings[-1]
+        if readings[-1] > start and len(readings) >= 5 and len(set(readings[-5:])) == 1:
+            return readings[-1]
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"the server's reading of {app!r} messages never settled: {readings}")
+
+
+async def test_a_client_that_does_not_read_is_pushed_back_and_loses_no_answer(
+    server: ServerProcess,
+) -> None:
+    """A session whose client reads nothing stops reading its messages; no answer is dropped.
+
+    Every message becomes an error answer through the graph's dead-letter callback. Once the
+    client reads, each of its messages has exactly one answer, in the order sent.
+    """
+    app = "rejecting"
+    lost_before = metric(server, "coserve_sessions_lost_answers_total", app)
+    read_before = metric(server, "coserve_sessions_messages_total", app)
+    client, _ = await open_unread_session(server, app)
+    try:
+
+        async def send_all() -> None:
+            for i in range(FLOOD):  # 8 kB answers: a few hundred fill the client's socket
+                await client.send(json.dumps({"id": i, "pad": 8000}))
+
+        sending = asyncio.create_task(send_all())
+        read = await messages_read_once_stalled(server, app, read_before, read_before + FLOOD)
+        assert metric(server, "coserve_sessions_lost_answers_total", app) == lost_before
+        assert read_before < read < read_before + FLOOD  # it stopped reading the client
+        answers = [json.loads(await client.recv()) for _ in range(FLOOD)]
+        await sending
+    finally:
+        await client.close()
+    await wait_for_metric(server, "coserve_sessions_active", app, 0)
+    assert [answer["id"] for answer in answers] == list(range(FLOOD))
+    assert all(answer["status"] == 500 for answer in answers)
+    assert all(answer["error"] == "rejected " + "x" * 8000 for answer in answers)
+    assert metric(server, "coserve_sessions_messages_total", app) == read_before + FLOOD
+    assert metric(server, "coserve_sessions_lost_answers_total", app) == lost_before
+
+
+def repeated_lines(output: str, session: str) -> tuple[int, int]:
+    """The server's lines about failed messages of one session, and the messages they cover."""
+    lines = [line for line in output.splitlines() if f"session {session}: message" in line]
+    covered = 0
+    for line in lines:
+        more = re.search(r"\(and ([\d,]+) more like it in the last [\d.e+]+ s\)$", line)
+        covered += 1 + (int(more.group(1).replace(",", "")) if more else 0)
+    return len(lines), covered
+
+
+async def test_a_flood_of_one_error_is_logged_once_with_a_count(server: ServerProcess) -> None:
+    """Thousands of messages failing alike log a line per interval whose counts sum exactly."""
+    app = "rejecting"
+    started = time.monotonic()
+    async with await websockets.connect(ws_url(server, app)) as client:
+        session = json.loads(await client.recv())["session"]
+        for i in range(FLOOD):
+            await client.send(json.dumps({"id": i}))
+        answers = [json.loads(await client.recv()) for _ in range(FLOOD)]
+    await wait_for_metric(server, "coserve_sessions_active", app, 0)  # its counts are flushed
+    elapsed = time.monotonic() - started
+    assert len(answers) == FLOOD
+    lines, covered = repeated_lines(server.output(), session)
+    # The first failure, one line per interval after it, and the flush when the session ends.
+    assert 1 <= lines <= 2 + elapsed // LOG_INTERVAL
+    assert covered == FLOOD

@@ -104,7 +104,7 @@ class _SessionCollector(Collector):
                 ("refused", "Sessions refused at the session cap, by app"),
                 ("errors", "Session failures: graph failures and messages answered with 5xx"),
                 ("messages", "Messages received from session clients, by app"),
-                ("lost_answers", "Error answers dropped because a client's queue was full"),
+                ("lost_answers", "Answers dropped because their session closed first"),
             )
         }
         for app, counters in self._sessions.counters.items():

@@ -7,6 +7,13 @@ message's ``"id"`` when given), and every message reaching the exit output goes 
 socket tagged with its id. A message the graph could not finish (a dead letter) is answered with
 ``{"id": ..., "error": "...", "status": N}``, so every message gets an answer.
 
+A client that does not read its answers is pushed back on, never dropped: the answers wait in the
+session's outbox for its one writer, and while that holds its bound the reader takes no more of
+the client's messages (so the client's sends back up in its socket). Dead letters arrive through a
+synchronous callback, so they join the outbox even at its bound; each message has at most one
+answer and the graph's ports are bounded, so that excess is bounded too. An error that repeats
+within a session is logged once, then counted (see :class:`coserve._log.RepeatedLog`).
+
 Closing the socket closes the entry: the graph drains what it holds (answers still go out while
 the socket is open) and stops. Close codes: 4404 unknown app, 1013 too many sessions (try again
 later), 4408 idle for too long, 1011 the app failed.
@@ -20,6 +27,7 @@ import importlib
 import itertools
 import logging
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,12 +37,13 @@ from starlette.websockets import WebSocket
 
 from coserve._exceptions import (
     ChannelError,
+    ClosedChannelError,
     ConfigError,
     CoserveError,
     GraphFailed,
-    WouldBlock,
 )
-from coserve.channels import ReceiveChannel, SendChannel, open_channel
+from coserve._log import RepeatedLog
+from coserve.channels import ReceiveChannel, SendChannel
 from coserve.graph import DeadLetter, Graph, Input, Output, Signal
 from coserve.models import ModelRepository
 from coserve.server._http import status_of
@@ -64,6 +73,7 @@ CLOSE_APP_FAILED = 1011
 """Close code: the app could not build its graph, or the graph failed."""
 
 _OUTBOUND_CAPACITY = 256
+"""Answers a session holds for a client before it stops reading the client's messages."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,17 +143,87 @@ class SessionCounters:
     errors: int = 0
     messages: int = 0
     lost_answers: int = 0
+    """Answers dropped because their session had closed (or ran out of time to send them)."""
+
+
+class _Outbox:
+    """The answers waiting for a session's writer, in the order they were made.
+
+    ``send`` waits while ``bound`` answers wait; ``append`` never waits and may go past the
+    bound, for the graph's dead-letter callback, which cannot await and must not drop an answer.
+    """
+
+    def __init__(self, bound: int) -> None:
+        self.bound = bound
+        self._answers: deque[bytes] = deque()
+        self._closed = False
+        self._readable = asyncio.Event()
+        self._room = asyncio.Event()  # set exactly when below the bound, or closed
+        self._room.set()
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def _update(self) -> None:
+        if self._answers or self._closed:
+            self._readable.set()
+        if len(self._answers) < self.bound or self._closed:
+            self._room.set()
+        else:
+            self._room.clear()
+
+    def append(self, data: bytes) -> None:
+        """Queue an answer now, past the bound if need be.
+
+        Raises:
+            ClosedChannelError: The outbox is closed (the session is over).
+        """
+        if self._closed:
+            raise ClosedChannelError("the session's outbox is closed")
+        self._answers.append(data)
+        self._update()
+
+    async def wait_for_room(self) -> None:
+        """Wait until fewer than ``bound`` answers wait (or the outbox is closed)."""
+        while not self._room.is_set():
+            await self._room.wait()
+
+    async def send(self, data: bytes) -> None:
+        """Queue an answer once there is room.
+
+        Raises:
+            ClosedChannelError: The outbox is (or becomes) closed.
+        """
+        await self.wait_for_room()
+        self.append(data)
+
+    async def receive(self) -> bytes | None:
+        """The oldest answer, waiting for one; None once the outbox is closed and empty."""
+        while not self._answers:
+            if self._closed:
+                return None
+            self._readable.clear()
+            await self._readable.wait()
+        data = self._answers.popleft()
+        self._update()
+        return data
+
+    def close(self) -> None:
+        """Take no more answers; the writer still gets those already queued."""
+        self._closed = True
+        self._update()
 
 
 @dataclass(slots=True)
 class _Connection:
-    """One live session: its socket, graph, and the channel its writer drains."""
+    """One live session: its socket, graph, the outbox its writer drains, and its error log."""
 
     session: Session
     websocket: WebSocket
     graph: Graph
-    outbound: SendChannel[bytes]
+    outbox: _Outbox
     counters: SessionCounters
+    log: RepeatedLog = field(default_factory=lambda: RepeatedLog(logger))
     ids: Any = field(default_factory=lambda: itertools.count(1))
 
 
@@ -226,8 +306,8 @@ class SessionManager:
         counters: SessionCounters,
     ) -> None:
         graph = pipeline.graph
-        outbound, pending = open_channel[bytes](_OUTBOUND_CAPACITY)
-        connection = _Connection(session, websocket, graph, outbound, counters)
+        outbox = _Outbox(_OUTBOUND_CAPACITY)
+        connection = _Connection(session, websocket, graph, outbox, counters)
         graph.on_dead_letter = lambda letter: self._answer_error(connection, letter)
         try:
             inlet = graph.inlet(pipeline.entry)
@@ -241,8 +321,8 @@ class SessionManager:
                 await websocket.close(CLOSE_APP_FAILED, "the app could not start a session")
             return
         hello = {"event": "session", "session": session.id, "app": session.app}
-        outbound.send_nowait(orjson.dumps(hello))
-        writer = asyncio.create_task(self._write(websocket, pending))
+        outbox.append(orjson.dumps(hello))
+        writer = asyncio.create_task(self._write(websocket, outbox))
         forwarder = asyncio.create_task(self._forward(outlet, connection))
         reader = asyncio.create_task(self._read(websocket, inlet, connection))
         close_code, reason = 1000, "the session's graph has finished"
@@ -259,15 +339,19 @@ class SessionManager:
             try:  # the graph has stopped, so its outlet has ended: flush what it sent
                 async with asyncio.timeout(self.drain_timeout):
                     await forwarder
-                    outbound.close()
+                    outbox.close()
                     await writer
             except TimeoutError:
-                logger.warning("session %s: answers not flushed in time; dropped", session.id)
+                counters.lost_answers += len(outbox)
+                logger.warning(
+                    "session %s: %d answers not sent in time; dropped", session.id, len(outbox)
+                )
             finally:
-                outbound.close()
+                outbox.close()
                 for task in (reader, forwarder, writer):
                     task.cancel()
                 await asyncio.gather(reader, forwarder, writer, return_exceptions=True)
+                connection.log.flush()  # the counts of repeated errors not yet logged
             if close_code == CLOSE_IDLE:
                 counters.expired += 1
             if graph.state == "failed":
@@ -281,6 +365,10 @@ class SessionManager:
     ) -> tuple[int, str]:
         """Feed client messages into the graph; the close code to use when the client stops."""
         while True:
+            # Backpressure: while the answers to earlier messages fill the outbox, the client's
+            # next messages stay in its socket. Not inside the idle timeout: the client may be
+            # sending; it is we who are not reading.
+            await connection.outbox.wait_for_room()
             try:
                 async with asyncio.timeout(self.idle_timeout):
                     message = await websocket.receive()
@@ -298,7 +386,7 @@ class SessionManager:
                     raise TypeError("a session message must be a JSON object")
             except (orjson.JSONDecodeError, TypeError) as error:
                 # The reader may wait for room: a client flooding bad messages slows itself.
-                await connection.outbound.send(
+                await connection.outbox.send(
                     orjson.dumps({"id": None, "error": f"bad message: {error}", "status": 400})
                 )
                 continue
@@ -324,8 +412,11 @@ class SessionManager:
             try:
                 data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
             except TypeError as error:
-                logger.error(
-                    "session app %r sent a value that is not JSON: %s",
+                connection.log.log(
+                    logging.ERROR,
+                    ("not JSON", type(error)),
+                    "session %s: app %r sent a value that is not JSON: %s",
+                    connection.session.id,
                     connection.session.app,
                     error,
                 )
@@ -333,26 +424,27 @@ class SessionManager:
                 data = orjson.dumps(
                     {"id": signal.id, "error": "the app's answer is not JSON", "status": 500}
                 )
-            await connection.outbound.send(data)
+            await connection.outbox.send(data)
 
     @staticmethod
-    async def _write(websocket: WebSocket, pending: ReceiveChannel[bytes]) -> None:
+    async def _write(websocket: WebSocket, outbox: _Outbox) -> None:
         """The one writer: answers go out in the order they were queued."""
         alive = True
-        async with pending:
-            async for data in pending:
-                if not alive:
-                    continue  # keep draining so producers never block on a gone client
-                try:
-                    await websocket.send_text(data.decode())
-                except Exception:  # the client went away; the session is closing anyway
-                    alive = False
+        while (data := await outbox.receive()) is not None:
+            if not alive:
+                continue  # keep draining so producers never wait on a gone client
+            try:
+                await websocket.send_text(data.decode())
+            except Exception:  # the client went away; the session is closing anyway
+                alive = False
 
     def _answer_error(self, connection: _Connection, letter: DeadLetter) -> None:
         error = letter.error
         status = status_of(error) if isinstance(error, Exception) else 500
         if status == 500 and not isinstance(error, CoserveError | GraphFailed):
-            logger.error(
+            connection.log.log(
+                logging.ERROR,
+                ("failed", letter.node, type(error)),
                 "session %s: message %r failed in %s: %r",
                 connection.session.id,
                 letter.signal.id,
@@ -366,14 +458,8 @@ class SessionManager:
         connection.counters.errors += status >= 500
         data = orjson.dumps({"id": request_id, "error": message, "status": status})
         try:
-            connection.outbound.send_nowait(data)
-        except WouldBlock:
+            # Past the outbox's bound if need be (this runs in a synchronous callback); the
+            # reader stops taking messages meanwhile, so the excess stays bounded.
+            connection.outbox.append(data)
+        except ClosedChannelError:  # the session has closed: the answer has nowhere to go
             connection.counters.lost_answers += 1
-            logger.error(
-                "session %s: outbound queue full; error answer for %r not sent: %s",
-                connection.session.id,
-                request_id,
-                message,
-            )
-        except ChannelError:
-            pass  # the session has closed: nobody to tell
