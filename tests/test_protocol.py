@@ -22,6 +22,7 @@ import uvicorn
 
 from coserve.models import ModelRepository
 from coserve.server import create_app
+from coserve.server._limits import ServerLimits
 from coserve.server._protocol import CoserveHttpProtocol
 from server_models import add_python_models
 
@@ -42,11 +43,14 @@ async def serve(
     max_request_size: int = 1 << 26,
     timeout_keep_alive: int = 5,
     servers: list[uvicorn.Server] | None = None,
+    limits: ServerLimits | None = None,
 ) -> AsyncIterator[tuple[int, ModelRepository]]:
     repository = ModelRepository(add_python_models(folder))
     port = free_port()
     config = uvicorn.Config(
-        create_app(repository, graceful_timeout=5, max_request_size=max_request_size),
+        create_app(
+            repository, graceful_timeout=5, max_request_size=max_request_size, limits=limits
+        ),
         host="127.0.0.1",
         port=port,
         http=PROTOCOLS[protocol],

@@ -167,6 +167,11 @@ class Batcher(Generic[T, R]):
         return self._closing
 
     @property
+    def full(self) -> bool:
+        """Whether ``max_queue_size`` requests are waiting: the next submit would be refused."""
+        return self._queue.count >= self._max_queue_size
+
+    @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
         """The event loop this batcher is bound to, or None before it first runs."""
         return self._loop

@@ -96,6 +96,11 @@ class ModelHandle:
         """Whether the handle has begun shutting down."""
         return self._batcher.closed
 
+    @property
+    def queue_full(self) -> bool:
+        """Whether the queue is at its bound: a request now would be refused with QueueFull."""
+        return self._batcher.full
+
     async def infer(
         self,
         inputs: Mapping[str, Any],

@@ -66,6 +66,13 @@ class ServerState:
         self.graceful_timeout = graceful_timeout
         self.ready = False
 
+        """Readiness, as the health endpoints report it: off from the first sign of shutdown."""
+        self.accepting = False
+        """Whether inference requests are taken: from the models' loading until they unload.
+
+        Stays on while the server drains after a signal (readiness is already off then), so a
+        request a client sent before it learnt of the shutdown is still served.
+        """
     @property
     def max_request_size(self) -> int:
         """The largest request body accepted, in bytes."""
@@ -118,13 +125,13 @@ def create_app(
             repository.path,
             time.perf_counter() - start,
         )
-        state.ready = True
+        state.ready = state.accepting = True
         if worker is not None:
             worker.mark_ready()
         try:
             yield
         finally:
-            state.ready = False
+            state.ready = state.accepting = False
             await repository.aclose(grace_period=state.graceful_timeout)
 
     async def server_metadata(request: Request) -> Response:
@@ -189,7 +196,9 @@ def create_app(
         Route(
             "/v1/models/{rest:path}",
             endpoint(
-                tfserving_endpoint(repository, lambda: state.max_request_size, lambda: state.ready)
+                tfserving_endpoint(
+                    repository, lambda: state.max_request_size, lambda: state.accepting
+                )
             ),
             methods=["GET", "POST"],
         ),

@@ -32,6 +32,9 @@ _REQUEST_LINE = re.compile(
 # (HTAB allowed), CRLF. One match for the block is cheaper than two per line.
 _FIELDS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
 _HANDED_OFF_HEADERS: Final = frozenset((b"transfer-encoding", b"expect", b"upgrade"))
+# A line ending in LF alone: not this parser's to judge, and waiting for CRLF CRLF would wait
+# forever, so the head goes to uvicorn at once (which answers 400).
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
 class RequestHead:
@@ -75,12 +78,13 @@ HANDOFF: Final = _Verdict("HANDOFF")
 """Not a request this parser serves: hand the connection to uvicorn."""
 
 
-def parse_head(buffer: bytes | bytearray) -> RequestHead | _Verdict:
+def parse_head(buffer: bytes | bytearray, max_headers: int = 100) -> RequestHead | _Verdict:
     """Parse the request head at the start of ``buffer``.
 
     Returns:
         The head; :data:`INCOMPLETE` if more bytes are needed; :data:`HANDOFF` if the request
-        is not a plain inference request.
+        is not a plain inference request (or has more than ``max_headers`` header lines, which
+        uvicorn's protocol refuses).
     """
     if not buffer.startswith(_PREFIX):
         if len(buffer) >= len(_PREFIX) or not _PREFIX.startswith(bytes(buffer)):
@@ -88,7 +92,9 @@ def parse_head(buffer: bytes | bytearray) -> RequestHead | _Verdict:
         return INCOMPLETE
     end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD)
     if end < 0:
-        return HANDOFF if len(buffer) >= MAX_HEAD else INCOMPLETE
+        if len(buffer) >= MAX_HEAD or _BARE_LF.search(buffer, 0, MAX_HEAD) is not None:
+            return HANDOFF
+        return INCOMPLETE
     request_line = _REQUEST_LINE.match(buffer, 0, end + 2)
     if request_line is None:
         return HANDOFF
@@ -99,7 +105,10 @@ def parse_head(buffer: bytes | bytearray) -> RequestHead | _Verdict:
     headers = []
     content_length: int | None = None
     keep_alive = True
-    for line in fields.split(b"\r\n")[:-1]:
+    lines = fields.split(b"\r\n")[:-1]
+    if len(lines) > max_headers:
+        return HANDOFF
+    for line in lines:
         name, _, value = line.partition(b":")
         value = value.strip(b" \t")
         name = name.lower()

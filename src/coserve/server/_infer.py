@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 import orjson
 
-from coserve._exceptions import BatcherClosed, CoserveError, InvalidInput, RequestTooLarge
+from coserve._exceptions import (
+    BatcherClosed,
+    CoserveError,
+    InvalidInput,
+    QueueFull,
+    RequestTooLarge,
+)
 from coserve.models import ModelHandle
 from coserve.server._codec import DecodedRequest, decode_request_async, encode_response
 from coserve.server._http import status_of
@@ -95,15 +101,18 @@ class InferenceRoute:
         """The model a request is for, and its Inference-Header-Content-Length.
 
         Raises:
-            BatcherClosed: The server is not ready.
+            BatcherClosed: The server is not serving (starting, or its models unloading).
             ModelNotFound: No such model or version.
+            QueueFull: The model's queue is full (so the body need not be read).
             InvalidInput: A length header is not a number.
             RequestTooLarge: The declared body is over the server's limit.
         """
         state = self.state
-        if not state.ready:
-            raise BatcherClosed("the server is not ready (starting or shutting down)")
+        if not state.accepting:
+            raise BatcherClosed("the server is not serving (starting, or its models unloading)")
         handle: ModelHandle = state.repository.get(model, version)
+        if handle.queue_full:  # shed before the body is read or decoded: refusing stays cheap
+            raise QueueFull(f"model {handle.name!r} has a full queue; retry later")
         declared, header_length = _headers(headers)
         limit = state.max_request_size
         if declared is not None and declared > limit:

@@ -14,10 +14,18 @@ as under uvicorn.
 
 Requests on one connection are served one at a time, in order: a pipelined request waits in the
 buffer until the one before it is answered (reading pauses when the buffer is large). A client
-that disconnects has its request withdrawn before it runs. Keep-alive connections are closed
-after uvicorn's ``timeout_keep_alive`` idle seconds, by one timer per connection rather than one
-per response. Server shutdown closes idle connections at once and the others once the requests
-already received are answered.
+that disconnects has its request withdrawn before it runs. One timer per connection (not one per
+response) enforces the connection's time limits (``ServerLimits``): keep-alive connections close
+after uvicorn's ``timeout_keep_alive`` idle seconds; a head not complete ``head_timeout`` seconds
+after it began, or a body that stalls for ``body_timeout`` seconds or, past that, averages less
+than ``min_body_rate``, is answered 408 and the connection closed. Past ``max_connections`` open
+connections, a new one is answered 503 and closed at once.
+
+Server shutdown (SIGTERM) drains without losing what clients sent: every answer from then on
+carries ``Connection: close``; the request being read, and those already in the buffer, are
+served; an idle connection stays open for up to ``DRAIN_IDLE_GRACE`` seconds in case its client's
+next request is already on its way (a client that just got an answer without ``close`` may have
+sent one), and is then closed.
 
 uvicorn options that act per request inside its own protocol (``limit_concurrency``,
 ``root_path``, proxy headers in the access log) do not apply to natively served requests;
@@ -28,18 +36,47 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, cast
+from typing import Any, Final, cast
 
+import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from coserve.server._asgi_protocol import AsgiHttpProtocol
 from coserve.server._exchange import InferenceExchange
 from coserve.server._head import HANDOFF, INCOMPLETE, RequestHead, parse_head
 from coserve.server._infer import Headers, InferenceRoute
+from coserve.server._limits import limits_of
 
-__all__ = ["CoserveHttpProtocol"]
+__all__ = ["DRAIN_IDLE_GRACE", "CoserveHttpProtocol"]
 
 _HIGH_WATER = 64 * 1024  # buffered bytes beyond one request's needs that pause reading
+DRAIN_IDLE_GRACE: Final = 1.0
+"""Seconds an idle connection is kept open after shutdown begins, for a request in flight."""
+
+logger = logging.getLogger("coserve.server")
+
+
+_TOO_MANY_CONNECTIONS: dict[int, bytes] = {}
+
+
+def _too_many(limit: int) -> bytes:
+    response = _error_response(503, f"the server is at its limit of {limit} connections")
+    _TOO_MANY_CONNECTIONS[limit] = response
+    return response
+
+
+def _error_response(status: int, message: str) -> bytes:
+    """A complete response that closes the connection: for refusals outside any exchange."""
+    body = orjson.dumps({"error": message})
+    return b"".join(
+        (
+            STATUS_LINE[status],
+            b"content-type: application/json\r\nconnection: close\r\n",
+            b"content-length: %d\r\n\r\n" % len(body),
+            body,
+        )
+    )
+
 
 access_logger = logging.getLogger("uvicorn.access")
 
@@ -64,6 +101,7 @@ class CoserveHttpProtocol(asyncio.Protocol):
         self.loop = _loop or asyncio.get_event_loop()
         app = config.app
         self._route: InferenceRoute | None = app if isinstance(app, InferenceRoute) else None
+        self._limits = limits_of(app)
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._head: RequestHead | None = None  # the request whose body is being read...
@@ -76,21 +114,35 @@ class CoserveHttpProtocol(asyncio.Protocol):
         self._advancing = False
         self._read_paused = False
         self._write_paused = False
-        self._active_at = 0.0
+        self._active_at = 0.0  # when the last byte arrived (or the last answer went out)
+        self._head_since: float | None = None  # when the head now being read began
+        self._body_since: float | None = None  # when the body now being read (or skipped) began
+        self._drain_since: float | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._access_log = bool(config.access_log) and access_logger.hasHandlers()
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Serve the connection, or give it to uvicorn at once if the app is not coserve's."""
+        """Serve the connection, or give it to uvicorn at once if the app is not coserve's.
+
+        One connection over ``max_connections`` is answered 503 and closed, before any of its
+        bytes are read: a flood of connections costs a write each, never a file descriptor
+        held.
+        """
         self._transport = cast(asyncio.Transport, transport)  # uvloop's do not subclass it
+        limit = self._limits.max_connections
+        if len(self.server_state.connections) >= limit:
+            self._handed_off = True  # nothing more to do here; connection_lost may still come
+            self._transport.write(_TOO_MANY_CONNECTIONS.get(limit) or _too_many(limit))
+            self._transport.close()
+            return
         if self._route is None:
             self._hand_off()
             return
         self.server_state.connections.add(self)
         self._active_at = self.loop.time()
-        self._arm_idle_timer(self._active_at)
+        self._arm_timer(self._active_at + self.config.timeout_keep_alive)
 
     def data_received(self, data: bytes) -> None:
         """Buffer the bytes; serve the next request unless one is being served."""
@@ -129,11 +181,16 @@ class CoserveHttpProtocol(asyncio.Protocol):
     # -- uvicorn's server calls this on shutdown ---------------------------------------------
 
     def shutdown(self) -> None:
-        """Answer the requests already received, then close; close an idle connection at once.
+        """Answer what the client has sent, with ``Connection: close``, then close.
 
-        "Received" is the request in progress and any complete one waiting in the buffer.
+        That is the request in progress, any waiting in the buffer, and one that arrives within
+        ``DRAIN_IDLE_GRACE`` seconds on an idle connection.
         """
         self._draining = True
+        self._drain_since = self.loop.time()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._arm_timer(self._drain_since + DRAIN_IDLE_GRACE)
         if self._serving is None:
             self._advance()
 
@@ -152,11 +209,17 @@ class CoserveHttpProtocol(asyncio.Protocol):
             return
         transport = self._transport
         assert transport is not None
-        idle = self._serving is None and self._reading is None
-        if self._draining and idle and not self._write_paused:
-            transport.close()  # shutting down, and no complete request is left to answer
-        else:
-            self._regulate_reading()
+        self._regulate_reading()
+        if self._serving is None and not transport.is_closing():
+            self._note_waiting()
+
+    def _note_waiting(self) -> None:
+        """Start the clock on the head or body that serving now waits for, if not started."""
+        if self._head is not None or self._discard:
+            if self._body_since is None:
+                self._body_since = self.loop.time()
+        elif self._buffer and self._head_since is None:
+            self._head_since = self.loop.time()
 
     def _serve_buffered(self) -> None:
         transport = self._transport
@@ -171,11 +234,12 @@ class CoserveHttpProtocol(asyncio.Protocol):
                 self._discard -= skipped
                 if self._discard:
                     break
+                self._body_since = None
             head = self._head
             if head is None:
                 if not buffer:
                     break
-                parsed = parse_head(buffer)
+                parsed = parse_head(buffer, self._limits.max_headers)
                 if parsed is INCOMPLETE:
                     break
                 if parsed is HANDOFF:
@@ -183,6 +247,7 @@ class CoserveHttpProtocol(asyncio.Protocol):
                     return
                 assert isinstance(parsed, RequestHead)
                 head = parsed
+                self._head_since = None
                 del buffer[: head.size]
                 too_large = head.content_length > route.state.max_request_size
                 if not head.keep_alive or too_large:
@@ -202,6 +267,7 @@ class CoserveHttpProtocol(asyncio.Protocol):
             serving = self._reading
             assert serving is not None
             self._head = self._reading = None
+            self._body_since = None
             self._serving = serving
             serving.body_complete(body)
 
@@ -212,6 +278,8 @@ class CoserveHttpProtocol(asyncio.Protocol):
         assert transport is not None
         if transport.is_closing():
             return
+        if self._draining and not self._buffer:
+            self._keep_alive = False  # the last request the client sent: tell it to go
         content = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             content += (name, b": ", value, b"\r\n")
@@ -228,8 +296,8 @@ class CoserveHttpProtocol(asyncio.Protocol):
             self._log_access(status)
         if not self._keep_alive:
             transport.close()
-        elif self._buffer or self._draining or self._read_paused:
-            self._advance()  # the next request, the shutdown, or reading to resume
+        elif self._buffer or self._read_paused:
+            self._advance()  # the next request, or reading to resume
 
     def _log_access(self, status: int) -> None:
         transport = self._transport
@@ -257,23 +325,72 @@ class CoserveHttpProtocol(asyncio.Protocol):
             self._read_paused = False
             transport.resume_reading()
 
-    # -- keep-alive --------------------------------------------------------------------------
+    # -- time limits ------------------------------------------------------------------------
 
-    def _arm_idle_timer(self, since: float) -> None:
-        deadline = since + self.config.timeout_keep_alive
-        self._idle_timer = self.loop.call_at(deadline, self._idle_check)
+    def _arm_timer(self, at: float) -> None:
+        self._idle_timer = self.loop.call_at(at, self._check_time)
 
-    def _idle_check(self) -> None:
-        """Close a connection idle for ``timeout_keep_alive`` seconds; else check again then."""
+    def _check_time(self) -> None:
+        """Enforce the connection's time limits, then sleep until the next one could be hit.
+
+        Fires rarely: at the keep-alive deadline of an idle connection, at the head or body
+        deadline, or every keep-alive period while a request waits on its model. Bytes arriving
+        never re-arm it; it re-reads the clocks when it fires.
+        """
         self._idle_timer = None
         transport = self._transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self._handed_off:
             return
-        idle = self._serving is None and self._reading is None and not self._buffer
-        if idle and self.loop.time() >= self._active_at + self.config.timeout_keep_alive:
-            transport.close()
-            return
-        self._arm_idle_timer(max(self._active_at, self.loop.time()))
+        now = self.loop.time()
+        limits = self._limits
+        reading = self._serving is None
+        if reading and self._head_since is not None:
+            deadline = self._head_since + limits.head_timeout
+            if now >= deadline:
+                self._time_out(f"the request head did not arrive within {limits.head_timeout:g}s")
+                return
+        elif reading and self._body_since is not None:
+            stalled = self._active_at + limits.body_timeout
+            if now >= stalled:
+                self._time_out(f"no byte of the request body arrived for {limits.body_timeout:g}s")
+                return
+            grace = self._body_since + limits.body_timeout
+            deadline = min(stalled, grace)
+            if now >= grace and self._head is not None:
+                received = len(self._buffer)
+                rate = received / (now - self._body_since)
+                if rate < limits.min_body_rate:
+                    self._time_out(
+                        f"the request body arrived at {rate:.0f} bytes/s, under the minimum of "
+                        f"{limits.min_body_rate} bytes/s"
+                    )
+                    return
+                # When the average falls to the minimum if no more bytes come.
+                deadline = min(stalled, self._body_since + received / limits.min_body_rate)
+        else:
+            idle = reading and self._reading is None and not self._buffer
+            if self._draining:
+                deadline = (self._drain_since or now) + DRAIN_IDLE_GRACE
+            else:
+                deadline = self._active_at + self.config.timeout_keep_alive
+            if idle and now >= deadline:
+                transport.close()
+                return
+            if not idle:
+                deadline = now + self.config.timeout_keep_alive  # look again later
+        self._arm_timer(max(deadline, now + 0.001))
+
+    def _time_out(self, message: str) -> None:
+        """Answer 408 to a request that is too slow to arrive, and close the connection."""
+        transport = self._transport
+        assert transport is not None
+        logger.debug("closing a slow connection: %s", message)
+        if self._reading is not None:
+            self._reading.client_gone()  # its exchange answers nothing now; we do, below
+            self._reading = None
+        if not self._discard or self._head is not None:
+            transport.write(_error_response(408, message))
+        transport.close()
 
     # -- handing over to uvicorn -------------------------------------------------------------
 
