@@ -19,6 +19,7 @@ import functools
 import inspect
 import logging
 import sys
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from types import TracebackType
@@ -147,7 +148,9 @@ class Batcher(Generic[T, R]):
         self._wake_rows = _NEVER
         self._closing = False
         self._closed: asyncio.Future[None] | None = None
-        self._room_waiters: list[asyncio.Future[None]] = []
+        # Callbacks waiting for a free place, first come first served; each returns whether it
+        # took its turn (False: its caller had gone, so the turn passes to the next).
+        self._room_waiters: deque[Callable[[], bool]] = deque()
 
     # -- public surface ---------------------------------------------------------------------
 
@@ -241,12 +244,30 @@ class Batcher(Generic[T, R]):
         loop = self._loop or self._start()
         while self._queue.count >= self._max_queue_size and not self._closing:
             waiter: asyncio.Future[None] = loop.create_future()
-            self._room_waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if waiter in self._room_waiters:  # cancelled before a wake-up took it out
-                    self._room_waiters.remove(waiter)
+            self.notify_when_room(functools.partial(_resolve_turn, waiter))
+            await waiter
+
+    def notify_when_room(self, callback: Callable[[], bool]) -> None:
+        """Call ``callback()`` once the queue has a place for it, or the batcher closes.
+
+        Callbacks are called first come, first served, as many at a time as places free, from
+        the event loop; each returns whether it took its turn (False if its caller has gone, and
+        the place goes to the next). For protocols that stop reading a connection whose request
+        met a full queue, and resume it when there is room: under overload the connections
+        then wait in the kernel, in order, instead of costing the event loop a refusal each.
+        """
+        self._room_waiters.append(callback)
+        if self._closing or self._queue.count < self._max_queue_size:
+            self._wake_room_waiters()
+
+    def refuse_if_full(self) -> None:
+        """Raise ``QueueFull`` now if a submit would be refused, counting the refusal.
+
+        Lets a protocol refuse a request from its head, before reading or decoding its body.
+        """
+        if self._queue.count >= self._max_queue_size:
+            self._counters.rejected_queue_full += 1
+            raise QueueFull(f"batcher {self._name!r} has a full queue; retry later")
 
     def statistics(self) -> BatcherStatistics:
         """A snapshot of the queue, the running batches and every counter."""
@@ -410,10 +431,17 @@ class Batcher(Generic[T, R]):
     # -- the dispatcher ----------------------------------------------------------------------
 
     def _wake_room_waiters(self) -> None:
-        waiters, self._room_waiters = self._room_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        """Give each free place (every place, when closing) to the next waiter in line."""
+        waiters = self._room_waiters
+        places = self._max_queue_size - self._queue.count
+        while waiters and (places > 0 or self._closing):
+            try:
+                took = waiters.popleft()()
+            except Exception:  # a caller's bug must not stop the dispatcher, or the line
+                logger.exception("batcher %r: a room callback failed", self._name)
+                took = False
+            if took:
+                places -= 1
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -682,6 +710,13 @@ class Batcher(Generic[T, R]):
             self._queue.discard(request)
         request.state = RequestState.DONE
         self._counters.cancelled += 1
+
+
+def _resolve_turn(future: asyncio.Future[None]) -> bool:
+    if future.done():  # its waiter was cancelled: the turn passes on
+        return False
+    future.set_result(None)
+    return True
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -100,6 +100,14 @@ class ModelHandle:
     def queue_full(self) -> bool:
         """Whether the queue is at its bound: a request now would be refused with QueueFull."""
         return self._batcher.full
+
+    def refuse_if_full(self) -> None:
+        """Raise ``QueueFull`` (counted as a refusal) if the queue is at its bound."""
+        self._batcher.refuse_if_full()
+
+    def notify_when_room(self, callback: Callable[[], bool]) -> None:
+        """Call ``callback()`` once the queue has room (see ``Batcher.notify_when_room``)."""
+        self._batcher.notify_when_room(callback)
 
     async def infer(
         self,

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from coserve._exceptions import BatcherClosed
+from coserve._exceptions import BatcherClosed, QueueFull
 from coserve.models import ModelHandle
 from coserve.server._codec import LARGE_BODY, DecodedRequest, decode_request
 from coserve.server._infer import CLIENT_GONE_STATUS, JSON_HEADERS, Headers, InferenceRoute
@@ -47,6 +47,9 @@ class InferenceExchange:
         version: The version named by the path, if any.
         headers: The request's headers, names lower-case.
         reply: Sends the response.
+        on_full: Called with the model's handle, just before the reply, when the request is
+            refused because that model's queue is full (the protocol then holds the connection
+            back until the queue has room).
     """
 
     __slots__ = (
@@ -54,6 +57,7 @@ class InferenceExchange:
         "_handle",
         "_header_length",
         "_model",
+        "_on_full",
         "_pending",
         "_reply",
         "_route",
@@ -68,10 +72,12 @@ class InferenceExchange:
         version: str | None,
         headers: list[tuple[bytes, bytes]],
         reply: Reply,
+        on_full: Callable[[ModelHandle], None] | None = None,
     ) -> None:
         self._route = route
         self._model = model
         self._reply = reply
+        self._on_full = on_full
         self._started = time.perf_counter()
         self._handle: ModelHandle | None = None
         self._header_length: int | None = None
@@ -80,7 +86,8 @@ class InferenceExchange:
         self.finished = False
         """Whether the exchange has answered, or given up because its client left."""
         try:
-            self._handle, self._header_length = route.open(model, version, headers)
+            self._handle = route.resolve(model, version)
+            self._header_length = route.admit(self._handle, headers)
         except Exception as error:
             self._fail(error)
 
@@ -170,6 +177,8 @@ class InferenceExchange:
             return
         if not isinstance(error, Exception):
             error = RuntimeError(repr(error))
+        if isinstance(error, QueueFull) and self._on_full is not None and self._handle is not None:
+            self._on_full(self._handle)
         try:
             status, body, headers = self._route.error_answer(error, self._model)
         except Exception:  # never leave the client without an answer

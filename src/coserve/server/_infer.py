@@ -4,7 +4,7 @@ Every other route goes through Starlette; this one skips its middleware, router 
 Request/Response objects, which cost more per request than the batcher and the model together
 (profiled under load: see benchmarks/README.md). :class:`InferenceRoute` holds the steps of a
 request, each plain code that raises ``CoserveError``: :meth:`~InferenceRoute.open` (readiness,
-the model, the body's declared size), :meth:`~InferenceRoute.start` (queue the decoded request),
+the model, its queue, the body's declared size), :meth:`~InferenceRoute.start` (queue the decoded request),
 :meth:`~InferenceRoute.answer` and :meth:`~InferenceRoute.error_answer` (the response), and
 ``observe`` (the latency metric). Two paths run them:
 
@@ -28,13 +28,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from coserve._exceptions import (
-    BatcherClosed,
-    CoserveError,
-    InvalidInput,
-    QueueFull,
-    RequestTooLarge,
-)
+from coserve._exceptions import BatcherClosed, CoserveError, InvalidInput, RequestTooLarge
 from coserve.models import ModelHandle
 from coserve.server._codec import DecodedRequest, decode_request_async, encode_response
 from coserve.server._http import status_of
@@ -100,26 +94,42 @@ class InferenceRoute:
     ) -> tuple[ModelHandle, int | None]:
         """The model a request is for, and its Inference-Header-Content-Length.
 
+        :meth:`resolve`, then :meth:`admit`.
+        """
+        handle = self.resolve(model, version)
+        return handle, self.admit(handle, headers)
+
+    def resolve(self, model: str, version: str | None) -> ModelHandle:
+        """The model a request is for.
+
         Raises:
             BatcherClosed: The server is not serving (starting, or its models unloading).
             ModelNotFound: No such model or version.
-            QueueFull: The model's queue is full (so the body need not be read).
-            InvalidInput: A length header is not a number.
-            RequestTooLarge: The declared body is over the server's limit.
         """
         state = self.state
         if not state.accepting:
             raise BatcherClosed("the server is not serving (starting, or its models unloading)")
         handle: ModelHandle = state.repository.get(model, version)
-        if handle.queue_full:  # shed before the body is read or decoded: refusing stays cheap
-            raise QueueFull(f"model {handle.name!r} has a full queue; retry later")
+        return handle
+
+    def admit(self, handle: ModelHandle, headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+        """Check a request's head against its model's queue and the limits, before its body.
+
+        Returns its Inference-Header-Content-Length, if any.
+
+        Raises:
+            QueueFull: The model's queue is full (so the body need not be read or decoded).
+            InvalidInput: A length header is not a number.
+            RequestTooLarge: The declared body is over the server's limit.
+        """
+        handle.refuse_if_full()
         declared, header_length = _headers(headers)
-        limit = state.max_request_size
+        limit = self.state.max_request_size
         if declared is not None and declared > limit:
             raise RequestTooLarge(
                 f"the request body ({declared} bytes) is over the {limit}-byte limit"
             )
-        return handle, header_length
+        return header_length
 
     def start(
         self, handle: ModelHandle, decoded: DecodedRequest

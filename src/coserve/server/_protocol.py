@@ -41,6 +41,7 @@ from typing import Any, Final, cast
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
+from coserve.models import ModelHandle
 from coserve.server._asgi_protocol import AsgiHttpProtocol
 from coserve.server._exchange import InferenceExchange
 from coserve.server._head import HANDOFF, INCOMPLETE, RequestHead, parse_head
@@ -114,6 +115,7 @@ class CoserveHttpProtocol(asyncio.Protocol):
         self._advancing = False
         self._read_paused = False
         self._write_paused = False
+        self._held = False  # refused for a full queue: read nothing until the queue has room
         self._active_at = 0.0  # when the last byte arrived (or the last answer went out)
         self._head_since: float | None = None  # when the head now being read began
         self._body_since: float | None = None  # when the body now being read (or skipped) began
@@ -187,6 +189,7 @@ class CoserveHttpProtocol(asyncio.Protocol):
         ``DRAIN_IDLE_GRACE`` seconds on an idle connection.
         """
         self._draining = True
+        self._held = False  # what the client has sent is served now, full queue or not
         self._drain_since = self.loop.time()
         if self._idle_timer is not None:
             self._idle_timer.cancel()
@@ -215,7 +218,9 @@ class CoserveHttpProtocol(asyncio.Protocol):
 
     def _note_waiting(self) -> None:
         """Start the clock on the head or body that serving now waits for, if not started."""
-        if self._head is not None or self._discard:
+        if self._held:  # not reading: the client is not the one who is slow
+            self._head_since = self._body_since = None
+        elif self._head is not None or self._discard:
             if self._body_since is None:
                 self._body_since = self.loop.time()
         elif self._buffer and self._head_since is None:
@@ -227,7 +232,12 @@ class CoserveHttpProtocol(asyncio.Protocol):
         route = self._route
         assert route is not None
         buffer = self._buffer
-        while self._serving is None and not self._write_paused and not transport.is_closing():
+        while (
+            self._serving is None
+            and not self._write_paused
+            and not self._held
+            and not transport.is_closing()
+        ):
             if self._discard:
                 skipped = min(self._discard, len(buffer))
                 del buffer[:skipped]
@@ -253,7 +263,7 @@ class CoserveHttpProtocol(asyncio.Protocol):
                 if not head.keep_alive or too_large:
                     self._keep_alive = False  # a refused large body is never read: close
                 exchange = InferenceExchange(
-                    route, head.model, head.version, head.headers, self._reply
+                    route, head.model, head.version, head.headers, self._reply, self._hold
                 )
                 if exchange.finished:  # refused from its head (404, 413, not ready)
                     self._discard = head.content_length
@@ -296,8 +306,8 @@ class CoserveHttpProtocol(asyncio.Protocol):
             self._log_access(status)
         if not self._keep_alive:
             transport.close()
-        elif self._buffer or self._read_paused:
-            self._advance()  # the next request, or reading to resume
+        elif self._buffer or self._read_paused or self._held:
+            self._advance()  # the next request, reading to resume, or to pause
 
     def _log_access(self, status: int) -> None:
         transport = self._transport
@@ -317,13 +327,39 @@ class CoserveHttpProtocol(asyncio.Protocol):
             return
         head = self._head
         limit = _HIGH_WATER + (head.content_length if head is not None else 0)
-        if len(self._buffer) > limit:
+        if self._held or len(self._buffer) > limit:
             if not self._read_paused:
                 self._read_paused = True
                 transport.pause_reading()
         elif self._read_paused:
             self._read_paused = False
             transport.resume_reading()
+
+    # -- a full queue ------------------------------------------------------------------------
+
+    def _hold(self, handle: ModelHandle) -> None:
+        """A request met a full queue (answered 429): read no more until the queue has room.
+
+        Under overload a client that does not back off would otherwise send its next request
+        at once, and the event loop would spend itself refusing: each refusal is cheap, but a
+        loop pass over thousands of such connections delays every batch's hand-over by as
+        much. Held connections wait in the kernel, in line, and are resumed one per free place.
+        """
+        if self._held or self._draining:
+            return
+        self._held = True
+        handle.notify_when_room(self._room)
+
+    def _room(self) -> bool:
+        """The queue has a place for this connection: serve and read again."""
+        if not self._held:
+            return False  # released by shutdown already: the turn passes on
+        self._held = False
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._handed_off:
+            return False
+        self._advance()
+        return True
 
     # -- time limits ------------------------------------------------------------------------
 
@@ -343,7 +379,7 @@ class CoserveHttpProtocol(asyncio.Protocol):
             return
         now = self.loop.time()
         limits = self._limits
-        reading = self._serving is None
+        reading = self._serving is None and not self._held
         if reading and self._head_since is not None:
             deadline = self._head_since + limits.head_timeout
             if now >= deadline:
