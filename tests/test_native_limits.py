@@ -116,7 +116,9 @@ async def test_a_body_sent_in_pieces_at_a_fair_rate_is_served(
     request = infer_request(0.0, "steady", headers="")
     head, body = request.split(b"\r\n\r\n", 1)
     padded = body[:-1] + b" " * 20_000 + b"}"  # JSON allows the spaces
-    head = head.replace(f"Content-Length: {len(body)}".encode(), b"Content-Length: %d" % len(padded))
+    head = head.replace(
+        f"Content-Length: {len(body)}".encode(), b"Content-Length: %d" % len(padded)
+    )
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(head + b"\r\n\r\n")
@@ -208,3 +210,31 @@ def test_limits_refuse_nonsense() -> None:
     for bad in (0, -1, True):
         with pytest.raises(ValueError, match="head_timeout"):
             ServerLimits(head_timeout=bad)
+
+
+async def test_under_overload_clients_wait_in_line_and_few_are_refused(
+    tmp_path: Path,
+) -> None:
+    """With more clients than places, each refused once at most, then served in its turn."""
+    async with serve(tmp_path, "coserve", limits=LIMITS) as (port, repository):
+        clients, rounds = 12, 15  # 12 connections for 1 slot and a 2-place queue
+        statuses: list[int] = []
+
+        async def client(index: int) -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                for turn in range(rounds):
+                    writer.write(infer_request(0.01, f"{index}-{turn}"))
+                    status, _ = await read_response(reader)
+                    statuses.append(status)
+            finally:
+                writer.close()
+
+        async with asyncio.timeout(50):
+            await asyncio.gather(*(client(i) for i in range(clients)))
+        stats = repository.get("slow").statistics()
+    assert len(statuses) == clients * rounds
+    assert set(statuses) <= {200, 429}
+    # Without the line every client would be refused on most turns (the queue holds two).
+    assert statuses.count(429) <= 2 * clients
+    assert stats.completed == statuses.count(200)

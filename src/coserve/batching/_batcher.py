@@ -260,6 +260,11 @@ class Batcher(Generic[T, R]):
         if self._closing or self._queue.count < self._max_queue_size:
             self._wake_room_waiters()
 
+    @property
+    def waiting_for_room(self) -> int:
+        """How many callers wait in line for a place (:meth:`notify_when_room`)."""
+        return len(self._room_waiters)
+
     def refuse_if_full(self) -> None:
         """Raise ``QueueFull`` now if a submit would be refused, counting the refusal.
 

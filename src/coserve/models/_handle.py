@@ -105,6 +105,11 @@ class ModelHandle:
         """Raise ``QueueFull`` (counted as a refusal) if the queue is at its bound."""
         self._batcher.refuse_if_full()
 
+    @property
+    def waiting_for_room(self) -> int:
+        """How many callers wait in line for a place in the queue."""
+        return self._batcher.waiting_for_room
+
     def notify_when_room(self, callback: Callable[[], bool]) -> None:
         """Call ``callback()`` once the queue has room (see ``Batcher.notify_when_room``)."""
         self._batcher.notify_when_room(callback)

@@ -91,6 +91,11 @@ class InferenceExchange:
         except Exception as error:
             self._fail(error)
 
+    @property
+    def handle(self) -> ModelHandle | None:
+        """The model the request is for, once known."""
+        return self._handle
+
     def body_complete(self, body: bytes) -> None:
         """The whole body is here: decode it (in a thread if it is large) and queue it."""
         if self.finished:

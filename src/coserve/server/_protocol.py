@@ -283,7 +283,7 @@ class CoserveHttpProtocol(asyncio.Protocol):
 
     def _reply(self, status: int, headers: Headers, body: bytes) -> None:
         """Send an exchange's answer in one write, then serve the next buffered request."""
-        self._serving = None
+        served, self._serving = self._serving, None
         transport = self._transport
         assert transport is not None
         if transport.is_closing():
@@ -306,7 +306,13 @@ class CoserveHttpProtocol(asyncio.Protocol):
             self._log_access(status)
         if not self._keep_alive:
             transport.close()
-        elif self._buffer or self._read_paused or self._held:
+            return
+        handle = served.handle if served is not None else None
+        if handle is not None and handle.waiting_for_room:
+            # Others wait in line for this model's queue: this connection's next request
+            # queues behind them rather than taking a place first (and them another 429).
+            self._hold(handle)
+        if self._buffer or self._read_paused or self._held:
             self._advance()  # the next request, reading to resume, or to pause
 
     def _log_access(self, status: int) -> None:
@@ -338,12 +344,15 @@ class CoserveHttpProtocol(asyncio.Protocol):
     # -- a full queue ------------------------------------------------------------------------
 
     def _hold(self, handle: ModelHandle) -> None:
-        """A request met a full queue (answered 429): read no more until the queue has room.
+        """Read no more until the model's queue has a place for this connection.
 
-        Under overload a client that does not back off would otherwise send its next request
-        at once, and the event loop would spend itself refusing: each refusal is cheap, but a
-        loop pass over thousands of such connections delays every batch's hand-over by as
-        much. Held connections wait in the kernel, in line, and are resumed one per free place.
+        When a request met a full queue (answered 429), or when others already wait in line
+        for the model whose answer was just sent. Under overload a client that does not back
+        off would otherwise send its next request at once, and the event loop would spend
+        itself refusing: each refusal is cheap, but a loop pass over thousands of such
+        connections delays every batch's hand-over by as much. Held connections wait in the
+        kernel, in line, and are resumed one per free place, so in a steady overload few
+        requests are refused at all and the model keeps its pace.
         """
         if self._held or self._draining:
             return
@@ -358,6 +367,7 @@ class CoserveHttpProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing() or self._handed_off:
             return False
+        self._active_at = self.loop.time()  # its wait in line was not idleness
         self._advance()
         return True
 
