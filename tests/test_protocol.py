@@ -193,7 +193,7 @@ async def test_a_client_gone_while_its_large_body_is_decoded_runs_nothing(
     """The coserve protocol remembers a disconnect that comes before the request waits."""
     async with serve(tmp_path, "coserve") as (port, repository):
         handle = repository.get("slow")
-        # A body over 1 MiB is decoded in a thread; the client is gone before that ends.
+        # A large body is decoded in a decoder process; the client is gone before that ends.
         body = json.dumps(
             {
                 "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.0]}],

@@ -112,10 +112,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-json-size",
         type=parse_size,
-        default=parse_size("64MiB"),
+        default=parse_size("32MiB"),
         metavar="SIZE",
         help="largest JSON document in an inference or predict request; larger ones get 413 "
-        "(big tensors are faster as binary data) (default: 64MiB)",
+        "(big tensors are faster as binary data) (default: 32MiB)",
     )
     serve.add_argument(
         "--max-header-size",

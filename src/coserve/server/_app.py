@@ -39,6 +39,7 @@ from starlette.routing import Route, WebSocketRoute
 from coserve import __version__
 from coserve._exceptions import ModelNotFound
 from coserve.models import ModelHandle, ModelRepository
+from coserve.server._decoding import serving
 from coserve.server._http import endpoint, error_response, json_response
 from coserve.server._infer import InferenceRoute
 from coserve.server._limits import ServerLimits
@@ -65,7 +66,6 @@ class ServerState:
         self.limits = limits
         self.graceful_timeout = graceful_timeout
         self.ready = False
-
         """Readiness, as the health endpoints report it: off from the first sign of shutdown."""
         self.accepting = False
         """Whether inference requests are taken: from the models' loading until they unload.
@@ -73,6 +73,7 @@ class ServerState:
         Stays on while the server drains after a signal (readiness is already off then), so a
         request a client sent before it learnt of the shutdown is still served.
         """
+
     @property
     def max_request_size(self) -> int:
         """The largest request body accepted, in bytes."""
@@ -128,8 +129,10 @@ def create_app(
         state.ready = state.accepting = True
         if worker is not None:
             worker.mark_ready()
+        app.state.limits = limits  # where the /v1 and WebSocket handlers find max_json_size
         try:
-            yield
+            async with serving():  # the decoder processes for large JSON stop with the server
+                yield
         finally:
             state.ready = state.accepting = False
             await repository.aclose(grace_period=state.graceful_timeout)

@@ -3,6 +3,14 @@
 A request body is JSON, or — with the ``Inference-Header-Content-Length`` header — a JSON header
 followed by the raw bytes of the inputs that carry ``parameters.binary_data_size``, in input order.
 BYTES elements in binary form are each a 4-byte little-endian length and the bytes.
+
+Client JSON is bounded before anything walks it: its size (``max_json_size``, 413; binary tensor
+data does not count), and the nesting of every value the server reads: tensor data at most
+``_MAX_DIMENSIONS`` levels, parameters at most ``MAX_NESTING``, checked without recursion (400);
+keys it does not know are never read. orjson refuses documents deeper than 1024 levels itself;
+in between, a recursive walk or ``repr`` would hit Python's recursion limit.
+A JSON document of ``LARGE_JSON`` bytes or more is decoded in a decoder process (``_decoding``):
+orjson and numpy hold the GIL, so decoding it here, or in a thread, would stall the event loop.
 """
 
 from __future__ import annotations
@@ -17,16 +25,21 @@ from typing import Any
 import numpy as np
 import orjson
 
-from coserve._exceptions import InvalidInput
+from coserve._exceptions import InvalidInput, RequestTooLarge
 from coserve.models import dtype_of
+from coserve.server._decoding import LARGE_JSON, decode_soon
 
 __all__ = [
-    "LARGE_BODY",
+    "LARGE_JSON",
+    "MAX_NESTING",
     "DecodedRequest",
+    "check_data_nesting",
+    "check_nesting",
     "decode_request",
     "decode_request_async",
     "encode_response",
     "load_json_object",
+    "start_decode",
 ]
 
 
@@ -46,7 +59,7 @@ def _fail(message: str) -> InvalidInput:
     return InvalidInput(message)
 
 
-def _bytes_elements(raw: bytes, name: str) -> list[bytes]:
+def _bytes_elements(raw: memoryview, name: str) -> list[bytes]:
     elements = []
     offset = 0
     while offset < len(raw):
@@ -56,12 +69,61 @@ def _bytes_elements(raw: bytes, name: str) -> list[bytes]:
         offset += 4
         if offset + length > len(raw):
             raise _fail(f"input {name!r}: BYTES element of {length} bytes overruns the data")
-        elements.append(raw[offset : offset + length])
+        elements.append(bytes(raw[offset : offset + length]))
         offset += length
     return elements
 
 
 _MAX_DIMENSIONS = 32  # numpy's own limit is 64; no model input has anywhere near 32
+
+MAX_NESTING = 32
+"""The deepest nesting of JSON arrays and objects accepted in parameters."""
+
+
+def check_nesting(value: Any, limit: int, what: str) -> None:
+    """Refuse a JSON value nested more than ``limit`` arrays or objects deep, without recursion.
+
+    Raises:
+        InvalidInput: It is nested deeper.
+    """
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item if type(item) is list else item.values() if type(item) is dict else ()
+        for child in children:
+            if type(child) is list or type(child) is dict:
+                if depth >= limit:
+                    raise _fail(f"{what} is nested more than {limit} levels deep")
+                stack.append((child, depth + 1))
+
+
+def check_data_nesting(name: str, data: Any) -> None:
+    """Refuse tensor data nested more than ``_MAX_DIMENSIONS`` lists deep, in O(depth).
+
+    Raises:
+        InvalidInput: It is nested deeper.
+    """
+    # Only the first element at each level: numpy finds no more dimensions than that chain
+    # has (a deeper branch elsewhere is ragged, and refused as such), and it stays O(depth).
+    depth = 0
+    while type(data) is list:
+        depth += 1
+        if depth > _MAX_DIMENSIONS:
+            raise _fail(
+                f"input {name!r}: 'data' is nested more than {_MAX_DIMENSIONS} levels deep; "
+                f"a tensor has at most {_MAX_DIMENSIONS} dimensions"
+            )
+        if not data:
+            return
+        data = data[0]
+
+
+def _brief(value: Any) -> str:
+    """A client's value for an error message: short, and never a recursive ``repr``."""
+    if isinstance(value, list | dict):
+        return f"a JSON {'array' if isinstance(value, list) else 'object'}"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _shape(name: str, value: Any) -> tuple[int, ...]:
@@ -82,6 +144,7 @@ def _from_json_data(
 ) -> np.ndarray:
     if not isinstance(data, list):
         data = [data]
+    check_data_nesting(name, data)
     try:
         if datatype == "BYTES":
             flat = np.asarray(data, dtype=object).ravel()
@@ -107,7 +170,8 @@ def _from_json_data(
             array = array.astype(dtype, copy=False)
     except InvalidInput:
         raise
-    except (ValueError, TypeError, OverflowError) as error:
+    except (ValueError, TypeError, OverflowError, RuntimeError) as error:
+        # RuntimeError: numpy's "only supports up to 32 dimensions", from object arrays.
         raise _fail(f"input {name!r}: data does not fit {datatype}: {error}") from None
     return _reshape(name, array, shape)
 
@@ -140,6 +204,22 @@ def load_json_object(body: bytes | memoryview) -> dict[str, Any]:
     return value
 
 
+def _json_size(body: bytes, header_length: int | None) -> int:
+    if header_length is None:
+        return len(body)
+    return min(max(header_length, 0), len(body))  # a bad length is refused by decode_request
+
+
+def _check_json_size(size: int, limit: int) -> None:
+    if size > limit:
+        raise RequestTooLarge(
+            f"the request's JSON ({size} bytes) is over the server's {limit}-byte JSON limit; "
+            "send large tensors as binary data instead, which is faster and not counted in "
+            "this limit: the binary tensor extension (input parameter 'binary_data_size', "
+            "header Inference-Header-Content-Length)"
+        )
+
+
 def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
     """Parse an inference request (JSON, or JSON plus binary tensor data).
 
@@ -147,6 +227,13 @@ def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
         InvalidInput: The body is not valid JSON, misses required fields, or its tensors do not
             match their shapes and datatypes.
     """
+    try:
+        return _decode_request(body, header_length)
+    except RecursionError:  # nothing here recurses on client data; should something, a 400
+        raise _fail("the request is nested too deeply") from None
+
+
+def _decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
             raise _fail(
@@ -163,6 +250,8 @@ def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
     parameters = request.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise _fail("'parameters' must be an object")
+    if parameters:  # read (and quoted in errors) by the route: bounded like everything it reads
+        check_nesting(parameters, MAX_NESTING, "'parameters'")
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise _fail("'id' must be a string")
@@ -185,13 +274,15 @@ def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
             raise _fail(f"input {name!r}: {error}") from None
         shape = _shape(name, entry.get("shape"))
         input_parameters = entry.get("parameters") or {}
+        if input_parameters and isinstance(input_parameters, dict):
+            check_nesting(input_parameters, MAX_NESTING, f"input {name!r}: 'parameters'")
         size = (
             input_parameters.get("binary_data_size") if isinstance(input_parameters, dict) else None
         )
         if size is not None:
             if type(size) is not int or size < 0 or offset + size > len(binary):
-                raise _fail(f"input {name!r}: binary_data_size {size!r} overruns the body")
-            raw = bytes(binary[offset : offset + size])
+                raise _fail(f"input {name!r}: binary_data_size {_brief(size)} overruns the body")
+            raw = binary[offset : offset + size]  # a view: the arrays below copy nothing
             offset += size
             if datatype == "BYTES":
                 elements = _bytes_elements(raw, name)
@@ -225,15 +316,35 @@ def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
     )
 
 
-LARGE_BODY = 1 << 20
-"""Bodies this size or larger are decoded in a thread, off the event loop."""
+def start_decode(
+    body: bytes, header_length: int | None, *, max_json_size: int
+) -> DecodedRequest | asyncio.Future[DecodedRequest]:
+    """Decode a request now, or, when its JSON is large, start decoding it in a decoder process.
+
+    Numeric binary tensor data costs no decoding (the arrays are views of the body), so the
+    JSON part's size decides; a small header with megabytes of such data is decoded here.
+
+    Raises:
+        RequestTooLarge: The JSON is over ``max_json_size`` bytes.
+        InvalidInput: The request is malformed (when decoded here; else through the future).
+        QueueFull: Too many large bodies are being decoded already.
+    """
+    size = _json_size(body, header_length)
+    _check_json_size(size, max_json_size)
+    work = size
+    # Binary BYTES data is split element by element in Python (~70 ms per MiB of short ones):
+    # work like JSON's, and so off the loop too. (A false match only sends a body there.)
+    if len(body) - size >= LARGE_JSON and b"bytes" in body[:size].lower():
+        work = len(body)
+    return decode_soon(work, decode_request, body, header_length)
 
 
-async def decode_request_async(body: bytes, header_length: int | None) -> DecodedRequest:
-    """``decode_request``, off the event loop for large bodies (decoding 64 MiB takes seconds)."""
-    if len(body) < LARGE_BODY:
-        return decode_request(body, header_length)
-    return await asyncio.to_thread(decode_request, body, header_length)
+async def decode_request_async(
+    body: bytes, header_length: int | None, *, max_json_size: int
+) -> DecodedRequest:
+    """:func:`start_decode`, awaited."""
+    decoding = start_decode(body, header_length, max_json_size=max_json_size)
+    return await decoding if isinstance(decoding, asyncio.Future) else decoding
 
 
 def _requested_outputs(raw: Any) -> tuple[list[str] | None, set[str]]:
@@ -248,7 +359,11 @@ def _requested_outputs(raw: Any) -> tuple[list[str] | None, set[str]]:
             raise _fail(f"outputs[{index}] needs a string 'name'")
         names.append(entry["name"])
         parameters = entry.get("parameters") or {}
-        if isinstance(parameters, dict) and parameters.get("binary_data") is True:
+        if not isinstance(parameters, dict):
+            raise _fail(f"outputs[{index}]: 'parameters' must be an object")
+        if parameters:
+            check_nesting(parameters, MAX_NESTING, f"outputs[{index}]: 'parameters'")
+        if parameters.get("binary_data") is True:
             binary.add(entry["name"])
     return names, binary
 

@@ -7,7 +7,7 @@ the protocol skips all of that: it hands the request to an :class:`InferenceExch
 the same steps as the ASGI path (:class:`~coserve.server._infer.InferenceRoute`) as the request's
 events arrive: headers, body, the model's future, or the client leaving.
 
-The exchange owns what it starts: the decode of a large body in a thread, then the model's
+The exchange owns what it starts: the decode of a large body in a decoder process, then the model's
 future. When the client leaves first, it cancels them, which withdraws the request from its
 batcher before it runs.
 """
@@ -22,7 +22,7 @@ from typing import Any
 
 from coserve._exceptions import BatcherClosed, QueueFull
 from coserve.models import ModelHandle
-from coserve.server._codec import LARGE_BODY, DecodedRequest, decode_request
+from coserve.server._codec import DecodedRequest, start_decode
 from coserve.server._infer import CLIENT_GONE_STATUS, JSON_HEADERS, Headers, InferenceRoute
 
 __all__ = ["InferenceExchange", "Reply"]
@@ -97,20 +97,21 @@ class InferenceExchange:
         return self._handle
 
     def body_complete(self, body: bytes) -> None:
-        """The whole body is here: decode it (in a thread if it is large) and queue it."""
+        """The whole body is here: decode it (large JSON in a decoder process) and queue it."""
         if self.finished:
             return
-        if len(body) < LARGE_BODY:
-            try:
-                decoded = decode_request(body, self._header_length)
-            except Exception as error:
-                self._fail(error)
-                return
-            self._start(decoded)
+        try:
+            decoding = start_decode(
+                body, self._header_length, max_json_size=self._route.state.limits.max_json_size
+            )
+        except Exception as error:
+            self._fail(error)
             return
-        loop = asyncio.get_running_loop()
-        self._pending = loop.run_in_executor(None, decode_request, body, self._header_length)
-        self._pending.add_done_callback(self._decoded_in_thread)
+        if isinstance(decoding, DecodedRequest):
+            self._start(decoding)
+            return
+        self._pending = decoding
+        decoding.add_done_callback(self._decoded_elsewhere)
 
     def client_gone(self) -> None:
         """The connection was lost: withdraw the work and record the request as dropped."""
@@ -125,7 +126,7 @@ class InferenceExchange:
 
     # -- callbacks -----------------------------------------------------------------------
 
-    def _decoded_in_thread(self, future: asyncio.Future[DecodedRequest]) -> None:
+    def _decoded_elsewhere(self, future: asyncio.Future[DecodedRequest]) -> None:
         error = self._outcome(future)
         if error is not None:
             self._fail(error)

@@ -4,9 +4,9 @@ Every other route goes through Starlette; this one skips its middleware, router 
 Request/Response objects, which cost more per request than the batcher and the model together
 (profiled under load: see benchmarks/README.md). :class:`InferenceRoute` holds the steps of a
 request, each plain code that raises ``CoserveError``: :meth:`~InferenceRoute.open` (readiness,
-the model, its queue, the body's declared size), :meth:`~InferenceRoute.start` (queue the decoded request),
-:meth:`~InferenceRoute.answer` and :meth:`~InferenceRoute.error_answer` (the response), and
-``observe`` (the latency metric). Two paths run them:
+the model, its queue, the body's declared size), :meth:`~InferenceRoute.start` (queue the
+decoded request), :meth:`~InferenceRoute.answer` and :meth:`~InferenceRoute.error_answer` (the
+response), and ``observe`` (the latency metric). Two paths run them:
 
 - under ``coserve serve`` the HTTP protocol serves the route itself, with callbacks and no task
   per request (``_exchange``);
@@ -226,7 +226,9 @@ class InferenceRoute:
         handle, header_length = self.open(model, version, scope["headers"])
         served[:] = [handle.name, handle.version]
         body = await _read_body(receive, self.state.max_request_size)
-        decoded = await decode_request_async(body, header_length)
+        decoded = await decode_request_async(
+            body, header_length, max_json_size=self.state.limits.max_json_size
+        )
         future = self.start(handle, decoded)
         # A client that goes away while its request waits: drop the work before it runs. The
         # watcher cancels this task, which withdraws the request; it then ends quietly.

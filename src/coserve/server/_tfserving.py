@@ -6,25 +6,33 @@ an object of named inputs, or the bare value when the model has one input) or ``
 ``{"b64": "..."}``. The answer is ``{"predictions": [...]}`` for rows and ``{"outputs": ...}`` for
 columns; a single output is not named. Outputs whose names end in ``_bytes`` come back base64
 encoded, as TF Serving does. ``:classify`` and ``:regress`` answer 501.
+
+The whole body is JSON, so the server's ``max_json_size`` bounds it (413), and a large one is
+parsed and turned into arrays in a decoder process (``_decoding``), as on the V2 route. The walk
+that decodes ``b64`` objects is iterative and bounded: a value nested deeper than any tensor can
+be is a 400, never a ``RecursionError``.
 """
 
 from __future__ import annotations
 
 import base64
 import re
+from asyncio import Future
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
-from coserve._exceptions import InvalidInput
+from coserve._exceptions import InvalidInput, RequestTooLarge
 from coserve.models import ModelHandle, ModelRepository, TensorSpec
-from coserve.server._codec import load_json_object
+from coserve.server._codec import _MAX_DIMENSIONS, check_data_nesting, load_json_object
+from coserve.server._decoding import decode_soon
 from coserve.server._http import error_response, json_response, read_body
+from coserve.server._limits import limits_of
 
-__all__ = ["tfserving_endpoint"]
+__all__ = ["decode_predict", "tfserving_endpoint"]
 
 _PATH = re.compile(
     r"^(?P<model>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<action>/metadata|:predict|:classify|:regress)?$"
@@ -46,43 +54,105 @@ _TF_DTYPES = {
 }
 
 
-def _decode_b64(value: Any) -> Any:
-    """Replace every ``{"b64": "..."}`` in a nested JSON value by the bytes it encodes."""
-    if isinstance(value, dict):
-        if set(value) == {"b64"} and isinstance(value["b64"], str):
-            try:
-                return base64.b64decode(value["b64"], validate=True)
-            except ValueError:
-                raise InvalidInput("a {'b64': ...} value is not valid base64") from None
-        return {key: _decode_b64(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_decode_b64(item) for item in value]
+_MAX_NESTING = _MAX_DIMENSIONS + 2
+"""A tensor's dimensions, an object naming the inputs, and a ``{"b64": ...}`` object."""
+
+
+def _is_b64(value: Any) -> TypeGuard[dict[str, str]]:
+    return type(value) is dict and len(value) == 1 and type(value.get("b64")) is str
+
+
+def _b64_bytes(value: dict[str, str]) -> bytes:
+    try:
+        return base64.b64decode(value["b64"], validate=True)
+    except ValueError:
+        raise InvalidInput("a {'b64': ...} value is not valid base64") from None
+
+
+def _decode_b64(value: Any, what: str) -> Any:
+    """Replace every ``{"b64": "..."}`` in a JSON value by the bytes it encodes, in place.
+
+    Iterative, and refuses a value nested more than ``_MAX_NESTING`` levels (``InvalidInput``).
+    """
+    if _is_b64(value):
+        return _b64_bytes(value)
+    if type(value) is not list and type(value) is not dict:
+        return value
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        container, depth = stack.pop()
+        items = enumerate(container) if type(container) is list else container.items()
+        for key, item in items:
+            if type(item) is list or type(item) is dict:
+                if _is_b64(item):
+                    container[key] = _b64_bytes(item)  # a value, not a key: iteration goes on
+                    continue
+                if depth >= _MAX_NESTING:
+                    raise InvalidInput(
+                        f"{what} is nested more than {_MAX_NESTING} levels deep; a tensor has at "
+                        f"most {_MAX_DIMENSIONS} dimensions"
+                    )
+                stack.append((item, depth + 1))
     return value
 
 
 def _array(spec: TensorSpec, value: Any) -> np.ndarray:
+    check_data_nesting(spec.name, value)
     try:
-        return np.array(value, dtype=object) if spec.dtype == np.object_ else np.asarray(value)
-    except ValueError as error:
+        array = np.array(value, dtype=object) if spec.dtype == np.object_ else np.asarray(value)
+    except (ValueError, RuntimeError) as error:  # RuntimeError: object arrays over 32 dimensions
         raise InvalidInput(f"input {spec.name!r}: not a rectangular array: {error}") from None
+    if array.ndim > _MAX_DIMENSIONS:
+        raise InvalidInput(
+            f"input {spec.name!r} has {array.ndim} dimensions; a tensor has at most "
+            f"{_MAX_DIMENSIONS}"
+        )
+    if array.dtype == np.object_:
+        for element in array.flat:  # not lists or objects, which a model would choke on
+            if not isinstance(element, str | bytes):
+                raise InvalidInput(
+                    f"input {spec.name!r}: values must be strings, or {{'b64': ...}} objects"
+                )
+    return array
 
 
-def _columns(handle: ModelHandle, body: dict[str, Any]) -> tuple[dict[str, np.ndarray], bool]:
+def decode_predict(
+    body: bytes, model: str, specs: tuple[TensorSpec, ...]
+) -> tuple[str | None, dict[str, np.ndarray], bool]:
+    """A ``:predict`` body as its signature name, named input arrays, and whether it was rows.
+
+    Plain data in and out, so that it can run in a decoder process.
+
+    Raises:
+        InvalidInput: Not JSON, or not a request that fits the model's inputs.
+    """
+    parsed = load_json_object(body)
+    signature = parsed.get("signature_name")
+    if signature is not None and not isinstance(signature, str):
+        raise InvalidInput("'signature_name' must be a string")
+    # No {"b64": ...} without those bytes (or an escape that could spell them): skip the walk,
+    # a Python loop over every value of the request.
+    b64 = b"b64" in body or b"\\u" in body
+    return signature, *_columns(model, specs, parsed, b64=b64)
+
+
+def _columns(
+    model: str, specs: tuple[TensorSpec, ...], body: dict[str, Any], *, b64: bool
+) -> tuple[dict[str, np.ndarray], bool]:
     """The request as named input arrays, and whether it was row format."""
     if ("instances" in body) == ("inputs" in body):
         raise InvalidInput(
             "the request needs exactly one of 'instances' (rows) and 'inputs' (columns)"
         )
-    specs = handle.inputs
     single = len(specs) == 1
     if "instances" in body:
-        rows = _decode_b64(body["instances"])
+        rows = _decode_b64(body["instances"], "'instances'") if b64 else body["instances"]
         if not isinstance(rows, list) or not rows:
             raise InvalidInput("'instances' must be a non-empty list")
         named = all(isinstance(row, dict) for row in rows)
         if not named and not single:
             raise InvalidInput(
-                f"model {handle.name!r} has {len(specs)} inputs, so each instance must be an "
+                f"model {model!r} has {len(specs)} inputs, so each instance must be an "
                 "object naming them"
             )
         columns: dict[str, Any] = {}
@@ -97,21 +167,23 @@ def _columns(handle: ModelHandle, body: dict[str, Any]) -> tuple[dict[str, np.nd
         if named:
             extra = {key for row in rows for key in row} - {s.name for s in specs}
             if extra:
-                raise InvalidInput(f"model {handle.name!r} has no input {sorted(extra)[0]!r}")
+                raise InvalidInput(f"model {model!r} has no input {sorted(extra)[0]!r}")
         return {s.name: _array(s, columns[s.name]) for s in specs}, True
-    inputs = _decode_b64(body["inputs"])
+    inputs = _decode_b64(body["inputs"], "'inputs'") if b64 else body["inputs"]
     if isinstance(inputs, dict):  # named columns (a bare tensor value is never an object)
-        return {name: _array(_spec(handle, name), value) for name, value in inputs.items()}, False
+        return {
+            name: _array(_spec(model, specs, name), value) for name, value in inputs.items()
+        }, False
     if not single:
-        raise InvalidInput(f"model {handle.name!r} has {len(specs)} inputs: name them in 'inputs'")
+        raise InvalidInput(f"model {model!r} has {len(specs)} inputs: name them in 'inputs'")
     return {specs[0].name: _array(specs[0], inputs)}, False
 
 
-def _spec(handle: ModelHandle, name: str) -> TensorSpec:
-    for spec in handle.inputs:
+def _spec(model: str, specs: tuple[TensorSpec, ...], name: str) -> TensorSpec:
+    for spec in specs:
         if spec.name == name:
             return spec
-    raise InvalidInput(f"model {handle.name!r} has no input {name!r}")
+    raise InvalidInput(f"model {model!r} has no input {name!r}")
 
 
 def _text(value: Any) -> Any:
@@ -173,6 +245,15 @@ def _metadata(handle: ModelHandle, signature: str) -> dict[str, Any]:
     }
 
 
+def _json_too_large(size: int, limit: int, model: str) -> RequestTooLarge:
+    return RequestTooLarge(
+        f"the request's JSON ({size} bytes) is over the server's {limit}-byte JSON limit; for "
+        f"large tensors use the Open Inference Protocol (V2) API, POST /v2/models/{model}/infer, "
+        "whose binary tensor extension (Inference-Header-Content-Length) sends them as raw "
+        "bytes, much faster"
+    )
+
+
 def tfserving_endpoint(
     repository: ModelRepository,
     max_request_size: Callable[[], int],
@@ -204,14 +285,20 @@ def tfserving_endpoint(
         if not is_ready():
             return error_response("the server is not ready (starting or shutting down)", 503)
         handle_ = repository.get(name, version)
-        body = load_json_object(await read_body(request, max_request_size()))
-        signature = body.get("signature_name")
+        limit = limits_of(request.app).max_json_size
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:  # refused before it is read
+            raise _json_too_large(int(declared), limit, name)
+        body = await read_body(request, max_request_size())
+        if len(body) > limit:
+            raise _json_too_large(len(body), limit, name)
+        decoding = decode_soon(len(body), decode_predict, body, handle_.name, handle_.inputs)
+        signature, inputs, rows = await decoding if isinstance(decoding, Future) else decoding
         expected = repository.config(name).signature
         if signature not in (None, "", expected):
             raise InvalidInput(
                 f"model {name!r} has no signature {signature!r}; it has {expected!r}"
             )
-        inputs, rows = _columns(handle_, body)
         outputs = await handle_.infer(inputs)
         if rows:
             names = list(outputs)

@@ -10,7 +10,8 @@ at the cap: backpressure, not unbounded buffering).
 Messages are Open Inference Protocol requests as JSON text; answers are inference responses,
 or ``{"id": ..., "error": "...", "status": 400}`` for a request that failed. A bad message never
 closes the connection. When the client goes away, its requests still queued are dropped before
-they run.
+they run. Messages are held to the server's ``max_json_size`` (status 413), and a large one is
+decoded in a decoder process, as on the HTTP route.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from coserve._exceptions import ChannelError, CoserveError, InvalidInput
 from coserve.channels import open_channel
 from coserve.models import ModelHandle, ModelRepository
 from coserve.server._codec import decode_request_async, encode_response
+from coserve.server._decoding import decode_soon
 from coserve.server._http import status_of
+from coserve.server._limits import limits_of
 
 __all__ = ["CLOSE_MODEL_NOT_FOUND", "websocket_endpoint"]
 
@@ -37,42 +40,58 @@ CLOSE_MODEL_NOT_FOUND = 4404
 """Close code when the URL names no loaded model (application range, after HTTP's 404)."""
 
 
-def _request_id(text: str | bytes) -> Any:
+def _request_id(body: bytes) -> Any:
+    """The ``id`` of a message that failed, if it has one that can be echoed."""
     with contextlib.suppress(orjson.JSONDecodeError, TypeError):
-        message = orjson.loads(text)
+        message = orjson.loads(body)
         if isinstance(message, dict):
-            return message.get("id")
+            request_id = message.get("id")
+            # Never a list or object: echoing one could nest deeper than orjson writes.
+            if request_id is None or isinstance(request_id, str | int | float):
+                return request_id
     return None
 
 
-async def _answer(handle: ModelHandle, text: str | bytes | None) -> bytes:
+async def _answer(handle: ModelHandle, text: str | bytes | None, max_json_size: int) -> bytes:
     """One child's work: decode, infer, encode; errors become an error message for its id."""
-    request_id = None
+    body = b""
     try:
         if text is None:
             raise InvalidInput("send requests as JSON text messages")
-        request_id = _request_id(text)
-        decoded = await decode_request_async(text.encode() if isinstance(text, str) else text, None)
+        body = text.encode() if isinstance(text, str) else text
+        decoded = await decode_request_async(body, None, max_json_size=max_json_size)
         decoded.binary_outputs.clear()  # one JSON message per answer
         decoded.all_outputs_binary = False
         outputs = await handle.infer(decoded.inputs, outputs=decoded.outputs)
-        body, _ = encode_response(
+        answer, _ = encode_response(
             model=handle.name,
             version=handle.version,
             request=decoded,
             outputs=outputs,
             datatypes={s.name: s.datatype for s in handle.outputs},
         )
-        return body
+        return answer
     except CoserveError as error:
         status = status_of(error)
         if status == 500:
             logger.error("websocket request failed: %s", error, exc_info=error)
+        request_id = await _failed_id(body, max_json_size)
         return orjson.dumps({"id": request_id, "error": str(error), "status": status})
     except Exception as error:  # a bug: the request still gets its one answer, and a log line
+        request_id = await _failed_id(body, max_json_size)
         logger.exception("websocket request %r: internal error", request_id)
         message = f"internal error: {error!r}"
         return orjson.dumps({"id": request_id, "error": message, "status": 500})
+
+
+async def _failed_id(body: bytes, max_json_size: int) -> Any:
+    # Parsed again only on failure; a large message in a decoder process, like its decode.
+    if len(body) > max_json_size:
+        return None
+    with contextlib.suppress(Exception):  # the answer goes out, with or without its id
+        finding = decode_soon(len(body), _request_id, body)
+        return await finding if isinstance(finding, asyncio.Future) else finding
+    return None
 
 
 def websocket_endpoint(repository: ModelRepository, max_in_flight: int = 256) -> Any:
@@ -86,13 +105,14 @@ def websocket_endpoint(repository: ModelRepository, max_in_flight: int = 256) ->
         except CoserveError as error:
             await websocket.close(code=CLOSE_MODEL_NOT_FOUND, reason=str(error)[:120])
             return
+        max_json_size = limits_of(websocket.app).max_json_size
         answers_in, answers_out = open_channel[bytes](max_in_flight)
         slots = asyncio.Semaphore(max_in_flight)
         children: set[asyncio.Task[None]] = set()
 
         async def child(text: str | bytes | None) -> None:
             try:
-                await answers_in.send(await _answer(handle, text))
+                await answers_in.send(await _answer(handle, text, max_json_size))
             except ChannelError:
                 pass  # the connection closed first: nobody is left to answer
             finally:
