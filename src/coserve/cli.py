@@ -159,10 +159,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--limit-connections",
         type=_positive_int,
-        default=10_000,
+        default=None,
         metavar="N",
         help="open connections allowed at once (per worker); one more gets 503 and is closed "
-        "(default: %(default)s)",
+        "(default: the file-descriptor limit, raised to its hard limit, less 512)",
     )
     serve.add_argument(
         "--graceful-timeout",
@@ -241,10 +241,11 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from coserve._exceptions import ConfigError
     from coserve.models import ModelRepository
     from coserve.server import SessionFactory, SessionManager, create_app, load_factory
-    from coserve.server._limits import ServerLimits
+    from coserve.server._limits import ServerLimits, connection_budget, raise_descriptor_limit
     from coserve.server._protocol import CoserveHttpProtocol
     from coserve.server._workers import bind, bind_unix
 
+    raise_descriptor_limit()
     repository = ModelRepository(args.model_repository)
     apps: dict[str, SessionFactory] = {}
     if args.model_repository is None:
@@ -273,7 +274,7 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
             head_timeout=args.head_timeout,
             body_timeout=args.body_timeout,
             min_body_rate=args.min_body_rate,
-            max_connections=args.limit_connections,
+            max_connections=args.limit_connections or connection_budget(),
         ),
         graceful_timeout=args.graceful_timeout,
         sessions=sessions,

@@ -10,10 +10,17 @@ state. What a client gets when it hits each one is listed in the README ("Limits
 from __future__ import annotations
 
 import dataclasses
+import resource
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ServerLimits", "limits_of"]
+__all__ = [
+    "RESERVED_DESCRIPTORS",
+    "ServerLimits",
+    "connection_budget",
+    "limits_of",
+    "raise_descriptor_limit",
+]
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -39,7 +46,9 @@ class ServerLimits:
         min_body_rate: Bytes per second a body must average once it has taken longer than
             ``body_timeout`` (408, closed): a trickle cannot hold a connection forever.
         max_connections: Open HTTP and WebSocket connections at once; one more is answered 503
-            and closed at once.
+            and closed at once. By default the process's file-descriptor limit less
+            ``RESERVED_DESCRIPTORS``, so the server refuses quickly where it would otherwise
+            fail to accept (and lose the descriptors its models and logs need).
     """
 
     max_request_size: int = 64 * MiB
@@ -49,7 +58,7 @@ class ServerLimits:
     head_timeout: float = 10.0
     body_timeout: float = 10.0
     min_body_rate: int = 64 * KiB
-    max_connections: int = 10_000
+    max_connections: int = dataclasses.field(default_factory=lambda: connection_budget())
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -60,6 +69,35 @@ class ServerLimits:
     def replace(self, **changes: float) -> ServerLimits:
         """A copy with some limits changed."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+RESERVED_DESCRIPTORS = 512
+"""File descriptors kept for everything but connections: model files, logs, worker sockets."""
+
+
+def raise_descriptor_limit() -> int:
+    """Raise this process's soft file-descriptor limit to its hard limit; return the new one.
+
+    Many servers do (nginx's ``worker_rlimit_nofile``): the soft limit is often 1,024, which
+    a few hundred slow clients exhaust.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft
+        return target
+    return soft
+
+
+def connection_budget() -> int:
+    """The default ``max_connections``: the descriptor limit less the reserved ones."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(64, soft - RESERVED_DESCRIPTORS)
 
 
 def limits_of(app: Any) -> ServerLimits:

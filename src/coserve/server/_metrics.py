@@ -127,6 +127,8 @@ class Metrics:
             "Inference request latency at the HTTP layer, by model, version and status",
             ["model", "version", "status"],
             registry=self.registry,
+            # Fine enough between 10 ms and 1 s to read a p99 under overload, where a request's
+            # time is about the time to drain the queue.
             buckets=(
                 0.0005,
                 0.001,
@@ -135,9 +137,14 @@ class Metrics:
                 0.01,
                 0.025,
                 0.05,
+                0.075,
                 0.1,
+                0.15,
+                0.2,
                 0.25,
+                0.35,
                 0.5,
+                0.75,
                 1,
                 2.5,
                 5,
