@@ -69,8 +69,9 @@ class Load:
 class Client:
     """One keep-alive connection sending its next request as soon as an answer arrives."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, route: str = "infer") -> None:
         self.index = index
+        self.route = route
         self.sent = 0
         self.answered: list[int] = []
         self.closed_by_server = False
@@ -80,14 +81,20 @@ class Client:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             while True:
-                writer.write(request(0.0, f"{self.index}-{self.sent}"))
+                if self.route == "infer":
+                    writer.write(request(0.0, f"{self.index}-{self.sent}"))
+                else:  # a route uvicorn's protocol serves
+                    writer.write(b"GET /v2/models/slow HTTP/1.1\r\nHost: t\r\n\r\n")
                 self.sent += 1
                 try:
                     status, closing, body = await read_answer(reader)
                 except (asyncio.IncompleteReadError, ConnectionError):
                     self.lost = self.sent - len(self.answered)  # it went with no answer
                     return
-                assert body["id"] == f"{self.index}-{len(self.answered)}"
+                if self.route == "infer":
+                    assert body["id"] == f"{self.index}-{len(self.answered)}"
+                else:
+                    assert body["name"] == "slow"
                 self.answered.append(status)
                 load.answered()
                 if closing:
@@ -97,12 +104,12 @@ class Client:
             writer.close()
 
 
-async def drain_under_load(tmp_path: Path, *args: str) -> list[Client]:
+async def drain_under_load(tmp_path: Path, *args: str, route: str = "infer") -> list[Client]:
     server = ServerProcess("--model-repository", str(repository(tmp_path)), *args)
     try:
         server.wait_ready()
         load = Load(20 * CONNECTIONS)  # every connection is busy when the signal comes
-        clients = [Client(i) for i in range(CONNECTIONS)]
+        clients = [Client(i, route) for i in range(CONNECTIONS)]
         tasks = [asyncio.create_task(client.run(server.port, load)) for client in clients]
         await load.reached.wait()
         server.process.send_signal(signal.SIGTERM)
@@ -118,6 +125,15 @@ async def drain_under_load(tmp_path: Path, *args: str) -> list[Client]:
 async def test_sigterm_under_keep_alive_load_loses_no_request(tmp_path: Path, workers: str) -> None:
     """Each request sent before the server said close is answered 200; each connection closes."""
     clients = await drain_under_load(tmp_path, "--workers", workers, "--graceful-timeout", "20")
+    assert [client.lost for client in clients] == [0] * CONNECTIONS
+    for client in clients:
+        assert client.answered == [200] * client.sent
+        assert client.closed_by_server
+
+
+async def test_sigterm_loses_no_request_on_routes_uvicorn_serves(tmp_path: Path) -> None:
+    """The same for metadata requests, served by uvicorn's protocol after the hand-off."""
+    clients = await drain_under_load(tmp_path, "--graceful-timeout", "20", route="metadata")
     assert [client.lost for client in clients] == [0] * CONNECTIONS
     for client in clients:
         assert client.answered == [200] * client.sent

@@ -53,7 +53,7 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
-from coserve.server._limits import limits_of
+from coserve.server._limits import DRAIN_IDLE_GRACE, limits_of
 
 __all__ = ["AsgiHttpProtocol"]
 
@@ -218,6 +218,7 @@ class AsgiHttpProtocol(HttpToolsProtocol):
         self._refused = False
         self._refusal: bytes | None = None  # the answer to send once the earlier ones are out
         self._upgraded = False
+        self._draining = False
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -266,6 +267,29 @@ class AsgiHttpProtocol(HttpToolsProtocol):
         self._continue()
 
     # -- uvicorn's hooks ---------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Server shutdown: answer what the client has sent, each answer closing the connection.
+
+        uvicorn closes an idle connection at once, which loses a request its client sent just
+        before; here an idle connection waits ``DRAIN_IDLE_GRACE`` seconds for one, as coserve's
+        own protocol does.
+        """
+        self._draining = True
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.keep_alive = False
+            return
+        self.loop.call_later(DRAIN_IDLE_GRACE, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        if self._upgraded or self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if (cycle is None or cycle.response_complete) and self._phase == _IDLE:
+            self.transport.close()
+        elif cycle is not None:
+            cycle.keep_alive = False  # it closes once this answer is out
 
     def handle_websocket_upgrade(self) -> None:
         """Hand the real transport, reading, to the WebSocket protocol: it does its own framing."""
@@ -325,6 +349,8 @@ class AsgiHttpProtocol(HttpToolsProtocol):
             self._rejection = (400, "a WebSocket handshake must not carry a body")
             raise _RejectedError
         HttpToolsProtocol.on_headers_complete(self)
+        if self._draining and self.cycle is not None:
+            self.cycle.keep_alive = False  # the server is stopping: this answer says so
         self._phase = _BODY
         self._body_started_at = self._now
         self._headers_done = self.headers

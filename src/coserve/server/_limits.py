@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "DRAIN_IDLE_GRACE",
     "RESERVED_DESCRIPTORS",
     "ServerLimits",
     "connection_budget",
@@ -70,6 +71,13 @@ class ServerLimits:
         """A copy with some limits changed."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
+
+DRAIN_IDLE_GRACE = 1.0
+"""Seconds an idle connection stays open once shutdown begins, for a request on its way.
+
+A client that got an answer without ``Connection: close`` just before the signal may already
+have sent its next request; closing at once would lose it.
+"""
 
 RESERVED_DESCRIPTORS = 512
 """File descriptors kept for everything but connections: model files, logs, worker sockets."""

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Final, cast
+from typing import Any, cast
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
@@ -46,13 +46,11 @@ from coserve.server._asgi_protocol import AsgiHttpProtocol
 from coserve.server._exchange import InferenceExchange
 from coserve.server._head import HANDOFF, INCOMPLETE, RequestHead, parse_head
 from coserve.server._infer import Headers, InferenceRoute
-from coserve.server._limits import limits_of
+from coserve.server._limits import DRAIN_IDLE_GRACE, limits_of
 
-__all__ = ["DRAIN_IDLE_GRACE", "CoserveHttpProtocol"]
+__all__ = ["CoserveHttpProtocol"]
 
 _HIGH_WATER = 64 * 1024  # buffered bytes beyond one request's needs that pause reading
-DRAIN_IDLE_GRACE: Final = 1.0
-"""Seconds an idle connection is kept open after shutdown begins, for a request in flight."""
 
 logger = logging.getLogger("coserve.server")
 
