@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
-.PHONY: serve demo test lint typecheck unit bench bench-models bench-serving bench-sessions clean
+.PHONY: serve demo test lint typecheck unit bench bench-models bench-serving bench-sessions bench-overload clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ bench-models: $(VENV)/.installed-bench
 
 bench-serving: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/serving.py
+
+bench-overload: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/overload.py
 
 bench-sessions: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/sessions.py

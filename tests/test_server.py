@@ -29,6 +29,8 @@ from tritonclient.utils import InferenceServerException
 from helpers import ServerProcess
 from server_models import build_repository
 
+pytestmark = pytest.mark.slow  # starts real server processes
+
 MAX_REQUEST_SIZE = 1024 * 1024
 
 

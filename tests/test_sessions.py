@@ -26,6 +26,8 @@ from sklearn.datasets import load_digits
 
 from helpers import ServerProcess
 
+pytestmark = pytest.mark.slow  # starts real server processes
+
 MAX_SESSIONS = 4
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 IDLE_TIMEOUT = 3

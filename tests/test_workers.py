@@ -25,6 +25,8 @@ import pytest
 from helpers import ServerProcess
 from server_models import SLOW_CONFIG, add_python_models
 
+pytestmark = pytest.mark.slow  # starts real server processes
+
 COMPLETED = re.compile(
     r'^coserve_requests_total\{model="types",outcome="completed",version="1"'
     r'(?:,worker="(\d+)")?\} (\S+)$',
