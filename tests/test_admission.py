@@ -67,7 +67,8 @@ async def refusal_cost(queue_size: int, withdrawn: int) -> int:
             with pytest.raises(QueueFull):
                 batcher.submit_nowait(0)
 
-        cost = instructions(lambda: batcher.submit_nowait(0))
+        # The steady cost: the first call in a process can run extra code once (lazy set-up).
+        cost = min(instructions(lambda: batcher.submit_nowait(0)) for _ in range(3))
         refused()
         model.release()
         await settle()

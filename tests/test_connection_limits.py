@@ -249,6 +249,23 @@ async def test_a_body_stalling_after_its_answer_closes_the_connection(tmp_path: 
         assert await asyncio.wait_for(reader.read(), timeout=30) == b""
 
 
+async def test_a_large_body_answered_before_it_is_read_closes_the_connection(
+    tmp_path: Path,
+) -> None:
+    """A 413 sent from the declared length, its body all sent but unread: the socket closes."""
+    limits = ServerLimits(max_json_size=1024)
+    body = b'{"instances": [' + b"1.0, " * 40_000 + b"1.0]}"  # 200 KB: over every read bound
+    request = (
+        b"POST /v1/models/slow:predict HTTP/1.1\r\nHost: test\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    async with serve(tmp_path, limits) as (port, _), connection(port) as (reader, writer):
+        writer.write(request)
+        status, _, _ = await read_response(reader)
+        assert status == 413
+        assert await asyncio.wait_for(reader.read(), timeout=30) == b""  # was: held for ever
+
+
 @pytest.mark.timeout(60)
 async def test_a_request_timed_out_behind_a_running_one_is_answered_after_it(
     tmp_path: Path,

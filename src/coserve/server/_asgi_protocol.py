@@ -311,6 +311,18 @@ class AsgiHttpProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         """Start the next queued request as uvicorn does; then parse on, or send a refusal."""
         super().on_response_complete()
+        cycle = self.cycle
+        if (
+            not self._refused
+            and self._phase == _BODY
+            and cycle is not None
+            and cycle.response_complete
+        ):
+            # Answered before its body was all read (a 413 from the declared length, say): the
+            # rest of the body is nobody's, and waiting for the app to take it would hold the
+            # connection for ever. Close it, after a linger, as after a refusal.
+            self._refuse(400, "")
+            return
         if self._phase:  # the next request is under way: its deadlines apply, not keep-alive's
             self._unset_keepalive_if_required()
         if self._refused:
