@@ -197,3 +197,53 @@ async def test_wait_for_room_returns_once_a_place_frees() -> None:
         assert waiting.done()
         model.release()
         assert await running == 0
+
+
+async def test_a_queued_request_that_expires_gives_its_place_to_the_line() -> None:
+    """A place freed by a deadline, not by dispatch, goes to the next in line too."""
+    model = RecordingModel()
+    async with Batcher(model, max_queue_size=1, max_batch_size=1) as batcher:
+        model.hold()
+        running = batcher.submit_nowait(0)
+        await settle()
+        expiring = batcher.submit_nowait(1, timeout=0.05)
+        turns: list[str] = []
+        batcher.notify_when_room(lambda: turns.append("turn") is None)
+        await wait_for(lambda: expiring.done())
+        assert turns == ["turn"]
+        model.release()
+        assert await running == 0
+    with pytest.raises(Exception, match="deadline"):
+        expiring.result()
+
+
+async def test_waking_the_line_is_not_reentrant_and_gives_each_place_once() -> None:
+    """Callbacks that join the line again from inside their turn neither recurse nor overdraw.
+
+    Each pass gives at most the places free at that moment, whoever is called.
+    """
+    model = RecordingModel()
+    async with Batcher(model, max_queue_size=2, max_batch_size=1) as batcher:
+        model.hold()
+        running = batcher.submit_nowait(0)
+        await settle()
+        queued = [batcher.submit_nowait(1), batcher.submit_nowait(2)]
+        turns: list[int] = []
+
+        def waiter(index: int) -> Callable[[], bool]:
+            def turn() -> bool:
+                turns.append(index)
+                if not batcher.closed:  # back of the line, as a held connection
+                    batcher.notify_when_room(waiter(index))
+                return True  # took the place (its request is on its way)
+
+            return turn
+
+        for index in range(500):  # far past the recursion limit if it recursed
+            batcher.notify_when_room(waiter(index))
+        queued[0].cancel()  # one place free: one turn
+        assert turns == [0]
+        queued[1].cancel()  # two free (the first turn's request has not come yet): two more
+        assert turns == [0, 1, 2]
+        model.release()
+        assert await running == 0

@@ -12,10 +12,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import uvicorn
 
 from coserve.models import ModelRepository
 from coserve.server._limits import ServerLimits
-from test_protocol import infer_request, read_response, serve, wait_until
+from test_protocol import (
+    infer_request,
+    read_response,
+    read_response_with_head,
+    serve,
+    wait_until,
+)
 
 LIMITS = ServerLimits(head_timeout=0.5, body_timeout=0.5, min_body_rate=10_000)
 
@@ -238,3 +245,64 @@ async def test_under_overload_clients_wait_in_line_and_few_are_refused(
     # Without the line every client would be refused on most turns (the queue holds two).
     assert statuses.count(429) <= 2 * clients
     assert stats.completed == statuses.count(200)
+
+
+async def test_a_body_sent_fast_then_dripped_is_cut_off(
+    native: tuple[int, ModelRepository],
+) -> None:
+    """The rate is judged per window: most of a body at once, then a byte now and then, is 408."""
+    port, _ = native
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: test\r\nContent-Length: 400000\r\n\r\n"
+        + b" " * 300_000  # averaged from the start, 10,000 bytes/s would allow 30 s
+    )
+
+    async def drip() -> None:
+        for _ in range(300):
+            await asyncio.sleep(0.2)
+            writer.write(b" ")
+
+    dripping = asyncio.create_task(drip())
+    try:
+        async with asyncio.timeout(10):
+            status, body = await read_response(reader)
+    finally:
+        dripping.cancel()
+        writer.close()
+    assert status == 408
+    assert "bytes/s" in str(body["error"])
+
+
+async def test_a_refused_large_body_still_lets_the_client_read_its_413(tmp_path: Path) -> None:
+    """A 413 sent before a large body is read arrives whole: the server does not reset it away."""
+    async with serve(tmp_path, "coserve", max_request_size=1000) as (port, _):
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: t\r\nContent-Length: 4000000\r\n\r\n"
+                + b" " * 4_000_000
+            )
+            status, _ = await answer_then_close(reader)
+            writer.close()
+            assert status == 413
+
+
+async def test_a_connection_handed_to_uvicorn_while_draining_is_told_to_close(
+    tmp_path: Path,
+) -> None:
+    """A request for uvicorn's routes pipelined behind an inference one at SIGTERM says close."""
+    servers: list[uvicorn.Server] = []
+    async with serve(tmp_path, "coserve", limits=LIMITS, servers=servers) as (port, repository):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(infer_request(0.5, "running") + b"GET /v2 HTTP/1.1\r\nHost: t\r\n\r\n")
+        handle = repository.get("slow")
+        await wait_until(lambda: handle.statistics().running_batches == 1, "it to run")
+        servers[0].should_exit = True  # what SIGTERM does
+        status, body, _ = await read_response_with_head(reader)
+        assert (status, body["id"]) == (200, "running")
+        status, body, head = await read_response_with_head(reader)
+        assert (status, body["name"]) == (200, "coserve")
+        assert b"connection: close" in head
+        assert await reader.read() == b""
+        writer.close()

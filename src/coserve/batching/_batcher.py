@@ -151,6 +151,7 @@ class Batcher(Generic[T, R]):
         # Callbacks waiting for a free place, first come first served; each returns whether it
         # took its turn (False: its caller had gone, so the turn passes to the next).
         self._room_waiters: deque[Callable[[], bool]] = deque()
+        self._waking = False
 
     # -- public surface ---------------------------------------------------------------------
 
@@ -436,17 +437,37 @@ class Batcher(Generic[T, R]):
     # -- the dispatcher ----------------------------------------------------------------------
 
     def _wake_room_waiters(self) -> None:
-        """Give each free place (every place, when closing) to the next waiter in line."""
+        """Give each free place (every place, when closing) to the next waiter in line.
+
+        Not re-entrant: a callback may submit, or join the line again, synchronously; a call
+        made from inside one returns at once, and the outer loop sees the new state.
+        """
+        if self._waking:
+            return
+        self._waking = True
         waiters = self._room_waiters
-        places = self._max_queue_size - self._queue.count
-        while waiters and (places > 0 or self._closing):
-            try:
-                took = waiters.popleft()()
-            except Exception:  # a caller's bug must not stop the dispatcher, or the line
-                logger.exception("batcher %r: a room callback failed", self._name)
-                took = False
-            if took:
-                places -= 1
+        given = 0  # turns taken whose submits may still be on their way
+        # Closing wakes everyone in line now; those who join it meanwhile go in a later pass.
+        turns = len(waiters) if self._closing else sys.maxsize
+        try:
+            while (
+                waiters
+                and turns
+                and (self._closing or self._queue.count + given < self._max_queue_size)
+            ):
+                turns -= 1
+                count = self._queue.count
+                try:
+                    took = waiters.popleft()()
+                except Exception:  # a caller's bug must not stop the dispatcher, or the line
+                    logger.exception("batcher %r: a room callback failed", self._name)
+                    took = False
+                if took and self._queue.count == count:
+                    given += 1  # it submits later (its bytes are on their way): keep its place
+        finally:
+            self._waking = False
+        if self._closing and waiters and self._loop is not None:
+            self._loop.call_soon(self._wake_room_waiters)
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -483,6 +504,10 @@ class Batcher(Generic[T, R]):
                 if not queue.count:
                     if self._closing and not self._running:
                         return  # drained: nothing queued, nothing running
+                    if self._room_waiters:  # an empty queue has room for all: never sleep on it
+                        self._wake_room_waiters()
+                        if self._queue.count:  # a waiter submitted at once
+                            continue
                     await self._sleep(1)
                     continue
                 if max_wait and queue.rows < max_rows and not self._closing:
@@ -493,8 +518,6 @@ class Batcher(Generic[T, R]):
                         await self._sleep(max_rows, deadline)
                         continue
                 batch, rows, full = queue.take(max_rows)
-                if self._room_waiters:
-                    self._wake_room_waiters()
                 if full:
                     reason = CloseReason.FULL
                 elif self._closing:
@@ -504,6 +527,8 @@ class Batcher(Generic[T, R]):
                 else:
                     reason = CloseReason.SLOT_FREE
                 self._start_batch(batch, rows, reason)
+                if self._room_waiters:  # after the batch is on its way to the model
+                    self._wake_room_waiters()
         except asyncio.CancelledError:
             self._fail_queued("the batcher's dispatcher was cancelled")
             raise
@@ -516,6 +541,7 @@ class Batcher(Generic[T, R]):
     def _fail_queued(self, reason: str) -> None:
         for request in self._queue.drain():
             self._fail(request, BatcherClosed(reason))
+        self._wake_room_waiters()  # closing: each hears it, and is refused when it submits
 
     def _start_batch(self, batch: list[QueuedRequest[T]], rows: int, reason: CloseReason) -> None:
         loop = self._loop
@@ -691,6 +717,8 @@ class Batcher(Generic[T, R]):
         if request.state is RequestState.QUEUED:
             self._queue.discard(request)
             where = "queued"
+            if self._room_waiters:
+                self._wake_room_waiters()
         else:
             request.state = RequestState.DONE
             where = "running"

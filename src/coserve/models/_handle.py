@@ -222,7 +222,14 @@ class ModelHandle:
                         break
                     following = next(starts, None)
                 if not pending:  # the queue is full and none of this request's chunks is in it
-                    await batcher.wait_for_room()
+                    remaining = None if deadline is None else deadline - loop.time()
+                    try:
+                        async with asyncio.timeout(remaining):
+                            await batcher.wait_for_room()
+                    except TimeoutError:
+                        raise DeadlineExceeded(
+                            f"the deadline of {timeout:g}s passed waiting for room in the queue"
+                        ) from None
                     continue
                 done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 errors = [future.exception() for future in done]  # read every outcome

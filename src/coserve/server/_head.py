@@ -32,9 +32,6 @@ _REQUEST_LINE = re.compile(
 # (HTAB allowed), CRLF. One match for the block is cheaper than two per line.
 _FIELDS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
 _HANDED_OFF_HEADERS: Final = frozenset((b"transfer-encoding", b"expect", b"upgrade"))
-# A line ending in LF alone: not this parser's to judge, and waiting for CRLF CRLF would wait
-# forever, so the head goes to uvicorn at once (which answers 400).
-_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
 class RequestHead:
@@ -78,21 +75,28 @@ HANDOFF: Final = _Verdict("HANDOFF")
 """Not a request this parser serves: hand the connection to uvicorn."""
 
 
-def parse_head(buffer: bytes | bytearray, max_headers: int = 100) -> RequestHead | _Verdict:
+def parse_head(
+    buffer: bytes | bytearray, max_headers: int = 100, max_head: int = MAX_HEAD
+) -> RequestHead | _Verdict:
     """Parse the request head at the start of ``buffer``.
 
     Returns:
         The head; :data:`INCOMPLETE` if more bytes are needed; :data:`HANDOFF` if the request
-        is not a plain inference request (or has more than ``max_headers`` header lines, which
-        uvicorn's protocol refuses).
+        is not a plain inference request (or has more than ``max_headers`` header lines, or is
+        not complete within ``max_head`` bytes: uvicorn's protocol answers those 431).
     """
     if not buffer.startswith(_PREFIX):
         if len(buffer) >= len(_PREFIX) or not _PREFIX.startswith(bytes(buffer)):
             return HANDOFF
         return INCOMPLETE
-    end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD)
+    end = buffer.find(b"\r\n\r\n", 0, max_head)
     if end < 0:
-        if len(buffer) >= MAX_HEAD or _BARE_LF.search(buffer, 0, MAX_HEAD) is not None:
+        if len(buffer) >= max_head:
+            return HANDOFF
+        # A line ending in LF alone: not this parser's to judge, and waiting for CRLF CRLF
+        # would wait for ever, so the head goes to uvicorn at once (which answers 400). Two
+        # counts in C, not a regex: this runs on every read of a partial head.
+        if buffer.count(b"\n", 0, max_head) != buffer.count(b"\r\n", 0, max_head):
             return HANDOFF
         return INCOMPLETE
     request_line = _REQUEST_LINE.match(buffer, 0, end + 2)

@@ -44,13 +44,15 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 from coserve.models import ModelHandle
 from coserve.server._asgi_protocol import AsgiHttpProtocol
 from coserve.server._exchange import InferenceExchange
-from coserve.server._head import HANDOFF, INCOMPLETE, RequestHead, parse_head
+from coserve.server._head import HANDOFF, INCOMPLETE, MAX_HEAD, RequestHead, parse_head
 from coserve.server._infer import Headers, InferenceRoute
 from coserve.server._limits import DRAIN_IDLE_GRACE, limits_of
 
 __all__ = ["CoserveHttpProtocol"]
 
 _HIGH_WATER = 64 * 1024  # buffered bytes beyond one request's needs that pause reading
+_HELD_RECHECK = 1.0  # seconds between a held connection's own looks at its model's queue
+_LINGER = 2.0  # seconds a closing connection drops what the client still sends
 
 logger = logging.getLogger("coserve.server")
 
@@ -101,6 +103,7 @@ class CoserveHttpProtocol(asyncio.Protocol):
         app = config.app
         self._route: InferenceRoute | None = app if isinstance(app, InferenceRoute) else None
         self._limits = limits_of(app)
+        self._max_head = min(MAX_HEAD, self._limits.max_header_size)
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._head: RequestHead | None = None  # the request whose body is being read...
@@ -109,14 +112,19 @@ class CoserveHttpProtocol(asyncio.Protocol):
         self._discard = 0  # body bytes of a refused request still to skip
         self._keep_alive = True  # False once the client asked to close (or a body was refused)
         self._draining = False  # the server is shutting down: close once nothing is pending
+        self._lingering = False  # answered for the last time: dropping input until closed
         self._handed_off = False
         self._advancing = False
         self._read_paused = False
         self._write_paused = False
         self._held = False  # refused for a full queue: read nothing until the queue has room
+        self._held_for: ModelHandle | None = None
         self._active_at = 0.0  # when the last byte arrived (or the last answer went out)
         self._head_since: float | None = None  # when the head now being read began
         self._body_since: float | None = None  # when the body now being read (or skipped) began
+        self._rate_at = 0.0  # the start of the body's current rate window...
+        self._rate_bytes = 0  # ...and the bytes it had then
+        self._skipped = 0  # bytes skipped of a refused request's body
         self._drain_since: float | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._access_log = bool(config.access_log) and access_logger.hasHandlers()
@@ -146,6 +154,8 @@ class CoserveHttpProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Buffer the bytes; serve the next request unless one is being served."""
+        if self._lingering:
+            return  # closing: what the client still sends is dropped
         self._active_at = self.loop.time()
         self._buffer += data
         if self._serving is None:
@@ -188,6 +198,7 @@ class CoserveHttpProtocol(asyncio.Protocol):
         """
         self._draining = True
         self._held = False  # what the client has sent is served now, full queue or not
+        self._held_for = None
         self._drain_since = self.loop.time()
         if self._idle_timer is not None:
             self._idle_timer.cancel()
@@ -220,7 +231,8 @@ class CoserveHttpProtocol(asyncio.Protocol):
             self._head_since = self._body_since = None
         elif self._head is not None or self._discard:
             if self._body_since is None:
-                self._body_since = self.loop.time()
+                self._body_since = self._rate_at = self.loop.time()
+                self._rate_bytes = 0
         elif self._buffer and self._head_since is None:
             self._head_since = self.loop.time()
 
@@ -238,6 +250,7 @@ class CoserveHttpProtocol(asyncio.Protocol):
         ):
             if self._discard:
                 skipped = min(self._discard, len(buffer))
+                self._skipped += skipped
                 del buffer[:skipped]
                 self._discard -= skipped
                 if self._discard:
@@ -247,7 +260,7 @@ class CoserveHttpProtocol(asyncio.Protocol):
             if head is None:
                 if not buffer:
                     break
-                parsed = parse_head(buffer, self._limits.max_headers)
+                parsed = parse_head(buffer, self._limits.max_headers, self._max_head)
                 if parsed is INCOMPLETE:
                     break
                 if parsed is HANDOFF:
@@ -265,6 +278,7 @@ class CoserveHttpProtocol(asyncio.Protocol):
                 )
                 if exchange.finished:  # refused from its head (404, 413, not ready)
                     self._discard = head.content_length
+                    self._skipped = 0
                     continue
                 self._head, self._reading = head, exchange
             size = head.content_length
@@ -303,7 +317,7 @@ class CoserveHttpProtocol(asyncio.Protocol):
         if self._access_log:
             self._log_access(status)
         if not self._keep_alive:
-            transport.close()
+            self._close_softly()
             return
         handle = served.handle if served is not None else None
         if handle is not None and handle.waiting_for_room:
@@ -352,9 +366,10 @@ class CoserveHttpProtocol(asyncio.Protocol):
         kernel, in line, and are resumed one per free place, so in a steady overload few
         requests are refused at all and the model keeps its pace.
         """
-        if self._held or self._draining:
+        if self._held or self._draining or handle.closed:
             return
         self._held = True
+        self._held_for = handle
         handle.notify_when_room(self._room)
 
     def _room(self) -> bool:
@@ -362,6 +377,7 @@ class CoserveHttpProtocol(asyncio.Protocol):
         if not self._held:
             return False  # released by shutdown already: the turn passes on
         self._held = False
+        self._held_for = None
         transport = self._transport
         if transport is None or transport.is_closing() or self._handed_off:
             return False
@@ -387,7 +403,15 @@ class CoserveHttpProtocol(asyncio.Protocol):
             return
         now = self.loop.time()
         limits = self._limits
-        reading = self._serving is None and not self._held
+        if self._held:
+            # A safety net under the line: should a wake-up be missed, a held connection looks
+            # for itself every second whether its model's queue has room.
+            handle = self._held_for
+            if handle is not None and not handle.queue_full:
+                self._room()
+                return self._arm_timer(now + self.config.timeout_keep_alive)
+            return self._arm_timer(now + _HELD_RECHECK)
+        reading = self._serving is None
         if reading and self._head_since is not None:
             deadline = self._head_since + limits.head_timeout
             if now >= deadline:
@@ -398,19 +422,21 @@ class CoserveHttpProtocol(asyncio.Protocol):
             if now >= stalled:
                 self._time_out(f"no byte of the request body arrived for {limits.body_timeout:g}s")
                 return
-            grace = self._body_since + limits.body_timeout
-            deadline = min(stalled, grace)
-            if now >= grace and self._head is not None:
-                received = len(self._buffer)
-                rate = received / (now - self._body_since)
+            # The rate over each window of body_timeout seconds, not since the start: a body
+            # sent fast and then a byte every few seconds must not hold its memory for long.
+            received = len(self._buffer) if self._head is not None else self._skipped
+            window_end = self._rate_at + limits.body_timeout
+            if now >= window_end:
+                rate = (received - self._rate_bytes) / (now - self._rate_at)
                 if rate < limits.min_body_rate:
                     self._time_out(
                         f"the request body arrived at {rate:.0f} bytes/s, under the minimum of "
                         f"{limits.min_body_rate} bytes/s"
                     )
                     return
-                # When the average falls to the minimum if no more bytes come.
-                deadline = min(stalled, self._body_since + received / limits.min_body_rate)
+                self._rate_at, self._rate_bytes = now, received
+                window_end = now + limits.body_timeout
+            deadline = min(stalled, window_end)
         else:
             idle = reading and self._reading is None and not self._buffer
             if self._draining:
@@ -424,6 +450,29 @@ class CoserveHttpProtocol(asyncio.Protocol):
                 deadline = now + self.config.timeout_keep_alive  # look again later
         self._arm_timer(max(deadline, now + 0.001))
 
+    def _close_softly(self) -> None:
+        """Close after the last answer without resetting it away.
+
+        Closing with unread bytes makes the kernel send a reset, and the client may then lose
+        the answer it has not read yet (a 413 sent before its body, say). So the write side is
+        shut, what the client still sends is dropped, and the socket closes when the client
+        closes its side or after ``_LINGER`` seconds.
+        """
+        transport = self._transport
+        assert transport is not None
+        self._lingering = True
+        self._buffer.clear()
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = self.loop.call_later(_LINGER, transport.close)
+        if self._read_paused:
+            self._read_paused = False
+            transport.resume_reading()
+
     def _time_out(self, message: str) -> None:
         """Answer 408 to a request that is too slow to arrive, and close the connection."""
         transport = self._transport
@@ -434,7 +483,7 @@ class CoserveHttpProtocol(asyncio.Protocol):
             self._reading = None
         if not self._discard or self._head is not None:
             transport.write(_error_response(408, message))
-        transport.close()
+        self._close_softly()
 
     # -- handing over to uvicorn -------------------------------------------------------------
 
@@ -458,6 +507,8 @@ class CoserveHttpProtocol(asyncio.Protocol):
         )
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
+        if self._draining:  # uvicorn told the connections already; this one learns it here
+            protocol.shutdown()
         data = bytes(self._buffer)
         self._buffer.clear()
         if data:
