@@ -466,3 +466,24 @@ async def test_a_pipelining_client_that_never_reads_is_held_back_in_bounded_memo
             for i in range(min(sent, answered + 1000)):  # and reading lets the server go on
                 status, _, body = await read_response(reader)
                 assert (status, json.loads(body)["error"]) == (404, f"model 'm{i}' is not loaded")
+
+
+async def test_a_body_sent_fast_then_dripped_is_cut_off(tmp_path: Path) -> None:
+    """The rate is judged per window: most of a body at once, then a byte now and then, is 408."""
+    limits = ServerLimits(body_timeout=0.5, min_body_rate=10_000)
+    head = b"POST /v1/models/slow:predict HTTP/1.1\r\nHost: t\r\nContent-Length: 400000\r\n\r\n"
+    async with serve(tmp_path, limits) as (port, _), connection(port) as (reader, writer):
+        writer.write(head + b" " * 300_000)  # averaged from the start: 30 s of allowance
+
+        async def drip() -> None:
+            for _ in range(300):
+                await asyncio.sleep(0.2)
+                writer.write(b" ")
+
+        dripping = asyncio.create_task(drip())
+        try:
+            async with asyncio.timeout(10):
+                status, _ = await read_refusal(reader)
+        finally:
+            dripping.cancel()
+    assert status == 408

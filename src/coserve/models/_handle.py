@@ -216,6 +216,8 @@ class ModelHandle:
             following = next(starts, None)
             while pending or following is not None:
                 while following is not None and len(pending) < self.chunk_window:
+                    if batcher.full:  # wait for room: not a refusal, so not counted as one
+                        break
                     try:
                         submit(*following)
                     except QueueFull:

@@ -205,6 +205,8 @@ class AsgiHttpProtocol(HttpToolsProtocol):
         self._now = 0.0
         self._head_started_at = 0.0
         self._body_started_at = 0.0
+        self._rate_at = 0.0  # the start of the body's current rate window...
+        self._rate_bytes = 0  # ...and the body bytes received by then
         self._last_byte_at = 0.0
         self._frozen_at: float | None = None  # reading paused since (deadlines stop)
         self._timer: asyncio.TimerHandle | None = None
@@ -364,7 +366,8 @@ class AsgiHttpProtocol(HttpToolsProtocol):
         if self._draining and self.cycle is not None:
             self.cycle.keep_alive = False  # the server is stopping: this answer says so
         self._phase = _BODY
-        self._body_started_at = self._now
+        self._body_started_at = self._rate_at = self._now
+        self._rate_bytes = 0
         self._headers_done = self.headers
 
     def on_body(self, body: bytes) -> None:
@@ -545,6 +548,7 @@ class AsgiHttpProtocol(HttpToolsProtocol):
         paused = now - frozen_at
         self._head_started_at += paused
         self._body_started_at += paused
+        self._rate_at += paused
         self._last_byte_at += paused
         if self._phase and not self._refused:
             self._arm_timer(0.0)
@@ -553,8 +557,7 @@ class AsgiHttpProtocol(HttpToolsProtocol):
         if self._phase == _HEAD:
             return self._head_started_at + self._head_timeout
         timeout = self._body_timeout
-        slowest = self._body_started_at + max(timeout, self._body_received / self._min_body_rate)
-        return min(self._last_byte_at + timeout, slowest)
+        return min(self._last_byte_at, self._rate_at) + timeout
 
     def _arm_timer(self, earliest: float) -> None:
         """Have the timer fire by the current deadline (one timer, moved only to fire sooner)."""
@@ -588,19 +591,21 @@ class AsgiHttpProtocol(HttpToolsProtocol):
             cycle = self.cycle
             if cycle is not None and cycle.waiting_for_100_continue:
                 # The client waits for "100 Continue", sent when the app asks for the body.
-                self._body_started_at = self._last_byte_at = now
+                self._body_started_at = self._last_byte_at = self._rate_at = now
+                self._rate_bytes = self._body_received
             elif now >= self._last_byte_at + self._body_timeout:
                 self._refuse(408, f"no byte of the request body for {self._body_timeout:g} s")
                 return
-            else:
-                elapsed = now - self._body_started_at
-                if elapsed >= self._body_timeout and (
-                    self._body_received < self._min_body_rate * elapsed
-                ):
+            elif now >= self._rate_at + self._body_timeout:
+                # The rate over each window of body_timeout seconds, not since the start: a
+                # body sent fast and then a byte every few seconds must not hold on for long.
+                elapsed = now - self._rate_at
+                if self._body_received - self._rate_bytes < self._min_body_rate * elapsed:
                     self._refuse(
                         408, f"the request body came slower than {self._min_body_rate} bytes/s"
                     )
                     return
+                self._rate_at, self._rate_bytes = now, self._body_received
         else:
             return
         self._arm_timer(now + self._recheck)

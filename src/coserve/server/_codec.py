@@ -334,7 +334,7 @@ def start_decode(
     work = size
     # Binary BYTES data is split element by element in Python (~70 ms per MiB of short ones):
     # work like JSON's, and so off the loop too. (A false match only sends a body there.)
-    if len(body) - size >= LARGE_JSON and b"bytes" in body[:size].lower():
+    if size < LARGE_JSON <= len(body) - size and b"bytes" in body[:size].lower():
         work = len(body)
     return decode_soon(work, decode_request, body, header_length)
 

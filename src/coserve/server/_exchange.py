@@ -183,8 +183,10 @@ class InferenceExchange:
             return
         if not isinstance(error, Exception):
             error = RuntimeError(repr(error))
-        if isinstance(error, QueueFull) and self._on_full is not None and self._handle is not None:
-            self._on_full(self._handle)
+        handle, on_full = self._handle, self._on_full
+        # Held only for the model's own full queue (the decoder processes' is not a line).
+        if isinstance(error, QueueFull) and on_full and handle is not None and handle.queue_full:
+            on_full(handle)
         try:
             status, body, headers = self._route.error_answer(error, self._model)
         except Exception:  # never leave the client without an answer
