@@ -153,8 +153,7 @@ def _parser() -> argparse.ArgumentParser:
         type=parse_size,
         default=parse_size("64KiB"),
         metavar="SIZE",
-        help="bytes per second a body must average once it has taken longer than "
-        "--body-timeout (default: 64KiB)",
+        help="bytes per second a body must bring over each --body-timeout window (default: 64KiB)",
     )
     serve.add_argument(
         "--limit-connections",

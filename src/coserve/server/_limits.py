@@ -44,8 +44,9 @@ class ServerLimits:
         head_timeout: Seconds a request's head may take to arrive once its first byte has; then
             408 and the connection closes.
         body_timeout: Seconds a request body may go without a byte arriving (408, closed).
-        min_body_rate: Bytes per second a body must average once it has taken longer than
-            ``body_timeout`` (408, closed): a trickle cannot hold a connection forever.
+        min_body_rate: Bytes per second a body must bring over each window of
+            ``body_timeout`` seconds (408, closed): neither a trickle nor a body sent fast and
+            then dripped can hold a connection for long.
         max_connections: Open HTTP and WebSocket connections at once; one more is answered 503
             and closed at once. By default the process's file-descriptor limit less
             ``RESERVED_DESCRIPTORS``, so the server refuses quickly where it would otherwise
