@@ -487,3 +487,26 @@ async def test_a_body_sent_fast_then_dripped_is_cut_off(tmp_path: Path) -> None:
         finally:
             dripping.cancel()
     assert status == 408
+
+
+@pytest.mark.timeout(60)
+async def test_requests_pipelined_deep_behind_a_running_one_are_all_served_at_shutdown(
+    tmp_path: Path,
+) -> None:
+    """At shutdown only the newest request parsed says close: none sent before it is cut off."""
+    async with (
+        serve(tmp_path, ServerLimits()) as (port, server),
+        connection(port) as (
+            reader,
+            writer,
+        ),
+    ):
+        # More than the 8 requests parsed ahead: the rest are parsed after the signal.
+        writer.write(predict_request(b'{"instances": [1.0]}') + GET_V2 * 12)
+        await writer.drain()
+        await asyncio.sleep(0.3)  # the predict runs (1 s)
+        server.should_exit = True  # what SIGTERM does
+        answers = [await read_response(reader) for _ in range(13)]
+        assert await asyncio.wait_for(reader.read(), timeout=30) == b""
+    assert [status for status, _, _ in answers] == [200] * 13
+    assert [b"connection: close" in head for _, head, _ in answers] == [False] * 12 + [True]

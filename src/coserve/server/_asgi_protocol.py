@@ -221,6 +221,7 @@ class AsgiHttpProtocol(HttpToolsProtocol):
         self._refusal: bytes | None = None  # the answer to send once the earlier ones are out
         self._upgraded = False
         self._draining = False
+        self._closing_cycle: RequestResponseCycle | None = None  # the one whose answer closes
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -280,9 +281,24 @@ class AsgiHttpProtocol(HttpToolsProtocol):
         self._draining = True
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
-            cycle.keep_alive = False
+            self._close_after(cycle)
             return
         self.loop.call_later(DRAIN_IDLE_GRACE, self._close_if_idle)
+
+    def _close_after(self, cycle: RequestResponseCycle) -> None:
+        """Make ``cycle``'s answer the one that closes the connection, in place of an earlier one.
+
+        Only the newest request parsed carries the close: one parsed later (pipelined, or
+        held while reading was paused) must not be cut off by an earlier answer's close. An
+        earlier mark whose answer has begun stays (its close is on its way).
+        """
+        previous = self._closing_cycle
+        if previous is cycle or not cycle.keep_alive:
+            return  # marked already, or the client asked to close anyway
+        if previous is not None and not previous.response_started:
+            previous.keep_alive = True
+        cycle.keep_alive = False
+        self._closing_cycle = cycle
 
     def _close_if_idle(self) -> None:
         if self._upgraded or self.transport.is_closing():
@@ -291,7 +307,7 @@ class AsgiHttpProtocol(HttpToolsProtocol):
         if (cycle is None or cycle.response_complete) and self._phase == _IDLE:
             self.transport.close()
         elif cycle is not None:
-            cycle.keep_alive = False  # it closes once this answer is out
+            self._close_after(cycle)  # it closes once this answer is out
 
     def handle_websocket_upgrade(self) -> None:
         """Hand the real transport, reading, to the WebSocket protocol: it does its own framing."""
@@ -364,7 +380,7 @@ class AsgiHttpProtocol(HttpToolsProtocol):
             raise _RejectedError
         HttpToolsProtocol.on_headers_complete(self)
         if self._draining and self.cycle is not None:
-            self.cycle.keep_alive = False  # the server is stopping: this answer says so
+            self._close_after(self.cycle)  # the server is stopping: this answer says so
         self._phase = _BODY
         self._body_started_at = self._rate_at = self._now
         self._rate_bytes = 0
