@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,51 +22,20 @@ import pytest
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from coserve.models import ModelRepository
-from coserve.server import create_app
 from coserve.server._limits import ServerLimits
-from coserve.server._protocol import CoserveHttpProtocol
-from server_models import add_python_models
+from test_protocol import serve as serve_app
+from test_protocol import wait_until
 
 SHORT = ServerLimits(head_timeout=0.5, body_timeout=0.5)
 GET_V2 = b"GET /v2 HTTP/1.1\r\nHost: test\r\n\r\n"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-async def wait_until(condition: Callable[[], bool], what: str) -> None:
-    for _ in range(600):
-        if condition():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @contextlib.asynccontextmanager
 async def serve(folder: Path, limits: ServerLimits) -> AsyncIterator[tuple[int, uvicorn.Server]]:
     """The app with ``limits`` under uvicorn and coserve's protocol, as ``coserve serve`` runs."""
-    repository = ModelRepository(add_python_models(folder))
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(repository, limits=limits, graceful_timeout=5),
-        host="127.0.0.1",
-        port=port,
-        http=CoserveHttpProtocol,
-        lifespan="on",
-        log_config=None,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        await wait_until(lambda: server.started, "the server to start")
-        yield port, server
-    finally:
-        server.should_exit = True
-        await task
+    servers: list[uvicorn.Server] = []
+    async with serve_app(folder, "coserve", limits=limits, servers=servers) as (port, _):
+        yield port, servers[0]
 
 
 @contextlib.asynccontextmanager

@@ -30,17 +30,14 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 import websockets
 
 from coserve._exceptions import QueueFull
-from coserve.models import ModelRepository
-from coserve.server import create_app
 from coserve.server._decoding import LARGE_JSON, DecoderPool, decoder_pool
 from coserve.server._limits import ServerLimits
 from helpers import ServerProcess
-from server_models import add_python_models
-from test_protocol import PROTOCOLS, free_port, wait_until
+from test_protocol import PROTOCOLS, wait_until
+from test_protocol import serve as serve_app
 
 DEEP = [33, 64, 500, 1000, 1100]
 """Nesting depths that no tensor has: over 32 dimensions, over numpy's 64, over orjson's 1024."""
@@ -72,29 +69,12 @@ async def serve(folder: Path, protocol: str, **limits: int) -> AsyncIterator[str
     Besides the shared models, ``MODELS``: 'wide' (FP32) and 'words' (BYTES) take one row of
     any width.
     """
-    add_python_models(folder)
     for name, (config, model) in MODELS.items():
         (folder / name / "1").mkdir(parents=True)
         (folder / name / "config.toml").write_text(config)
         (folder / name / "1" / "model.py").write_text(model)
-    repository = ModelRepository(folder)
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(repository, graceful_timeout=5, limits=ServerLimits(**limits)),
-        host="127.0.0.1",
-        port=port,
-        http=PROTOCOLS[protocol],
-        lifespan="on",
-        log_config=None,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        await wait_until(lambda: server.started, "the server to start")
+    async with serve_app(folder, protocol, limits=ServerLimits(**limits)) as (port, _):
         yield f"127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 def nested(depth: int, leaf: str = "0") -> str:

@@ -40,7 +40,7 @@ async def serve(
     folder: Path,
     protocol: str,
     *,
-    max_request_size: int = 1 << 26,
+    max_request_size: int | None = None,
     timeout_keep_alive: int = 5,
     servers: list[uvicorn.Server] | None = None,
     limits: ServerLimits | None = None,
