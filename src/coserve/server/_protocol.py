@@ -9,8 +9,9 @@ microsecond of it also delayed the batches. So a connection starts here: request
 Content-Length) are served by an :class:`~coserve.server._exchange.InferenceExchange`, with one
 write per response. At the first request it does not accept, the connection, with every byte not
 yet served, is handed to uvicorn's protocol (``AsgiHttpProtocol``) for the rest of its life, so
-health checks, metadata, metrics, TF Serving, WebSockets and any malformed request behave exactly
-as under uvicorn.
+health checks, metadata, metrics, TF Serving, WebSockets and any malformed request are parsed
+and served as under uvicorn (within the same limits; a malformed request's 400 is coserve's
+JSON error).
 
 Requests on one connection are served one at a time, in order: a pipelined request waits in the
 buffer until the one before it is answered (reading pauses when the buffer is large). A client
