@@ -52,7 +52,9 @@ from coserve.server._limits import DRAIN_IDLE_GRACE, limits_of
 __all__ = ["CoserveHttpProtocol"]
 
 _HIGH_WATER = 64 * 1024  # buffered bytes beyond one request's needs that pause reading
-_HELD_RECHECK = 1.0  # seconds between a held connection's own looks at its model's queue
+# Seconds between a held connection's own looks at its model's queue: a safety net (the line
+# wakes it), kept rare because thousands of connections may be held at once.
+_HELD_RECHECK = 5.0
 _LINGER = 2.0  # seconds a closing connection drops what the client still sends
 
 logger = logging.getLogger("coserve.server")
@@ -406,7 +408,7 @@ class CoserveHttpProtocol(asyncio.Protocol):
         limits = self._limits
         if self._held:
             # A safety net under the line: should a wake-up be missed, a held connection looks
-            # for itself every second whether its model's queue has room.
+            # for itself now and then (_HELD_RECHECK) whether its model's queue has room.
             handle = self._held_for
             if handle is not None and not handle.queue_full:
                 self._room()
