@@ -104,7 +104,7 @@ class Server:
         text = httpx.get(f"{self.url}/metrics", timeout=30).text
         pattern = (
             r'^coserve_request_duration_seconds_bucket\{le="([^"]+)",model="digits",'
-            r'status="200",version="1"\} (\S+)$'
+            r'protocol="http",status="200",version="1"\} (\S+)$'
         )
         return [(float(le), float(count)) for le, count in re.findall(pattern, text, re.M)]
 

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from coserve.server._head import HANDOFF, INCOMPLETE, MAX_HEAD, RequestHead, parse_head
-from coserve.server._infer import match_infer_path
+from coserve.server._native_http import HANDOFF, INCOMPLETE, MAX_HEAD, RequestHead, parse_head
+from coserve.server._v2_rest import match_infer_path
 
 INFER = b"POST /v2/models/digits/infer HTTP/1.1\r\n"
 GOOD = (

@@ -23,7 +23,7 @@ import uvicorn
 from coserve.models import ModelRepository
 from coserve.server import create_app
 from coserve.server._limits import ServerLimits
-from coserve.server._protocol import CoserveHttpProtocol
+from coserve.server._native_http import CoserveHttpProtocol
 from server_models import add_python_models
 
 PROTOCOLS: dict[str, Any] = {"coserve": CoserveHttpProtocol, "uvicorn": "httptools"}
@@ -204,7 +204,7 @@ async def test_a_client_gone_while_its_large_body_is_decoded_runs_nothing(
             f"POST /v2/models/slow/infer HTTP/1.1\r\nHost: test\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}"
         ).encode()
-        latency = 'coserve_request_duration_seconds_count{model="slow"'
+        latency = 'coserve_request_duration_seconds_count{model="slow",protocol="http"'
 
         def answered() -> int:
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()

@@ -352,7 +352,8 @@ def test_metrics_report_batching_per_model(server: ServerProcess, images: np.nda
         'coserve_requests_total{model="digits_onnx",outcome="completed",version="1"}',
         'coserve_batch_size_bucket{le="2",model="digits_onnx",version="1"}',
         'coserve_batch_close_reasons_total{model="digits_onnx",reason="slot_free",version="1"}',
-        'coserve_request_duration_seconds_count{model="digits_onnx",status="200",version="1"}',
+        'coserve_request_duration_seconds_count{model="digits_onnx",protocol="http",status="200",'
+        'version="1"}',
         'coserve_queued_requests{model="slow",version="1"}',
     ):
         assert expected in text, expected

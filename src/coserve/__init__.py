@@ -26,7 +26,9 @@ from coserve._exceptions import (
     PortTypeError,
     QueueFull,
     RequestRejected,
+    RequestTooLarge,
     UnmatchedSignal,
+    Unsupported,
     WouldBlock,
 )
 from coserve.batching import (
@@ -109,11 +111,13 @@ __all__ = [
     "QueueFull",
     "ReceiveChannel",
     "RequestRejected",
+    "RequestTooLarge",
     "SendChannel",
     "Signal",
     "Supervision",
     "TensorSpec",
     "UnmatchedSignal",
+    "Unsupported",
     "WouldBlock",
     "__version__",
     "batched",

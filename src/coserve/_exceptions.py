@@ -11,7 +11,8 @@ clause catches them all; the subclasses let callers react to the category::
     │   └── BrokenChannelError       every receive side is closed: nobody will ever receive
     ├── RequestRejected              the service refused the request, or gave up on it
     │   ├── QueueFull                load shedding: the queue is at its bound
-    │   └── BatcherClosed            shutting down: no new work, and the grace period ran out
+    │   ├── BatcherClosed            shutting down: no new work, and the grace period ran out
+    │   └── Unsupported              the request asks for an API the server does not implement
     ├── DeadlineExceeded             a request's deadline passed (also a TimeoutError)
     ├── BatchFailed                  the batch function failed the whole batch
     ├── RequestTooLarge              a request body is over the server's size limit
@@ -56,6 +57,7 @@ __all__ = [
     "RequestRejected",
     "RequestTooLarge",
     "UnmatchedSignal",
+    "Unsupported",
     "WouldBlock",
 ]
 
@@ -94,6 +96,10 @@ class QueueFull(RequestRejected):
 
 class BatcherClosed(RequestRejected):
     """The batcher is shutting down: no new work, and what the grace period missed fails."""
+
+
+class Unsupported(RequestRejected):
+    """The request asks for an API the server does not implement; the message says what it has."""
 
 
 class DeadlineExceeded(CoserveError, TimeoutError):  # noqa: N818 - the gRPC status name

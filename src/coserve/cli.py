@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import re
-import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
 __all__ = ["main", "parse_size"]
 
@@ -219,52 +216,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    worker = None
-    if args.worker_index is not None:
-        from coserve.server._workers import WorkerInfo, die_with_parent
-
-        die_with_parent()
-        worker = WorkerInfo(args.worker_index, args.workers, args.worker_dir)
+    worker_tag = "" if args.worker_index is None else f"[worker {args.worker_index}]"
     logging.basicConfig(
         level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s"
-        + (f"[worker {worker.index}]" if worker is not None else "")
-        + ": %(message)s",
+        format=f"%(asctime)s %(levelname)-7s %(name)s{worker_tag}: %(message)s",
     )
-    log = logging.getLogger("coserve.server")
-    if args.workers > 1 and worker is None:
-        return _supervise(args, argv, log)
+    from coserve.server import ServeOptions, serve
+    from coserve.server._limits import ServerLimits
 
-    import uvicorn
-
-    from coserve._exceptions import ConfigError
-    from coserve.models import ModelRepository
-    from coserve.server import SessionFactory, SessionManager, create_app, load_factory
-    from coserve.server._limits import ServerLimits, connection_budget, raise_descriptor_limit
-    from coserve.server._protocol import CoserveHttpProtocol
-    from coserve.server._workers import bind, bind_unix
-
-    raise_descriptor_limit()
-    repository = ModelRepository(args.model_repository)
-    apps: dict[str, SessionFactory] = {}
-    if args.model_repository is None:
-        from coserve.demo_apps import digit_assistant
-
-        apps["digits"] = digit_assistant.create
-    try:
-        apps.update((name, load_factory(spec)) for name, spec in args.app)
-    except ConfigError as error:
-        log.error("%s", error)
-        return 2
-    sessions = SessionManager(
-        repository,
-        apps,
-        max_sessions=args.max_sessions,
-        idle_timeout=args.session_idle_timeout or None,
-        drain_timeout=args.graceful_timeout,
-    )
-    app = create_app(
-        repository,
+    options = ServeOptions(
+        model_repository=args.model_repository,
+        host=args.host,
+        port=args.port,
         limits=ServerLimits(
             max_request_size=args.max_request_size,
             max_json_size=args.max_json_size,
@@ -273,78 +236,17 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
             head_timeout=args.head_timeout,
             body_timeout=args.body_timeout,
             min_body_rate=args.min_body_rate,
-            max_connections=args.limit_connections or connection_budget(),
         ),
+        limit_connections=args.limit_connections,
         graceful_timeout=args.graceful_timeout,
-        sessions=sessions,
-        worker=worker,
+        apps=tuple(args.app),
+        max_sessions=args.max_sessions,
+        session_idle_timeout=args.session_idle_timeout or None,
+        workers=args.workers,
+        worker_index=args.worker_index,
+        worker_dir=args.worker_dir,
     )
-    state = app.state
-
-    class Server(uvicorn.Server):
-        """uvicorn, except that a signal first turns readiness off, and exit status stays 0."""
-
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            if state.ready:
-                log.info(
-                    "received %s: not ready; draining accepted requests", signal.Signals(sig).name
-                )
-            state.ready = False
-            super().handle_exit(sig, frame)
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            # uvicorn re-raises the signal after shutting down, which would make the exit status
-            # 128+N; a clean drain is a success, so handle the signals without re-raising.
-            previous = {
-                s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)
-            }
-            try:
-                yield
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-
-    config = uvicorn.Config(
-        app,
-        host=args.host,
-        port=args.port,
-        loop="uvloop",
-        http=CoserveHttpProtocol,
-        lifespan="on",
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=int(args.graceful_timeout) or 1,
-    )
-    try:
-        sockets = [bind(args.host, args.port, reuse_port=worker is not None)]
-        if worker is not None:  # the private socket the other workers gather metrics through
-            sockets.append(bind_unix(worker.socket_path()))
-    except OSError as error:
-        log.error("cannot listen on %s:%d: %s", args.host, args.port, error)
-        return 1
-    log.info("coserve serving %s on http://%s:%d", repository.path, args.host, args.port)
-    for name in apps:
-        log.info("session app %r at ws://%s:%d/sessions/%s", name, args.host, args.port, name)
-    server = Server(config)
-    server.run(sockets=sockets)
-    return 0 if server.started else 1
-
-
-def _supervise(args: argparse.Namespace, argv: Sequence[str], log: logging.Logger) -> int:
-    from coserve.server._workers import bind, run_supervisor
-
-    try:  # fail here, once, if the address is taken, rather than in every worker
-        reservation = bind(args.host, args.port, reuse_port=True)
-    except OSError as error:
-        log.error("cannot listen on %s:%d: %s", args.host, args.port, error)
-        return 1
-    # Held, bound but never listening, while the workers run: it takes no connections, keeps
-    # the port from programs that do not share it, and fixes the port that --port 0 chose.
-    with reservation:
-        port = reservation.getsockname()[1]
-        log.info("coserve starting %d workers on http://%s:%d", args.workers, args.host, port)
-        return run_supervisor([*argv, "--port", str(port)], args.workers, args.graceful_timeout)
+    return serve(options, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

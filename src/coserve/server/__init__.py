@@ -6,7 +6,8 @@ TensorFlow Serving REST API under ``/v1``; and per-session coroutine graphs over
 ``/sessions/{app}`` (a :class:`SessionFactory` builds each session's :class:`SessionPipeline`).
 """
 
-from coserve.server._app import EXTENSIONS, ServerState, create_app
+from coserve.server._app import EXTENSIONS, create_app
+from coserve.server._serve import ServeOptions, serve
 from coserve.server._sessions import (
     Session,
     SessionFactory,
@@ -14,9 +15,11 @@ from coserve.server._sessions import (
     SessionPipeline,
     load_factory,
 )
+from coserve.server._state import ServerState
 
 __all__ = [
     "EXTENSIONS",
+    "ServeOptions",
     "ServerState",
     "Session",
     "SessionFactory",
@@ -24,4 +27,5 @@ __all__ = [
     "SessionPipeline",
     "create_app",
     "load_factory",
+    "serve",
 ]

@@ -1,24 +1,11 @@
 """The ASGI application over a model repository.
 
-Open Inference Protocol (KServe V2) REST under ``/v2`` (inference itself in ``_infer``, served
-natively by coserve's HTTP protocol, ``_protocol``), streaming inference over WebSocket,
+Open Inference Protocol (KServe V2) REST under ``/v2`` (inference itself in ``_v2_rest``, served
+natively by coserve's HTTP protocol, ``_native_http``), streaming inference over WebSocket,
 per-session graphs over WebSocket at ``/sessions/{app}``, TensorFlow Serving REST under ``/v1``,
 health and ``/metrics``.
 
-Status codes (one mapping, shared by every endpoint, in ``_http.status_of``):
-
-==========================  ======  =========================================================
-error                       status  when
-==========================  ======  =========================================================
-InvalidInput                400     malformed JSON, wrong shapes or datatypes, unknown inputs
-ModelNotFound               404     unknown model or version
-(method)                    405     a route called with the wrong method
-(body size)                 413     body over ``max_request_size`` (refused before reading it)
-QueueFull                   429     the model's queue is full: shed, retry later
-BatcherClosed               503     the server is shutting down or the model unloading
-DeadlineExceeded            504     the request's deadline passed
-BatchFailed / ModelError    500     the model itself failed (never caused by request input)
-==========================  ======  =========================================================
+Errors map to statuses in one table, shared by every endpoint and protocol: ``_errors``.
 """
 
 from __future__ import annotations
@@ -28,7 +15,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -40,12 +26,14 @@ from coserve import __version__
 from coserve._exceptions import ModelNotFound
 from coserve.models import ModelHandle, ModelRepository
 from coserve.server._decoding import serving
-from coserve.server._http import endpoint, error_response, json_response
-from coserve.server._infer import InferenceRoute
 from coserve.server._limits import ServerLimits
 from coserve.server._metrics import Metrics
+from coserve.server._responses import endpoint, error_response, json_response
+from coserve.server._service import InferenceService
 from coserve.server._sessions import SessionManager
+from coserve.server._state import ServerState
 from coserve.server._tfserving import tfserving_endpoint
+from coserve.server._v2_rest import InferenceRoute
 from coserve.server._websocket import websocket_endpoint
 from coserve.server._workers import WorkerInfo, gather_metrics
 
@@ -54,30 +42,6 @@ __all__ = ["EXTENSIONS", "ServerState", "create_app"]
 logger = logging.getLogger("coserve.server")
 
 EXTENSIONS = ["binary_tensor_data", "schedule_policy"]
-
-
-class ServerState:
-    """What the endpoints share: the repository, the limits, and whether the server is ready."""
-
-    def __init__(
-        self, repository: ModelRepository, *, limits: ServerLimits, graceful_timeout: float
-    ) -> None:
-        self.repository = repository
-        self.limits = limits
-        self.graceful_timeout = graceful_timeout
-        self.ready = False
-        """Readiness, as the health endpoints report it: off from the first sign of shutdown."""
-        self.accepting = False
-        """Whether inference requests are taken: from the models' loading until they unload.
-
-        Stays on while the server drains after a signal (readiness is already off then), so a
-        request a client sent before it learnt of the shutdown is still served.
-        """
-
-    @property
-    def max_request_size(self) -> int:
-        """The largest request body accepted, in bytes."""
-        return self.limits.max_request_size
 
 
 def _handle(state: ServerState, request: Request) -> ModelHandle:
@@ -111,6 +75,7 @@ def create_app(
     state = ServerState(repository, limits=limits, graceful_timeout=graceful_timeout)
     sessions = sessions if sessions is not None else SessionManager(repository, {})
     metrics = Metrics(repository, sessions)
+    service = InferenceService(state, metrics.observe_request)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -190,19 +155,15 @@ def create_app(
         Route("/v2/models/{model}/versions/{version}", endpoint(model_metadata), methods=["GET"]),
         Route("/v2/models/{model}/ready", model_ready, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/ready", model_ready, methods=["GET"]),
-        WebSocketRoute("/v2/models/{model}/infer/ws", websocket_endpoint(repository)),
+        WebSocketRoute("/v2/models/{model}/infer/ws", websocket_endpoint(service)),
         WebSocketRoute(
-            "/v2/models/{model}/versions/{version}/infer/ws", websocket_endpoint(repository)
+            "/v2/models/{model}/versions/{version}/infer/ws", websocket_endpoint(service)
         ),
         WebSocketRoute("/sessions/{app}", sessions.serve),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route(
             "/v1/models/{rest:path}",
-            endpoint(
-                tfserving_endpoint(
-                    repository, lambda: state.max_request_size, lambda: state.accepting
-                )
-            ),
+            endpoint(tfserving_endpoint(service)),
             methods=["GET", "POST"],
         ),
     ]
@@ -210,16 +171,4 @@ def create_app(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
     )
 
-    latency_by_label: dict[tuple[str, str, int], Any] = {}
-
-    def observe(model: str, version: str, status: int, seconds: float) -> None:
-        # labels() takes a lock and builds a key on every call; the children are reused.
-        key = (model, version, status)
-        child = latency_by_label.get(key)
-        if child is None:
-            child = latency_by_label[key] = metrics.request_latency.labels(
-                model, version, str(status)
-            )
-        child.observe(seconds)
-
-    return InferenceRoute(app, state, observe)
+    return InferenceRoute(app, service)

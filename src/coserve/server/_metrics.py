@@ -8,6 +8,7 @@ nothing for metrics beyond one histogram observation of its own latency.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import (
@@ -116,7 +117,7 @@ class _SessionCollector(Collector):
 
 
 class Metrics:
-    """The server's metrics registry: batcher and session statistics, HTTP request latency."""
+    """The server's metrics registry: batcher and session statistics, request latency."""
 
     def __init__(self, repository: ModelRepository, sessions: SessionManager) -> None:
         self.registry = CollectorRegistry()
@@ -124,8 +125,10 @@ class Metrics:
         self.registry.register(_SessionCollector(sessions))
         self.request_latency = Histogram(
             "coserve_request_duration_seconds",
-            "Inference request latency at the HTTP layer, by model, version and status",
-            ["model", "version", "status"],
+            "Inference request latency as its protocol driver saw it, by protocol (http, "
+            "websocket, grpc, grpc-stream, tfserving-http, tfserving-grpc), model, version and "
+            "status (HTTP status, or gRPC status name)",
+            ["protocol", "model", "version", "status"],
             registry=self.registry,
             # Fine enough between 10 ms and 1 s to read a p99 under overload, where a request's
             # time is about the time to drain the queue.
@@ -151,6 +154,21 @@ class Metrics:
                 10,
             ),
         )
+
+        self._latency_by_label: dict[tuple[str, str, str, int | str], Any] = {}
+
+    def observe_request(
+        self, protocol: str, model: str, version: str, status: int | str, seconds: float
+    ) -> None:
+        """Record one inference request's latency."""
+        # labels() takes a lock and builds a key on every call; the children are reused.
+        key = (protocol, model, version, status)
+        child = self._latency_by_label.get(key)
+        if child is None:
+            child = self._latency_by_label[key] = self.request_latency.labels(
+                protocol, model, version, str(status)
+            )
+        child.observe(seconds)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

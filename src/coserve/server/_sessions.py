@@ -46,7 +46,7 @@ from coserve._log import RepeatedLog
 from coserve.channels import ReceiveChannel, SendChannel
 from coserve.graph import DeadLetter, Graph, Input, Output, Signal
 from coserve.models import ModelRepository
-from coserve.server._http import status_of
+from coserve.server._errors import status_of
 
 __all__ = [
     "CLOSE_APP_FAILED",

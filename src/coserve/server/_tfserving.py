@@ -5,7 +5,7 @@ an object of named inputs, or the bare value when the model has one input) or ``
 (columnar: the value, or an object of named inputs), never both; bytes travel as
 ``{"b64": "..."}``. The answer is ``{"predictions": [...]}`` for rows and ``{"outputs": ...}`` for
 columns; a single output is not named. Outputs whose names end in ``_bytes`` come back base64
-encoded, as TF Serving does. ``:classify`` and ``:regress`` answer 501.
+encoded, as TF Serving does. ``:classify`` and ``:regress`` answer 501 (``Unsupported``).
 
 The whole body is JSON, so the server's ``max_json_size`` bounds it (413), and a large one is
 parsed and turned into arrays in a decoder process (``_decoding``), as on the V2 route. The walk
@@ -17,22 +17,27 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 from asyncio import Future
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeGuard
 
 import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
-from coserve._exceptions import InvalidInput, RequestTooLarge
-from coserve.models import ModelHandle, ModelRepository, TensorSpec
-from coserve.server._codec import _MAX_DIMENSIONS, check_data_nesting, load_json_object
+from coserve._exceptions import InvalidInput, RequestTooLarge, Unsupported
+from coserve.models import ModelHandle, TensorSpec
 from coserve.server._decoding import decode_soon
-from coserve.server._http import error_response, json_response, read_body
-from coserve.server._limits import limits_of
+from coserve.server._errors import describe
+from coserve.server._responses import error_response, json_response, read_body
+from coserve.server._service import InferenceService
+from coserve.server._v2_codec import _MAX_DIMENSIONS, check_data_nesting, load_json_object
 
-__all__ = ["decode_predict", "tfserving_endpoint"]
+__all__ = ["PROTOCOL", "decode_predict", "tfserving_endpoint"]
+
+PROTOCOL = "tfserving-http"
+"""The ``protocol`` label of ``:predict`` requests in the latency metric."""
 
 _PATH = re.compile(
     r"^(?P<model>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<action>/metadata|:predict|:classify|:regress)?$"
@@ -254,12 +259,9 @@ def _json_too_large(size: int, limit: int, model: str) -> RequestTooLarge:
     )
 
 
-def tfserving_endpoint(
-    repository: ModelRepository,
-    max_request_size: Callable[[], int],
-    is_ready: Callable[[], bool],
-) -> Callable[[Request], Any]:
+def tfserving_endpoint(service: InferenceService) -> Callable[[Request], Awaitable[Response]]:
     """The handler for every ``/v1/models/...`` path (routing on a path with ``:verb`` suffixes)."""
+    repository = service.state.repository
 
     async def handle(request: Request) -> Response:
         match = _PATH.match(request.path_params["rest"])
@@ -277,41 +279,53 @@ def tfserving_endpoint(
             versions = [m.version for m in repository.models() if m.name == name]
             return json_response(_status([version] if version else versions))
         if action != ":predict":
-            return error_response(
+            raise Unsupported(
                 f"{action[1:]} is not implemented: coserve serves TensorFlow Serving's predict API "
-                "only; use :predict, or the Open Inference Protocol under /v2",
-                501,
+                "only; use :predict, or the Open Inference Protocol under /v2"
             )
-        if not is_ready():
-            return error_response("the server is not ready (starting or shutting down)", 503)
-        handle_ = repository.get(name, version)
-        limit = limits_of(request.app).max_json_size
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:  # refused before it is read
-            raise _json_too_large(int(declared), limit, name)
-        body = await read_body(request, max_request_size())
-        if len(body) > limit:
-            raise _json_too_large(len(body), limit, name)
-        decoding = decode_soon(len(body), decode_predict, body, handle_.name, handle_.inputs)
-        signature, inputs, rows = await decoding if isinstance(decoding, Future) else decoding
-        expected = repository.config(name).signature
-        if signature not in (None, "", expected):
-            raise InvalidInput(
-                f"model {name!r} has no signature {signature!r}; it has {expected!r}"
-            )
-        outputs = await handle_.infer(inputs)
-        if rows:
-            names = list(outputs)
-            if len(names) == 1:
-                return json_response({"predictions": _json_value(names[0], outputs[names[0]])})
-            count = len(next(iter(outputs.values())))
-            predictions = [
-                {n: _json_value(n, outputs[n][i : i + 1])[0] for n in names} for i in range(count)
-            ]
-            return json_response({"predictions": predictions})
-        if len(outputs) == 1:
-            (only,) = outputs.items()
-            return json_response({"outputs": _json_value(*only)})
-        return json_response({"outputs": {n: _json_value(n, a) for n, a in outputs.items()}})
+        started = time.perf_counter()
+        served: ModelHandle | None = None
+        try:
+            served = service.resolve(name, version)
+            response = await _predict(service, served, request)
+        except Exception as error:
+            status = describe(error).status
+            service.observe(PROTOCOL, served, status, time.perf_counter() - started)
+            raise
+        service.observe(PROTOCOL, served, 200, time.perf_counter() - started)
+        return response
 
     return handle
+
+
+async def _predict(service: InferenceService, handle: ModelHandle, request: Request) -> Response:
+    """One ``:predict``: its body checked, read, decoded, run and answered as TF Serving does."""
+    limit = service.state.limits.max_json_size
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:  # refused before it is read
+        raise _json_too_large(int(declared), limit, handle.name)
+    service.admit(handle, int(declared) if declared.isdigit() else None)
+    body = await read_body(request, service.state.limits.max_request_size)
+    if len(body) > limit:
+        raise _json_too_large(len(body), limit, handle.name)
+    decoding = decode_soon(len(body), decode_predict, body, handle.name, handle.inputs)
+    signature, inputs, rows = await decoding if isinstance(decoding, Future) else decoding
+    expected = service.state.repository.config(handle.name).signature
+    if signature not in (None, "", expected):
+        raise InvalidInput(
+            f"model {handle.name!r} has no signature {signature!r}; it has {expected!r}"
+        )
+    outputs = await service.infer(handle, inputs)
+    if rows:
+        names = list(outputs)
+        if len(names) == 1:
+            return json_response({"predictions": _json_value(names[0], outputs[names[0]])})
+        count = len(next(iter(outputs.values())))
+        predictions = [
+            {n: _json_value(n, outputs[n][i : i + 1])[0] for n in names} for i in range(count)
+        ]
+        return json_response({"predictions": predictions})
+    if len(outputs) == 1:
+        (only,) = outputs.items()
+        return json_response({"outputs": _json_value(*only)})
+    return json_response({"outputs": {n: _json_value(n, a) for n, a in outputs.items()}})

@@ -18,26 +18,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from coserve._exceptions import ChannelError, CoserveError, InvalidInput
+from coserve._exceptions import ChannelError, CoserveError, InvalidInput, ModelNotFound
 from coserve.channels import open_channel
-from coserve.models import ModelHandle, ModelRepository
-from coserve.server._codec import decode_request_async, encode_response
+from coserve.models import ModelHandle
 from coserve.server._decoding import decode_soon
-from coserve.server._http import status_of
-from coserve.server._limits import limits_of
+from coserve.server._errors import report
+from coserve.server._service import InferenceService
+from coserve.server._v2_codec import decode_request_async, encode_response
 
-__all__ = ["CLOSE_MODEL_NOT_FOUND", "websocket_endpoint"]
+__all__ = ["CLOSE_MODEL_NOT_FOUND", "CLOSE_TRY_LATER", "PROTOCOL", "websocket_endpoint"]
 
-logger = logging.getLogger("coserve.server")
 
 CLOSE_MODEL_NOT_FOUND = 4404
 """Close code when the URL names no loaded model (application range, after HTTP's 404)."""
+CLOSE_TRY_LATER = 1013
+"""Close code when the server is not taking work (starting, or its models unloading)."""
+PROTOCOL = "websocket"
+"""The ``protocol`` label of these requests in the latency metric."""
 
 
 def _request_id(body: bytes) -> Any:
@@ -52,8 +56,11 @@ def _request_id(body: bytes) -> Any:
     return None
 
 
-async def _answer(handle: ModelHandle, text: str | bytes | None, max_json_size: int) -> bytes:
+async def _answer(
+    service: InferenceService, handle: ModelHandle, text: str | bytes | None, max_json_size: int
+) -> bytes:
     """One child's work: decode, infer, encode; errors become an error message for its id."""
+    started = time.perf_counter()
     body = b""
     try:
         if text is None:
@@ -62,26 +69,23 @@ async def _answer(handle: ModelHandle, text: str | bytes | None, max_json_size: 
         decoded = await decode_request_async(body, None, max_json_size=max_json_size)
         decoded.binary_outputs.clear()  # one JSON message per answer
         decoded.all_outputs_binary = False
-        outputs = await handle.infer(decoded.inputs, outputs=decoded.outputs)
+        outputs = await service.infer(
+            handle, decoded.inputs, outputs=decoded.outputs, parameters=decoded.parameters
+        )
         answer, _ = encode_response(
             model=handle.name,
             version=handle.version,
             request=decoded,
             outputs=outputs,
-            datatypes={s.name: s.datatype for s in handle.outputs},
+            datatypes=handle.output_datatypes,
         )
+        service.observe(PROTOCOL, handle, 200, time.perf_counter() - started)
         return answer
-    except CoserveError as error:
-        status = status_of(error)
-        if status == 500:
-            logger.error("websocket request failed: %s", error, exc_info=error)
+    except Exception as error:  # the request still gets its one answer (and, if a bug, a log)
+        failure = report(error, f"websocket inference on {handle.name}")
+        service.observe(PROTOCOL, handle, failure.status, time.perf_counter() - started)
         request_id = await _failed_id(body, max_json_size)
-        return orjson.dumps({"id": request_id, "error": str(error), "status": status})
-    except Exception as error:  # a bug: the request still gets its one answer, and a log line
-        request_id = await _failed_id(body, max_json_size)
-        logger.exception("websocket request %r: internal error", request_id)
-        message = f"internal error: {error!r}"
-        return orjson.dumps({"id": request_id, "error": message, "status": 500})
+        return orjson.dumps({"id": request_id, "error": failure.message, "status": failure.status})
 
 
 async def _failed_id(body: bytes, max_json_size: int) -> Any:
@@ -94,25 +98,28 @@ async def _failed_id(body: bytes, max_json_size: int) -> Any:
     return None
 
 
-def websocket_endpoint(repository: ModelRepository, max_in_flight: int = 256) -> Any:
+def websocket_endpoint(
+    service: InferenceService, max_in_flight: int = 256
+) -> Callable[[WebSocket], Awaitable[None]]:
     """The WebSocket handler; ``max_in_flight`` bounds each connection's concurrent requests."""
 
     async def handler(websocket: WebSocket) -> None:
         await websocket.accept()
         name = websocket.path_params["model"]
         try:
-            handle = repository.get(name, websocket.path_params.get("version"))
+            handle = service.resolve(name, websocket.path_params.get("version"))
         except CoserveError as error:
-            await websocket.close(code=CLOSE_MODEL_NOT_FOUND, reason=str(error)[:120])
+            code = CLOSE_MODEL_NOT_FOUND if isinstance(error, ModelNotFound) else CLOSE_TRY_LATER
+            await websocket.close(code=code, reason=str(error)[:120])
             return
-        max_json_size = limits_of(websocket.app).max_json_size
+        max_json_size = service.state.limits.max_json_size
         answers_in, answers_out = open_channel[bytes](max_in_flight)
         slots = asyncio.Semaphore(max_in_flight)
         children: set[asyncio.Task[None]] = set()
 
         async def child(text: str | bytes | None) -> None:
             try:
-                await answers_in.send(await _answer(handle, text, max_json_size))
+                await answers_in.send(await _answer(service, handle, text, max_json_size))
             except ChannelError:
                 pass  # the connection closed first: nobody is left to answer
             finally:

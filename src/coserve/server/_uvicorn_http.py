@@ -55,7 +55,7 @@ from uvicorn.protocols.http.httptools_impl import (
 
 from coserve.server._limits import DRAIN_IDLE_GRACE, limits_of
 
-__all__ = ["AsgiHttpProtocol"]
+__all__ = ["UvicornHttpProtocol"]
 
 _MAX_PIPELINED: Final = 8
 """Parsed requests that may wait behind the one being answered before reading pauses."""
@@ -143,7 +143,7 @@ class _ReadGate(FlowControl):
     queued or while body waits for the app.
     """
 
-    def __init__(self, transport: asyncio.Transport, protocol: AsgiHttpProtocol) -> None:
+    def __init__(self, transport: asyncio.Transport, protocol: UvicornHttpProtocol) -> None:
         super().__init__(transport)
         self._protocol = protocol
 
@@ -170,7 +170,7 @@ def _error_body(message: str) -> bytes:
     return json.dumps({"error": message}).encode()
 
 
-class AsgiHttpProtocol(HttpToolsProtocol):
+class UvicornHttpProtocol(HttpToolsProtocol):
     """uvicorn's ``HttpToolsProtocol`` with coalesced writes, limits and bounded buffering.
 
     Takes the arguments of uvicorn's HTTP protocols; the limits are those of the app

@@ -1,8 +1,7 @@
-"""What every HTTP endpoint shares: the error-to-status mapping, JSON responses, body limits."""
+"""What the Starlette endpoints share: JSON responses, the error shape, the body limit."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -10,41 +9,10 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from coserve._exceptions import (
-    BatcherClosed,
-    CoserveError,
-    DeadlineExceeded,
-    GraphStopped,
-    InvalidInput,
-    ModelNotFound,
-    QueueFull,
-    RequestTooLarge,
-    UnmatchedSignal,
-)
+from coserve._exceptions import InvalidInput, RequestTooLarge
+from coserve.server._errors import CLIENT_GONE_STATUS, report
 
-__all__ = ["endpoint", "error_response", "json_response", "read_body", "status_of"]
-
-logger = logging.getLogger("coserve.server")
-
-_STATUS: list[tuple[type[Exception], int]] = [
-    (InvalidInput, 400),
-    (UnmatchedSignal, 504),
-    (GraphStopped, 503),
-    (ModelNotFound, 404),
-    (QueueFull, 429),
-    (BatcherClosed, 503),
-    (DeadlineExceeded, 504),
-]
-
-
-def status_of(error: Exception) -> int:
-    """The HTTP status an error maps to (500 only for failures of the model itself)."""
-    if isinstance(error, RequestTooLarge):
-        return 413
-    for kind, status in _STATUS:
-        if isinstance(error, kind):
-            return status
-    return 500
+__all__ = ["endpoint", "error_response", "json_response", "read_body"]
 
 
 def json_response(
@@ -84,20 +52,15 @@ async def read_body(request: Request, limit: int) -> bytes:
 def endpoint(
     fn: Callable[[Request], Awaitable[Response]],
 ) -> Callable[[Request], Awaitable[Response]]:
-    """Map coserve's errors to protocol error responses, the same way everywhere."""
+    """Answer an endpoint's errors in the protocol's shape, with ``_errors``' statuses."""
 
     async def wrapped(request: Request) -> Response:
         try:
             return await fn(request)
-        except CoserveError as error:
-            status = status_of(error)
-            if status == 500:
-                logger.error("request %s failed: %s", request.url.path, error, exc_info=error)
-            return error_response(str(error), status)
-        except ClientDisconnect:
-            return Response(status_code=499)  # the client left mid-body: nothing to answer
-        except Exception as error:  # a bug: still answer in the protocol's shape, and log it
-            logger.exception("request %s: internal error", request.url.path)
-            return error_response(f"internal error: {error!r}", 500)
+        except ClientDisconnect:  # the client left mid-body: nothing to answer
+            return Response(status_code=CLIENT_GONE_STATUS)
+        except Exception as error:  # the status by _errors' table; a bug is a logged 500
+            failure = report(error, f"request {request.url.path}")
+            return error_response(failure.message, failure.status)
 
     return wrapped

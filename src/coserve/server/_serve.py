@@ -1,0 +1,175 @@
+"""Server assembly: what ``coserve serve`` runs, from options to a process that serves.
+
+:func:`serve` loads nothing itself: it builds the app (``create_app``), binds the sockets, and
+runs uvicorn with coserve's HTTP protocol on uvloop; or, with ``workers > 1``, supervises that
+many worker processes that share the port (``_workers``). A signal (SIGTERM, SIGINT) turns
+readiness off first, then drains: HTTP requests already accepted are answered within the
+graceful timeout, and the exit status is 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from coserve._exceptions import ConfigError
+from coserve.server._limits import ServerLimits
+
+__all__ = ["ServeOptions", "serve"]
+
+log = logging.getLogger("coserve.server")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """What ``coserve serve`` was asked to do (its command-line options)."""
+
+    model_repository: Path | None = None
+    """The model repository folder; None serves the bundled demo models and session app."""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    """Bounds on what one client may make the server hold (``max_connections`` aside)."""
+    limit_connections: int | None = None
+    """Open connections allowed at once; None: the file-descriptor budget, once the limit is
+    raised (``connection_budget``)."""
+    graceful_timeout: float = 30.0
+    apps: tuple[tuple[str, str], ...] = ()
+    """Session apps as ``(name, "module:factory")``."""
+    max_sessions: int = 1000
+    session_idle_timeout: float | None = 300.0
+    workers: int = 1
+    worker_index: int | None = None
+    """Set in the worker processes that ``workers > 1`` starts."""
+    worker_dir: Path | None = None
+
+
+def serve(options: ServeOptions, argv: Sequence[str]) -> int:
+    """Serve until a signal; returns the exit status.
+
+    ``argv`` is the command line the options came from: the supervisor of ``workers > 1``
+    starts each worker with it.
+    """
+    worker = None
+    if options.worker_index is not None:
+        assert options.worker_dir is not None, "a worker is started with its --worker-dir"
+        from coserve.server._workers import WorkerInfo, die_with_parent
+
+        die_with_parent()
+        worker = WorkerInfo(options.worker_index, options.workers, options.worker_dir)
+    if options.workers > 1 and worker is None:
+        return _supervise(options, argv)
+
+    import uvicorn
+
+    from coserve.models import ModelRepository
+    from coserve.server._app import create_app
+    from coserve.server._limits import connection_budget, raise_descriptor_limit
+    from coserve.server._native_http import CoserveHttpProtocol
+    from coserve.server._sessions import SessionFactory, SessionManager, load_factory
+    from coserve.server._workers import bind, bind_unix
+
+    raise_descriptor_limit()
+    repository = ModelRepository(options.model_repository)
+    apps: dict[str, SessionFactory] = {}
+    if options.model_repository is None:
+        from coserve.demo_apps import digit_assistant
+
+        apps["digits"] = digit_assistant.create
+    try:
+        apps.update((name, load_factory(spec)) for name, spec in options.apps)
+    except ConfigError as error:
+        log.error("%s", error)
+        return 2
+    sessions = SessionManager(
+        repository,
+        apps,
+        max_sessions=options.max_sessions,
+        idle_timeout=options.session_idle_timeout,
+        drain_timeout=options.graceful_timeout,
+    )
+    limits = options.limits.replace(
+        max_connections=options.limit_connections or connection_budget()
+    )
+    app = create_app(
+        repository,
+        limits=limits,
+        graceful_timeout=options.graceful_timeout,
+        sessions=sessions,
+        worker=worker,
+    )
+    state = app.state
+
+    class Server(uvicorn.Server):
+        """uvicorn, except that a signal first turns readiness off, and exit status stays 0."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if state.ready:
+                log.info(
+                    "received %s: not ready; draining accepted requests", signal.Signals(sig).name
+                )
+            state.ready = False
+            super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn re-raises the signal after shutting down, which would make the exit status
+            # 128+N; a clean drain is a success, so handle the signals without re-raising.
+            previous = {
+                s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)
+            }
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    config = uvicorn.Config(
+        app,
+        host=options.host,
+        port=options.port,
+        loop="uvloop",
+        http=CoserveHttpProtocol,
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=int(options.graceful_timeout) or 1,
+    )
+    host, port = options.host, options.port
+    try:
+        sockets = [bind(host, port, reuse_port=worker is not None)]
+        if worker is not None:  # the private socket the other workers gather metrics through
+            sockets.append(bind_unix(worker.socket_path()))
+    except OSError as error:
+        log.error("cannot listen on %s:%d: %s", host, port, error)
+        return 1
+    log.info("coserve serving %s on http://%s:%d", repository.path, host, port)
+    for name in apps:
+        log.info("session app %r at ws://%s:%d/sessions/%s", name, host, port, name)
+    server = Server(config)
+    server.run(sockets=sockets)
+    return 0 if server.started else 1
+
+
+def _supervise(options: ServeOptions, argv: Sequence[str]) -> int:
+    from coserve.server._workers import bind, run_supervisor
+
+    host, port = options.host, options.port
+    try:  # fail here, once, if the address is taken, rather than in every worker
+        reservation = bind(host, port, reuse_port=True)
+    except OSError as error:
+        log.error("cannot listen on %s:%d: %s", host, port, error)
+        return 1
+    # Held, bound but never listening, while the workers run: it takes no connections, keeps
+    # the port from programs that do not share it, and fixes the port that --port 0 chose.
+    with reservation:
+        port = reservation.getsockname()[1]
+        log.info("coserve starting %d workers on http://%s:%d", options.workers, host, port)
+        return run_supervisor(
+            [*argv, "--port", str(port)], options.workers, options.graceful_timeout
+        )
