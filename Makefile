@@ -13,15 +13,17 @@ $(BIN)/python:
 
 # The main job serves the bundled TensorFlow demo model, so it needs the tensorflow extra.
 $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[tensorflow,onnx]'
+	$(PIP) install -e '.[tensorflow,onnx,grpc]'
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(PIP) install -e '.[dev]'
+	$(PIP) install --no-deps 'tensorflow-serving-api==2.21.0'  # requires tensorflow, not -cpu
 	@touch $@
 
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	$(PIP) install -e '.[dev,bench]'
+	$(PIP) install --no-deps 'tensorflow-serving-api==2.21.0'  # requires tensorflow, not -cpu
 	@touch $@
 
 serve: $(VENV)/.installed-run

@@ -79,7 +79,15 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
-        command = [sys.executable, "-m", "coserve.cli", "serve", "--port", str(self.port)]
+        command = [
+            sys.executable,
+            "-m",
+            "coserve.cli",
+            "serve",
+            "--no-grpc",
+            "--port",
+            str(self.port),
+        ]
         command += ["--model-repository", str(repository), "--log-level", "warning", *args]
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 180

@@ -44,26 +44,42 @@ class RecordingModel:
 
 
 class ServerProcess:
-    """A real ``coserve serve`` subprocess on a free port, for tests that speak HTTP to it."""
+    """A real ``coserve serve`` subprocess on a free port, for tests that speak HTTP to it.
 
-    def __init__(self, *args: str) -> None:
+    With ``grpc``, it serves gRPC too, on another free port (``grpc_port``); without, none.
+    """
+
+    def __init__(self, *args: str, grpc: bool = False) -> None:
         import os
         import socket
         import subprocess
         import sys
         import tempfile
 
-        with socket.socket() as probe:
+        with socket.socket() as probe, socket.socket() as grpc_probe:
             probe.bind(("127.0.0.1", 0))
+            grpc_probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
+            self.grpc_port = grpc_probe.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
+        grpc_args = ["--grpc-port", str(self.grpc_port)] if grpc else ["--no-grpc"]
         # A file, not a pipe: a pipe nobody reads would stall a chatty server once it fills.
         self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed by close()
         # The tests' folder on the path, so --app can name the test session apps in it.
         tests = os.path.dirname(os.path.abspath(__file__))
         path = os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "coserve.cli", "serve", "--port", str(self.port), *args],
+            [
+                sys.executable,
+                "-m",
+                "coserve.cli",
+                "serve",
+                "--port",
+                str(self.port),
+                *grpc_args,
+                *args,
+            ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             text=True,

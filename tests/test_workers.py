@@ -39,7 +39,7 @@ TYPES_REQUEST = {
         {"name": "count", "shape": [1], "datatype": "INT32", "data": [2]},
     ]
 }
-COMMAND = [sys.executable, "-m", "coserve.cli", "serve"]
+COMMAND = [sys.executable, "-m", "coserve.cli", "serve", "--no-grpc"]
 ANNOUNCED = re.compile(r"starting 2 workers on http://127\.0\.0\.1:(\d+)")
 SLOW_REQUEST = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [2.0]}]}
 

@@ -83,11 +83,14 @@ def _parser() -> argparse.ArgumentParser:
             "Serve every model in a model repository over HTTP: the Open Inference Protocol "
             "(KServe V2) REST API and streaming WebSocket under /v2 with health endpoints, "
             "TensorFlow Serving's REST API under /v1, per-session coroutine graphs over WebSocket "
-            "at /sessions/APP, and Prometheus metrics at /metrics. With no repository, serve the "
-            "bundled digits demo models and the digit assistant session app at /sessions/digits. "
-            "SIGTERM or SIGINT turns readiness "
-            "off, stops accepting requests, answers the HTTP requests already accepted within "
-            "--graceful-timeout (WebSocket connections are closed at once), and exits 0."
+            "at /sessions/APP, and Prometheus metrics at /metrics; and over gRPC on --grpc-port: "
+            "the Open Inference Protocol (inference.GRPCInferenceService, with Triton's "
+            "ModelStreamInfer), TensorFlow Serving's PredictionService and ModelService, and "
+            "grpc.health.v1. With no repository, serve the bundled digits demo models and the "
+            "digit assistant session app at /sessions/digits. SIGTERM or SIGINT turns readiness "
+            "off, stops accepting requests, answers the requests already accepted within "
+            "--graceful-timeout (WebSocket connections are closed at once; gRPC streams end with "
+            "UNAVAILABLE once their requests are answered), and exits 0."
         ),
     )
     serve.add_argument(
@@ -99,6 +102,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="port to bind (default: %(default)s)")
+    serve.add_argument(
+        "--grpc-port",
+        type=int,
+        default=8001,
+        metavar="PORT",
+        help="port for gRPC (the Open Inference Protocol with Triton's streaming, and TensorFlow "
+        "Serving's API), on the same address; 0 picks a free port (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--no-grpc",
+        action="store_true",
+        help="serve no gRPC (HTTP only)",
+    )
     serve.add_argument(
         "--max-request-size",
         type=parse_size,
@@ -239,6 +255,7 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
         ),
         limit_connections=args.limit_connections,
         graceful_timeout=args.graceful_timeout,
+        grpc_port=None if args.no_grpc else args.grpc_port,
         apps=tuple(args.app),
         max_sessions=args.max_sessions,
         session_idle_timeout=args.session_idle_timeout or None,

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -37,6 +38,9 @@ from coserve.server._v2_rest import InferenceRoute
 from coserve.server._websocket import websocket_endpoint
 from coserve.server._workers import WorkerInfo, gather_metrics
 
+if TYPE_CHECKING:
+    from coserve.server._grpc_server import GrpcOptions
+
 __all__ = ["EXTENSIONS", "ServerState", "create_app"]
 
 logger = logging.getLogger("coserve.server")
@@ -58,6 +62,7 @@ def create_app(
     graceful_timeout: float = 30.0,
     sessions: SessionManager | None = None,
     worker: WorkerInfo | None = None,
+    grpc: GrpcOptions | None = None,
 ) -> InferenceRoute:
     """The ASGI app serving ``repository``.
 
@@ -68,6 +73,8 @@ def create_app(
     serves per-session graphs at ``/sessions/{app}`` (none by default). ``worker`` is set in the
     worker processes of ``coserve serve --workers N``: the app then reports its readiness to the
     supervisor, and ``/metrics`` gathers every worker's series (``?local=1``: this one's only).
+    ``grpc`` serves gRPC beside HTTP, started in the lifespan once the models are loaded (the
+    returned route's ``grpc``); it needs the ``grpc`` extra.
     """
     limits = limits if limits is not None else ServerLimits()
     if max_request_size is not None:
@@ -76,6 +83,11 @@ def create_app(
     sessions = sessions if sessions is not None else SessionManager(repository, {})
     metrics = Metrics(repository, sessions)
     service = InferenceService(state, metrics.observe_request)
+    grpc_server = None
+    if grpc is not None:
+        from coserve.server._grpc_server import GrpcServer
+
+        grpc_server = GrpcServer(service, grpc)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -91,15 +103,21 @@ def create_app(
             repository.path,
             time.perf_counter() - start,
         )
-        state.ready = state.accepting = True
-        if worker is not None:
-            worker.mark_ready()
-        app.state.limits = limits  # where the /v1 and WebSocket handlers find max_json_size
+        state.accepting = True
         try:
+            if grpc_server is not None:
+                await grpc_server.start()
+            state.ready = True
+            if worker is not None:
+                worker.mark_ready()
+            app.state.limits = limits  # where the /v1 and WebSocket handlers find max_json_size
             async with serving():  # the decoder processes for large JSON stop with the server
                 yield
         finally:
-            state.ready = state.accepting = False
+            state.ready = False
+            if grpc_server is not None:  # begun at the signal; its accepted calls answered
+                await grpc_server.stop(state.graceful_timeout)
+            state.accepting = False
             await repository.aclose(grace_period=state.graceful_timeout)
 
     async def server_metadata(request: Request) -> Response:
@@ -171,4 +189,6 @@ def create_app(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
     )
 
-    return InferenceRoute(app, service)
+    route = InferenceRoute(app, service)
+    route.grpc = grpc_server
+    return route

@@ -9,9 +9,11 @@ graceful timeout, and the exit status is 0.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,8 @@ class ServeOptions:
     """Open connections allowed at once; None: the file-descriptor budget, once the limit is
     raised (``connection_budget``)."""
     graceful_timeout: float = 30.0
+    grpc_port: int | None = 8001
+    """The gRPC port (Triton's convention); None serves no gRPC."""
     apps: tuple[tuple[str, str], ...] = ()
     """Session apps as ``(name, "module:factory")``."""
     max_sessions: int = 1000
@@ -96,14 +100,24 @@ def serve(options: ServeOptions, argv: Sequence[str]) -> int:
     limits = options.limits.replace(
         max_connections=options.limit_connections or connection_budget()
     )
+    grpc = None
+    if options.grpc_port is not None:
+        try:
+            from coserve.server._grpc_server import GrpcOptions
+        except ImportError as error:
+            log.error("cannot serve gRPC (%s): install coserve[grpc], or pass --no-grpc", error)
+            return 2
+        grpc = GrpcOptions(host=options.host, port=options.grpc_port, reuse_port=worker is not None)
     app = create_app(
         repository,
         limits=limits,
         graceful_timeout=options.graceful_timeout,
         sessions=sessions,
         worker=worker,
+        grpc=grpc,
     )
     state = app.state
+    grace = options.graceful_timeout
 
     class Server(uvicorn.Server):
         """uvicorn, except that a signal first turns readiness off, and exit status stays 0."""
@@ -114,7 +128,17 @@ def serve(options: ServeOptions, argv: Sequence[str]) -> int:
                     "received %s: not ready; draining accepted requests", signal.Signals(sig).name
                 )
             state.ready = False
+            if app.grpc is not None:  # gRPC health off and its drain begun, at the next tick
+                with contextlib.suppress(RuntimeError):  # no loop running: nothing to stop
+                    asyncio.get_running_loop().call_soon_threadsafe(app.grpc.begin_stop, grace)
             super().handle_exit(sig, frame)
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            # gRPC drains beside HTTP, from the signal on (begun there already, unless the exit
+            # came otherwise); the lifespan waits for it to finish before the models unload.
+            if app.grpc is not None:
+                app.grpc.begin_stop(grace)
+            await super().shutdown(sockets)
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
@@ -160,16 +184,20 @@ def _supervise(options: ServeOptions, argv: Sequence[str]) -> int:
     from coserve.server._workers import bind, run_supervisor
 
     host, port = options.host, options.port
-    try:  # fail here, once, if the address is taken, rather than in every worker
+    try:  # fail here, once, if an address is taken, rather than in every worker
         reservation = bind(host, port, reuse_port=True)
-    except OSError as error:
-        log.error("cannot listen on %s:%d: %s", host, port, error)
-        return 1
-    # Held, bound but never listening, while the workers run: it takes no connections, keeps
-    # the port from programs that do not share it, and fixes the port that --port 0 chose.
-    with reservation:
-        port = reservation.getsockname()[1]
-        log.info("coserve starting %d workers on http://%s:%d", options.workers, host, port)
-        return run_supervisor(
-            [*argv, "--port", str(port)], options.workers, options.graceful_timeout
+        grpc_reservation = (
+            None if options.grpc_port is None else bind(host, options.grpc_port, reuse_port=True)
         )
+    except OSError as error:
+        log.error("cannot listen on %s: %s", host, error)
+        return 1
+    # Held, bound but never listening, while the workers run: they take no connections, keep
+    # the ports from programs that do not share them, and fix the ports that 0 chose.
+    with reservation, grpc_reservation or contextlib.nullcontext():
+        port = reservation.getsockname()[1]
+        argv = [*argv, "--port", str(port)]
+        if grpc_reservation is not None:
+            argv += ["--grpc-port", str(grpc_reservation.getsockname()[1])]
+        log.info("coserve starting %d workers on http://%s:%d", options.workers, host, port)
+        return run_supervisor(argv, options.workers, options.graceful_timeout)

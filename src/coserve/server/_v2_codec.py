@@ -33,13 +33,17 @@ __all__ = [
     "LARGE_JSON",
     "MAX_NESTING",
     "DecodedRequest",
+    "binary_tensor",
+    "bytes_elements",
     "check_data_nesting",
     "check_nesting",
     "decode_request",
     "decode_request_async",
     "encode_response",
     "load_json_object",
+    "reshape",
     "start_decode",
+    "tensor_from_binary",
 ]
 
 
@@ -59,7 +63,8 @@ def _fail(message: str) -> InvalidInput:
     return InvalidInput(message)
 
 
-def _bytes_elements(raw: memoryview, name: str) -> list[bytes]:
+def bytes_elements(raw: memoryview, name: str) -> list[bytes]:
+    """The elements of a binary BYTES tensor: each a 4-byte little-endian length, then bytes."""
     elements = []
     offset = 0
     while offset < len(raw):
@@ -173,10 +178,11 @@ def _from_json_data(
     except (ValueError, TypeError, OverflowError, RuntimeError) as error:
         # RuntimeError: numpy's "only supports up to 32 dimensions", from object arrays.
         raise _fail(f"input {name!r}: data does not fit {datatype}: {error}") from None
-    return _reshape(name, array, shape)
+    return reshape(name, array, shape)
 
 
-def _reshape(name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def reshape(name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``array`` in ``shape``, or ``InvalidInput`` naming the input if its size does not fit."""
     expected = math.prod(shape)  # np.prod costs microseconds on a tuple this small
     if array.size != expected:
         raise _fail(
@@ -187,6 +193,30 @@ def _reshape(name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray
         return array.reshape(shape)
     except ValueError as error:  # e.g. "array is too big" for [0, 2**62] with no data
         raise _fail(f"input {name!r}: shape {list(shape)} is not possible: {error}") from None
+
+
+def tensor_from_binary(
+    name: str, datatype: str, dtype: np.dtype[Any], shape: tuple[int, ...], raw: memoryview
+) -> np.ndarray:
+    """A tensor from its binary form (the REST binary extension's, and gRPC's raw contents).
+
+    Numbers are little-endian and row-major (a view of ``raw``: nothing is copied); BYTES
+    elements are each a 4-byte little-endian length and the bytes.
+
+    Raises:
+        InvalidInput: The bytes do not make a tensor of that datatype and shape.
+    """
+    if datatype == "BYTES":
+        elements = bytes_elements(raw, name)
+        flat = np.empty(len(elements), dtype=object)
+        flat[:] = elements
+        return reshape(name, flat, shape)
+    if len(raw) % dtype.itemsize:
+        raise _fail(f"input {name!r}: {len(raw)} bytes is not a whole number of {datatype}")
+    array = np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
+    if datatype == "BOOL" and array.size and array.view(np.uint8).max() > 1:
+        raise _fail(f"input {name!r}: BOOL bytes must be 0 or 1")
+    return reshape(name, array, shape)
 
 
 def load_json_object(body: bytes | memoryview) -> dict[str, Any]:
@@ -284,20 +314,7 @@ def _decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
                 raise _fail(f"input {name!r}: binary_data_size {_brief(size)} overruns the body")
             raw = binary[offset : offset + size]  # a view: the arrays below copy nothing
             offset += size
-            if datatype == "BYTES":
-                elements = _bytes_elements(raw, name)
-                flat = np.empty(len(elements), dtype=object)
-                flat[:] = elements
-                arrays[name] = _reshape(name, flat, shape)
-            else:
-                if len(raw) % dtype.itemsize:
-                    raise _fail(
-                        f"input {name!r}: {len(raw)} bytes is not a whole number of {datatype}"
-                    )
-                array = np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
-                if datatype == "BOOL" and array.size and array.view(np.uint8).max() > 1:
-                    raise _fail(f"input {name!r}: BOOL bytes must be 0 or 1")
-                arrays[name] = _reshape(name, array, shape)
+            arrays[name] = tensor_from_binary(name, datatype, dtype, shape, raw)
         else:
             if "data" not in entry:
                 raise _fail(f"input {name!r} has no 'data' (and no binary_data_size)")
@@ -368,7 +385,8 @@ def _requested_outputs(raw: Any) -> tuple[list[str] | None, set[str]]:
     return names, binary
 
 
-def _to_binary(array: np.ndarray, datatype: str) -> bytes:
+def binary_tensor(array: np.ndarray, datatype: str) -> bytes:
+    """A tensor's binary form: little-endian row-major numbers, or length-prefixed BYTES."""
     if datatype == "BYTES":
         parts = []
         for value in array.ravel():
@@ -403,7 +421,7 @@ def encode_response(
         datatype = datatypes[name]
         tensor: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": datatype}
         if request.all_outputs_binary or name in request.binary_outputs:
-            raw = _to_binary(array, datatype)
+            raw = binary_tensor(array, datatype)
             tensor["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:

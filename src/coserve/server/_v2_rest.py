@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -56,6 +56,9 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
+
+if TYPE_CHECKING:
+    from coserve.server._grpc_server import GrpcServer
 
 PROTOCOL = "http"
 """The ``protocol`` label of this route's requests in the latency metric."""
@@ -327,6 +330,8 @@ class InferenceRoute:
         self.app = app
         self.service = service
         """The inference service the route drives."""
+        self.grpc: GrpcServer | None = None
+        """The gRPC server beside it, if ``create_app`` was asked for one."""
 
     @property
     def state(self) -> ServerState:

@@ -1,0 +1,513 @@
+"""The Open Inference Protocol over gRPC: ``inference.GRPCInferenceService``, Triton's flavour.
+
+The driver between gRPC messages (``_protos``) and the inference service (``_service``): health,
+metadata, ``ModelInfer``, and Triton's ``ModelStreamInfer``, the talk's actor pattern over one
+bidirectional stream: every request on it is its own child coroutine, answered as soon as it is
+ready, tagged with its id, in any order, at most ``max_in_flight`` at once per stream (reading
+pauses at the bound). A stream that the client cancels drops its work that has not run; one that
+the client half-closes gets every answer first.
+
+Tensors arrive as ``raw_input_contents`` (what tritonclient sends) or as the typed ``contents``
+fields (Go and grpcurl clients), never both in one request; answers are always raw, since
+tritonclient reads only ``raw_output_contents``. BYTES elements are 4-byte little-endian lengths
+and the bytes, as on the REST binary extension. Triton's ``timeout`` (µs) and ``priority``
+parameters, and the call's own deadline, reach the batcher; a cancelled call withdraws its
+request before it runs. Errors map to gRPC status codes through ``_errors``, as Triton maps them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import numpy as np
+
+from coserve import __version__
+from coserve._exceptions import DeadlineExceeded, InvalidInput, ModelNotFound, Unsupported
+from coserve.models import ModelHandle, dtype_of
+from coserve.server._errors import Failure, report
+from coserve.server._grpc_handlers import Undecodable, parser, unary
+from coserve.server._protos import (
+    InferParameter,
+    ModelInferRequest,
+    ModelInferResponse,
+    ModelMetadataRequest,
+    ModelMetadataResponse,
+    ModelReadyRequest,
+    ModelReadyResponse,
+    ModelStreamInferResponse,
+    ServerLiveRequest,
+    ServerLiveResponse,
+    ServerMetadataRequest,
+    ServerMetadataResponse,
+    ServerReadyRequest,
+    ServerReadyResponse,
+)
+from coserve.server._service import InferenceService
+from coserve.server._v2_codec import binary_tensor, reshape, tensor_from_binary
+
+if TYPE_CHECKING:
+    Context = grpc.aio.ServicerContext[Any, Any]
+
+__all__ = ["SERVICE", "InferenceServicer"]
+
+logger = logging.getLogger("coserve.server")
+
+SERVICE = "inference.GRPCInferenceService"
+PROTOCOL = "grpc"
+STREAM_PROTOCOL = "grpc-stream"
+EXTENSIONS = ["binary_tensor_data", "schedule_policy"]
+
+# Triton's RPCs that coserve does not serve: answered UNIMPLEMENTED, with what it does serve.
+UNIMPLEMENTED = (
+    "ModelConfig",
+    "ModelStatistics",
+    "RepositoryIndex",
+    "RepositoryModelLoad",
+    "RepositoryModelUnload",
+    "SystemSharedMemoryStatus",
+    "SystemSharedMemoryRegister",
+    "SystemSharedMemoryUnregister",
+    "CudaSharedMemoryStatus",
+    "CudaSharedMemoryRegister",
+    "CudaSharedMemoryUnregister",
+    "TraceSetting",
+    "LogSettings",
+)
+
+# The typed field that carries each datatype's elements; FP16 and BF16 have none (raw only).
+_TYPED_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+_MAX_DIMENSIONS = 32
+
+
+# -- messages to arrays and back ------------------------------------------------------------------
+
+
+def _parameters(parameters: Mapping[str, InferParameter]) -> dict[str, Any]:
+    """Parameters as plain values, whichever of the five variants each one uses."""
+    values = {}
+    for key, parameter in parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        if choice is not None:
+            values[key] = getattr(parameter, choice)
+    return values
+
+
+def _shape(name: str, dims: Any) -> tuple[int, ...]:
+    shape = tuple(dims)
+    if len(shape) > _MAX_DIMENSIONS:
+        raise InvalidInput(
+            f"input {name!r}: 'shape' has {len(shape)} dimensions; at most {_MAX_DIMENSIONS}"
+        )
+    for dimension in shape:
+        if dimension < 0:
+            raise InvalidInput(f"input {name!r}: 'shape' must be non-negative, got {list(shape)}")
+    return shape
+
+
+def _typed(
+    name: str, datatype: str, dtype: np.dtype[Any], shape: tuple[int, ...], tensor: Any
+) -> np.ndarray:
+    """A tensor from the typed ``contents`` field its datatype uses (and no other)."""
+    field = _TYPED_FIELD.get(datatype)
+    if field is None:
+        raise InvalidInput(
+            f"input {name!r}: {datatype} has no typed contents field; send it in raw_input_contents"
+        )
+    for descriptor, _ in tensor.contents.ListFields():
+        if descriptor.name != field:
+            raise InvalidInput(
+                f"input {name!r}: a {datatype} tensor's elements go in contents.{field}, "
+                f"not contents.{descriptor.name}"
+            )
+    values = getattr(tensor.contents, field)
+    count = len(values)
+    if count != math.prod(shape):
+        raise InvalidInput(
+            f"input {name!r}: shape {list(shape)} needs {math.prod(shape)} elements, but "
+            f"contents.{field} has {count}"
+        )
+    if datatype == "BYTES":
+        flat = np.empty(count, dtype=object)
+        flat[:] = list(values)
+        return flat.reshape(shape)
+    try:
+        return np.fromiter(values, dtype=dtype, count=count).reshape(shape)
+    except (OverflowError, ValueError):  # int_contents of 300 for an INT8 input, say
+        raise InvalidInput(f"input {name!r}: values do not fit {datatype}") from None
+
+
+def decode_inputs(request: ModelInferRequest) -> dict[str, np.ndarray]:
+    """A request's input tensors by name, from raw or typed contents.
+
+    Raises:
+        InvalidInput: Unknown datatypes, bad shapes, byte sizes that do not match, or raw and
+            typed contents mixed.
+    """
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(
+            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; it "
+            "needs one per input, in order"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(request.inputs):
+        name = tensor.name
+        if name in arrays:
+            raise InvalidInput(f"input {name!r} appears twice")
+        datatype = tensor.datatype.upper()
+        try:
+            dtype = dtype_of(datatype)
+        except ValueError as error:
+            raise InvalidInput(f"input {name!r}: {error}") from None
+        shape = _shape(name, tensor.shape)
+        if raw:
+            if tensor.HasField("contents"):
+                raise InvalidInput(
+                    f"input {name!r} has typed contents, but the request sends its tensors in "
+                    "raw_input_contents: use one or the other for every input"
+                )
+            data = memoryview(raw[index])
+            if datatype != "BYTES" and len(data) != math.prod(shape) * dtype.itemsize:
+                raise InvalidInput(
+                    f"input {name!r}: shape {list(shape)} of {datatype} needs "
+                    f"{math.prod(shape) * dtype.itemsize} bytes, but raw_input_contents[{index}] "
+                    f"has {len(data)}"
+                )
+            arrays[name] = tensor_from_binary(name, datatype, dtype, shape, data)
+        elif tensor.HasField("contents"):
+            arrays[name] = _typed(name, datatype, dtype, shape, tensor)
+        elif math.prod(shape) == 0:
+            arrays[name] = reshape(name, np.empty(0, dtype=dtype), shape)
+        else:
+            raise InvalidInput(f"input {name!r} has no contents and no raw_input_contents")
+    return arrays
+
+
+def encode_outputs(
+    response: ModelInferResponse, handle: ModelHandle, outputs: Mapping[str, np.ndarray]
+) -> None:
+    """Every output into ``response``, always as ``raw_output_contents``."""
+    datatypes = handle.output_datatypes
+    for name, array in outputs.items():
+        datatype = datatypes.get(name, "BYTES")
+        tensor = response.outputs.add()
+        tensor.name = name
+        tensor.datatype = datatype
+        tensor.shape.extend(array.shape)
+        response.raw_output_contents.append(binary_tensor(array, datatype))
+
+
+# -- the servicer ---------------------------------------------------------------------------------
+
+
+class InferenceServicer:
+    """``inference.GRPCInferenceService`` over the inference service.
+
+    Args:
+        service: The inference service (the same one the HTTP drivers use).
+        draining: Set when the server begins to shut down: streams stop reading, answer what
+            they accepted, and end with ``UNAVAILABLE``.
+        max_streams: Streams open at once; one more is refused with ``RESOURCE_EXHAUSTED``.
+        max_in_flight: Requests in flight on one stream at once; reading pauses at the bound.
+    """
+
+    def __init__(
+        self,
+        service: InferenceService,
+        draining: asyncio.Event,
+        *,
+        max_streams: int = 1000,
+        max_in_flight: int = 256,
+    ) -> None:
+        self._service = service
+        self._draining = draining
+        self._max_streams = max_streams
+        self._max_in_flight = max_in_flight
+        self._streams = 0
+
+    def handlers(self) -> grpc.GenericRpcHandler:
+        """The service's method handlers, Triton's unserved RPCs included (UNIMPLEMENTED)."""
+        methods = {
+            "ServerLive": unary(self.server_live, ServerLiveRequest, ServerLiveResponse),
+            "ServerReady": unary(self.server_ready, ServerReadyRequest, ServerReadyResponse),
+            "ModelReady": unary(self.model_ready, ModelReadyRequest, ModelReadyResponse),
+            "ServerMetadata": unary(
+                self.server_metadata, ServerMetadataRequest, ServerMetadataResponse
+            ),
+            "ModelMetadata": unary(
+                self.model_metadata, ModelMetadataRequest, ModelMetadataResponse
+            ),
+            "ModelInfer": unary(self.model_infer, ModelInferRequest, ModelInferResponse),
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
+                self.model_stream_infer,
+                request_deserializer=parser(ModelInferRequest),
+                response_serializer=ModelStreamInferResponse.SerializeToString,
+            ),
+        }
+        for name in UNIMPLEMENTED:
+            methods[name] = grpc.unary_unary_rpc_method_handler(_unimplemented(name))
+        return grpc.method_handlers_generic_handler(SERVICE, methods)
+
+    # -- health and metadata -----------------------------------------------------------------
+
+    async def server_live(self, request: ServerLiveRequest, context: Context) -> ServerLiveResponse:
+        """Always live while it answers."""
+        return ServerLiveResponse(live=True)
+
+    async def server_ready(
+        self, request: ServerReadyRequest, context: Context
+    ) -> ServerReadyResponse:
+        """Ready once the models are loaded, until shutdown begins."""
+        return ServerReadyResponse(ready=self._service.state.ready)
+
+    async def model_ready(self, request: ModelReadyRequest, context: Context) -> ModelReadyResponse:
+        """Whether the model version is loaded and the server ready (unknown: not ready)."""
+        state = self._service.state
+        try:
+            handle = state.repository.get(request.name, request.version or None)
+        except ModelNotFound:
+            return ModelReadyResponse(ready=False)
+        return ModelReadyResponse(ready=state.ready and not handle.closed)
+
+    async def server_metadata(
+        self, request: ServerMetadataRequest, context: Context
+    ) -> ServerMetadataResponse:
+        """The server's name, version and protocol extensions."""
+        return ServerMetadataResponse(name="coserve", version=__version__, extensions=EXTENSIONS)
+
+    async def model_metadata(
+        self, request: ModelMetadataRequest, context: Context
+    ) -> ModelMetadataResponse:
+        """A model version's platform, versions, inputs and outputs."""
+        repository = self._service.state.repository
+        try:
+            handle = repository.get(request.name, request.version or None)
+        except Exception as error:
+            await _abort(context, report(error, f"metadata of {request.name!r}"))
+            raise  # not reached: abort raises
+        response = ModelMetadataResponse(
+            name=handle.name,
+            versions=[m.version for m in repository.models() if m.name == handle.name],
+            platform=handle.platform,
+        )
+        for specs, tensors in (
+            (handle.inputs, response.inputs),
+            (handle.outputs, response.outputs),
+        ):
+            for spec in specs:
+                tensors.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+        return response
+
+    # -- inference ---------------------------------------------------------------------------
+
+    async def model_infer(self, request: ModelInferRequest, context: Context) -> ModelInferResponse:
+        """One request: decoded, batched with everyone else's, answered raw."""
+        started = time.perf_counter()
+        handle: ModelHandle | None = None
+        try:
+            handle = self._service.resolve(request.model_name, request.model_version or None)
+            response = await self._infer(handle, request, context.time_remaining())
+        except asyncio.CancelledError:  # the client cancelled, or its deadline passed
+            self._service.observe(PROTOCOL, handle, "CANCELLED", time.perf_counter() - started)
+            raise
+        except Exception as error:
+            failure = self._failure(error, request.model_name, context.time_remaining())
+            self._service.observe(
+                PROTOCOL, handle, failure.grpc_code, time.perf_counter() - started
+            )
+            await _abort(context, failure)
+            raise  # not reached: abort raises
+        self._service.observe(PROTOCOL, handle, "OK", time.perf_counter() - started)
+        return response
+
+    async def _infer(
+        self, handle: ModelHandle, request: ModelInferRequest, deadline: float | None
+    ) -> ModelInferResponse:
+        service = self._service
+        service.admit(handle)
+        inputs = decode_inputs(request)
+        outputs = [tensor.name for tensor in request.outputs] or None
+        result = await service.infer(
+            handle,
+            inputs,
+            outputs=outputs,
+            parameters=_parameters(request.parameters) if request.parameters else None,
+            timeout=deadline,
+        )
+        response = ModelInferResponse(
+            model_name=handle.name, model_version=handle.version, id=request.id
+        )
+        encode_outputs(response, handle, result)
+        return response
+
+    @staticmethod
+    def _failure(error: BaseException, model: str, remaining: float | None) -> Failure:
+        failure = report(error, f"gRPC inference on {model}")
+        if isinstance(error, DeadlineExceeded) and remaining is not None and remaining <= 0.001:
+            # The call's own deadline, not Triton's queue timeout: gRPC's status for it.
+            return Failure(504, "DEADLINE_EXCEEDED", failure.level, failure.message)
+        return failure
+
+    async def model_stream_infer(
+        self, requests: AsyncIterator[ModelInferRequest], context: Context
+    ) -> AsyncIterator[ModelStreamInferResponse]:
+        """Triton's stream: each request a child coroutine; answers as they are ready."""
+        if self._streams >= self._max_streams:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the server is at its limit of {self._max_streams} open streams",
+            )
+        self._streams += 1
+        try:
+            async for answer in _Stream(self, requests, context).run():
+                yield answer
+        finally:
+            self._streams -= 1
+
+    async def _stream_answer(
+        self, request: ModelInferRequest | Undecodable, deadline: float | None
+    ) -> tuple[ModelStreamInferResponse, Failure | None]:
+        """One request on a stream: its answer, or its error in ``error_message``."""
+        if type(request) is Undecodable:
+            failure = report(InvalidInput(request.message), "gRPC stream inference")
+            return ModelStreamInferResponse(error_message=failure.message), failure
+        assert isinstance(request, ModelInferRequest)
+        started = time.perf_counter()
+        handle: ModelHandle | None = None
+        try:
+            handle = self._service.resolve(request.model_name, request.model_version or None)
+            response = await self._infer(handle, request, deadline)
+        except asyncio.CancelledError:
+            self._service.observe(
+                STREAM_PROTOCOL, handle, "CANCELLED", time.perf_counter() - started
+            )
+            raise
+        except Exception as error:
+            failure = self._failure(error, request.model_name, None)
+            self._service.observe(
+                STREAM_PROTOCOL, handle, failure.grpc_code, time.perf_counter() - started
+            )
+            answer = ModelStreamInferResponse(error_message=failure.message)
+            answer.infer_response.id = request.id
+            answer.infer_response.model_name = request.model_name
+            answer.infer_response.model_version = request.model_version
+            return answer, failure
+        self._service.observe(STREAM_PROTOCOL, handle, "OK", time.perf_counter() - started)
+        return ModelStreamInferResponse(infer_response=response), None
+
+
+class _Stream:
+    """One ``ModelStreamInfer`` call: a reader that spawns children, and this call's writes."""
+
+    def __init__(
+        self,
+        servicer: InferenceServicer,
+        requests: AsyncIterator[ModelInferRequest],
+        context: Context,
+    ) -> None:
+        self._servicer = servicer
+        self._requests = requests
+        self._context = context
+        self._slots = asyncio.Semaphore(servicer._max_in_flight)
+        # At most max_in_flight answers wait here: a slot is freed only once its answer is sent.
+        self._answers: asyncio.Queue[tuple[ModelStreamInferResponse, Failure | None] | None] = (
+            asyncio.Queue()
+        )
+        self._children: set[asyncio.Task[None]] = set()
+        metadata = context.invocation_metadata() or ()
+        # Triton's switch: errors end the stream with their status instead of error_message.
+        self._errors_as_status = any(
+            key == "triton_grpc_error" and value == "true" for key, value in metadata
+        )
+
+    async def run(self) -> AsyncIterator[ModelStreamInferResponse]:
+        reader = asyncio.create_task(self._read())
+        draining = self._servicer._draining
+        try:
+            while (item := await self._answers.get()) is not None:
+                answer, failure = item
+                if failure is not None and self._errors_as_status:
+                    await _abort(self._context, failure)
+                yield answer
+                self._slots.release()
+            await reader  # surfaces a reader's failure
+            if draining.is_set():
+                await self._context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "the server is shutting down: every request this stream sent before it "
+                    "was answered",
+                )
+        finally:
+            # The client went away (or the stream failed): drop the work that has not run.
+            reader.cancel()
+            for child in list(self._children):
+                child.cancel()
+            if self._children:
+                await asyncio.gather(*self._children, return_exceptions=True)
+
+    async def _read(self) -> None:
+        """Spawn a child per request until the client half-closes or the server drains."""
+        draining = self._servicer._draining
+        stop = asyncio.ensure_future(draining.wait())
+        try:
+            iterator = aiter(self._requests)
+            while not draining.is_set():
+                step = asyncio.ensure_future(anext(iterator))
+                done, _ = await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if step not in done:
+                    step.cancel()
+                    break
+                try:
+                    request = step.result()
+                except StopAsyncIteration:
+                    break
+                await self._slots.acquire()
+                child = asyncio.create_task(self._child(request))
+                self._children.add(child)
+                child.add_done_callback(self._children.discard)
+            if self._children:
+                await asyncio.gather(*self._children, return_exceptions=True)
+        finally:
+            stop.cancel()
+            self._answers.put_nowait(None)
+
+    async def _child(self, request: ModelInferRequest) -> None:
+        remaining = self._context.time_remaining()
+        answer = await self._servicer._stream_answer(request, remaining)
+        self._answers.put_nowait(answer)
+
+
+async def _abort(context: Context, failure: Failure) -> None:
+    await context.abort(grpc.StatusCode[failure.grpc_code], failure.message)
+
+
+def _unimplemented(name: str) -> Callable[[bytes, Context], Any]:
+    error = Unsupported(
+        f"{SERVICE}/{name} is not implemented by coserve; it serves ServerLive, ServerReady, "
+        "ModelReady, ServerMetadata, ModelMetadata, ModelInfer and ModelStreamInfer"
+    )
+
+    async def handler(request: bytes, context: Context) -> bytes:
+        await _abort(context, report(error, f"{SERVICE}/{name}"))
+        raise AssertionError("abort returned")  # abort raises; for the type checker
+
+    return handler

@@ -1,0 +1,342 @@
+"""TensorFlow Serving's gRPC API: PredictionService and ModelService, on the inference service.
+
+``PredictionService`` serves Predict and GetModelMetadata, ``ModelService`` GetModelStatus. The
+driver between TensorFlow Serving's messages (``_protos``) and the inference service, so a
+client written for TF Serving (``tensorflow-serving-api``'s stubs, ``tf.make_tensor_proto``
+inputs) works unchanged. ``TensorProto`` inputs arrive as ``tensor_content`` (raw little-endian
+bytes, what ``make_tensor_proto`` sends for numeric arrays) or in the typed fields (scalars,
+strings, other clients), with TensorFlow's conventions: no values is zeros, fewer values than
+the shape repeat the last one. Answers are typed, as TF Serving answers by default, which every
+client can read. ``model_spec`` picks the model, its version and its signature (there is one per
+model: its config's ``signature``; version labels are not supported); ``output_filter`` picks
+outputs. Classify, Regress, MultiInference and HandleReloadConfigRequest answer UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import numpy as np
+
+from coserve._exceptions import InvalidInput, ModelNotFound, RequestTooLarge, Unsupported
+from coserve.models import ModelHandle, TensorSpec
+from coserve.server._errors import Failure, report
+from coserve.server._grpc_handlers import unary
+from coserve.server._protos import (
+    Any as AnyMessage,
+)
+from coserve.server._protos import (
+    DataType,
+    GetModelMetadataRequest,
+    GetModelMetadataResponse,
+    GetModelStatusRequest,
+    GetModelStatusResponse,
+    ModelSpec,
+    ModelVersionStatus,
+    PredictRequest,
+    PredictResponse,
+    SignatureDefMap,
+    TensorProto,
+)
+from coserve.server._service import InferenceService
+
+if TYPE_CHECKING:
+    Context = grpc.aio.ServicerContext[Any, Any]
+
+__all__ = ["SERVICES", "TFServingServicer"]
+
+PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+MODEL_SERVICE = "tensorflow.serving.ModelService"
+SERVICES = (PREDICTION_SERVICE, MODEL_SERVICE)
+PROTOCOL = "tfserving-grpc"
+
+_SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
+_PREDICT_METHOD = "tensorflow/serving/predict"
+
+# TensorFlow's dtype, its numpy dtype, the typed TensorProto field that carries it, and the
+# protocol datatype; DT_HALF travels as the bits of each value in half_val.
+_DTYPES: dict[DataType, tuple[np.dtype[Any], str, str]] = {
+    DataType.DT_FLOAT: (np.dtype(np.float32), "float_val", "FP32"),
+    DataType.DT_DOUBLE: (np.dtype(np.float64), "double_val", "FP64"),
+    DataType.DT_INT32: (np.dtype(np.int32), "int_val", "INT32"),
+    DataType.DT_INT16: (np.dtype(np.int16), "int_val", "INT16"),
+    DataType.DT_INT8: (np.dtype(np.int8), "int_val", "INT8"),
+    DataType.DT_UINT8: (np.dtype(np.uint8), "int_val", "UINT8"),
+    DataType.DT_UINT16: (np.dtype(np.uint16), "int_val", "UINT16"),
+    DataType.DT_INT64: (np.dtype(np.int64), "int64_val", "INT64"),
+    DataType.DT_UINT32: (np.dtype(np.uint32), "uint32_val", "UINT32"),
+    DataType.DT_UINT64: (np.dtype(np.uint64), "uint64_val", "UINT64"),
+    DataType.DT_BOOL: (np.dtype(np.bool_), "bool_val", "BOOL"),
+    DataType.DT_HALF: (np.dtype(np.float16), "half_val", "FP16"),
+    DataType.DT_STRING: (np.dtype(np.object_), "string_val", "BYTES"),
+}
+_TF_DTYPE = {datatype: tf for tf, (_, _, datatype) in _DTYPES.items()}
+_MAX_DIMENSIONS = 32
+
+UNIMPLEMENTED = {
+    PREDICTION_SERVICE: ("Classify", "Regress", "MultiInference"),
+    MODEL_SERVICE: ("HandleReloadConfigRequest",),
+}
+
+
+# -- TensorProto to arrays and back ---------------------------------------------------------------
+
+
+def tensor_to_array(name: str, tensor: TensorProto, max_bytes: int) -> np.ndarray:
+    """A ``TensorProto`` as an array, from ``tensor_content`` or its typed field.
+
+    Raises:
+        InvalidInput: An unsupported dtype, a negative or unknown dimension, or values that do
+            not fit the shape.
+        RequestTooLarge: The tensor would take more than ``max_bytes`` (a few values can fill a
+            huge shape, so the size is checked before anything is filled).
+    """
+    known = _DTYPES.get(tensor.dtype)
+    if known is None:
+        dtype_name = DataType.Name(tensor.dtype) if tensor.dtype in DataType.values() else "?"
+        raise InvalidInput(f"input {name!r}: dtype {dtype_name} ({tensor.dtype}) is not supported")
+    dtype, field, datatype = known
+    if tensor.tensor_shape.unknown_rank:
+        raise InvalidInput(f"input {name!r}: a tensor's shape must be known")
+    shape = tuple(dim.size for dim in tensor.tensor_shape.dim)
+    if len(shape) > _MAX_DIMENSIONS:
+        raise InvalidInput(
+            f"input {name!r}: shape has {len(shape)} dimensions; at most {_MAX_DIMENSIONS}"
+        )
+    if any(size < 0 for size in shape):
+        raise InvalidInput(f"input {name!r}: shape {list(shape)} has an unknown dimension")
+    count = math.prod(shape)
+    # Strings: at least an object pointer each.
+    size = count * (dtype.itemsize if datatype != "BYTES" else 8)
+    if size > max_bytes:
+        raise RequestTooLarge(
+            f"input {name!r}: shape {list(shape)} would take {size} bytes, over the server's "
+            f"{max_bytes}-byte request limit"
+        )
+    if tensor.tensor_content:
+        if datatype == "BYTES":
+            raise InvalidInput(f"input {name!r}: DT_STRING values go in string_val")
+        content = tensor.tensor_content
+        if len(content) != count * dtype.itemsize:
+            raise InvalidInput(
+                f"input {name!r}: shape {list(shape)} of {DataType.Name(tensor.dtype)} needs "
+                f"{count * dtype.itemsize} bytes, but tensor_content has {len(content)}"
+            )
+        return np.frombuffer(content, dtype=dtype.newbyteorder("<")).reshape(shape)
+    values = getattr(tensor, field)
+    if len(values) > count:
+        raise InvalidInput(
+            f"input {name!r}: shape {list(shape)} holds {count} values, but {field} has "
+            f"{len(values)}"
+        )
+    try:
+        if datatype == "BYTES":
+            flat = np.empty(len(values), dtype=object)
+            flat[:] = list(values)
+        elif datatype == "FP16":  # each value's 16 bits, in an int32
+            flat = np.fromiter(values, dtype=np.uint16, count=len(values)).view(np.float16)
+        else:
+            flat = np.fromiter(values, dtype=dtype, count=len(values))
+    except (OverflowError, ValueError):
+        raise InvalidInput(
+            f"input {name!r}: values do not fit {DataType.Name(tensor.dtype)}"
+        ) from None
+    if len(flat) == count:
+        return flat.reshape(shape)
+    if not len(flat):  # TensorFlow's convention: no values is the dtype's zero
+        return (
+            np.full(count, b"", dtype=object) if datatype == "BYTES" else np.zeros(count, dtype)
+        ).reshape(shape)
+    # ...and fewer values than the shape repeat the last one.
+    return np.concatenate([flat, np.repeat(flat[-1:], count - len(flat))]).reshape(shape)
+
+
+def array_to_tensor(array: np.ndarray, datatype: str, tensor: TensorProto) -> None:
+    """Fill ``tensor`` with ``array``, in the typed field TF Serving answers in."""
+    tf_dtype = _TF_DTYPE.get(datatype, DataType.DT_STRING)
+    dtype, field, _ = _DTYPES[tf_dtype]
+    tensor.dtype = tf_dtype
+    for size in array.shape:
+        tensor.tensor_shape.dim.add(size=size)
+    flat = array.ravel()
+    if datatype == "BYTES":
+        tensor.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in flat)
+    elif datatype == "FP16":
+        tensor.half_val.extend(flat.astype(np.float16).view(np.uint16).tolist())
+    else:
+        getattr(tensor, field).extend(flat.astype(dtype, copy=False).tolist())
+
+
+# -- the servicer ---------------------------------------------------------------------------------
+
+
+class TFServingServicer:
+    """TensorFlow Serving's ``PredictionService`` and ``ModelService`` on the inference service."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self._service = service
+
+    def handlers(self) -> tuple[grpc.GenericRpcHandler, ...]:
+        """The two services' method handlers, the unserved ones UNIMPLEMENTED."""
+        prediction = {
+            "Predict": unary(self.predict, PredictRequest, PredictResponse),
+            "GetModelMetadata": unary(
+                self.get_model_metadata, GetModelMetadataRequest, GetModelMetadataResponse
+            ),
+        }
+        model = {
+            "GetModelStatus": unary(
+                self.get_model_status, GetModelStatusRequest, GetModelStatusResponse
+            )
+        }
+        for service, methods in ((PREDICTION_SERVICE, prediction), (MODEL_SERVICE, model)):
+            for name in UNIMPLEMENTED[service]:
+                methods[name] = grpc.unary_unary_rpc_method_handler(_unimplemented(service, name))
+        return (
+            grpc.method_handlers_generic_handler(PREDICTION_SERVICE, prediction),
+            grpc.method_handlers_generic_handler(MODEL_SERVICE, model),
+        )
+
+    def _handle(self, spec: ModelSpec, *, serving: bool) -> ModelHandle:
+        """The model version a ``model_spec`` names (``serving``: only while taking work)."""
+        if spec.version_label:
+            raise ModelNotFound(
+                f"model {spec.name!r} has no version label {spec.version_label!r}: coserve has no "
+                "version labels; name the version, or none for the latest"
+            )
+        version = str(spec.version.value) if spec.HasField("version") else None
+        if serving:
+            return self._service.resolve(spec.name, version)
+        return self._service.state.repository.get(spec.name, version)
+
+    def _check_signature(self, handle: ModelHandle, signature: str) -> str:
+        expected = self._service.state.repository.config(handle.name).signature
+        if signature not in ("", expected):
+            raise InvalidInput(
+                f"model {handle.name!r} has no signature {signature!r}; it has {expected!r}"
+            )
+        return expected
+
+    async def predict(self, request: PredictRequest, context: Context) -> PredictResponse:
+        """One Predict: inputs decoded, batched with everyone else's, answered typed."""
+        started = time.perf_counter()
+        service = self._service
+        handle: ModelHandle | None = None
+        try:
+            handle = self._handle(request.model_spec, serving=True)
+            signature = self._check_signature(handle, request.model_spec.signature_name)
+            service.admit(handle)
+            limit = service.state.limits.max_request_size
+            inputs = {
+                name: tensor_to_array(name, tensor, limit)
+                for name, tensor in request.inputs.items()
+            }
+            outputs = list(request.output_filter) or None
+            result = await service.infer(
+                handle, inputs, outputs=outputs, timeout=context.time_remaining()
+            )
+            response = PredictResponse()
+            _model_spec(response.model_spec, handle, signature)
+            datatypes = handle.output_datatypes
+            for name, array in result.items():
+                array_to_tensor(array, datatypes.get(name, "BYTES"), response.outputs[name])
+        except asyncio.CancelledError:
+            service.observe(PROTOCOL, handle, "CANCELLED", time.perf_counter() - started)
+            raise
+        except Exception as error:
+            failure = report(error, f"TF Serving gRPC predict on {request.model_spec.name}")
+            service.observe(PROTOCOL, handle, failure.grpc_code, time.perf_counter() - started)
+            await _abort(context, failure)
+            raise  # not reached: abort raises
+        service.observe(PROTOCOL, handle, "OK", time.perf_counter() - started)
+        return response
+
+    async def get_model_metadata(
+        self, request: GetModelMetadataRequest, context: Context
+    ) -> GetModelMetadataResponse:
+        """The model's signature: its inputs and outputs, as a ``SignatureDefMap``."""
+        try:
+            if list(request.metadata_field) != ["signature_def"]:
+                raise InvalidInput(
+                    "metadata_field must be ['signature_def'], the only metadata TensorFlow "
+                    f"Serving serves; got {list(request.metadata_field)}"
+                )
+            handle = self._handle(request.model_spec, serving=False)
+            signature = self._check_signature(handle, request.model_spec.signature_name)
+        except Exception as error:
+            await _abort(
+                context, report(error, f"TF Serving metadata of {request.model_spec.name}")
+            )
+            raise  # not reached: abort raises
+        signatures = SignatureDefMap()
+        definition = signatures.signature_def[signature]
+        definition.method_name = _PREDICT_METHOD
+        for specs, infos in (
+            (handle.inputs, definition.inputs),
+            (handle.outputs, definition.outputs),
+        ):
+            for spec in specs:
+                _tensor_info(infos[spec.name], spec)
+        response = GetModelMetadataResponse()
+        _model_spec(response.model_spec, handle, "")
+        packed = AnyMessage(type_url=_SIGNATURE_DEF_MAP_URL, value=signatures.SerializeToString())
+        response.metadata["signature_def"].CopyFrom(packed)
+        return response
+
+    async def get_model_status(
+        self, request: GetModelStatusRequest, context: Context
+    ) -> GetModelStatusResponse:
+        """Each loaded version of the model: AVAILABLE (or only the version asked for)."""
+        try:
+            handle = self._handle(request.model_spec, serving=False)
+        except Exception as error:
+            await _abort(context, report(error, f"TF Serving status of {request.model_spec.name}"))
+            raise  # not reached: abort raises
+        repository = self._service.state.repository
+        if request.model_spec.HasField("version"):
+            versions = [handle.version]
+        else:
+            versions = [m.version for m in repository.models() if m.name == handle.name]
+        response = GetModelStatusResponse()
+        for version in versions:
+            status = response.model_version_status.add()
+            status.version = int(version) if version.isdigit() else 0
+            status.state = ModelVersionStatus.State.AVAILABLE
+        return response
+
+
+def _model_spec(spec: ModelSpec, handle: ModelHandle, signature: str) -> None:
+    spec.name = handle.name
+    if handle.version.isdigit():
+        spec.version.value = int(handle.version)
+    spec.signature_name = signature
+
+
+def _tensor_info(info: Any, spec: TensorSpec) -> None:
+    info.name = spec.name
+    info.dtype = _TF_DTYPE.get(spec.datatype, DataType.DT_INVALID)
+    for size in spec.shape:
+        info.tensor_shape.dim.add(size=size)
+
+
+async def _abort(context: Context, failure: Failure) -> None:
+    # TF Serving cuts messages at 1024 characters.
+    await context.abort(grpc.StatusCode[failure.grpc_code], failure.message[:1024])
+
+
+def _unimplemented(service: str, name: str) -> Callable[[bytes, Context], Any]:
+    error = Unsupported(
+        f"{service}/{name} is not implemented by coserve; it serves TensorFlow Serving's "
+        "Predict, GetModelMetadata and GetModelStatus"
+    )
+
+    async def handler(request: bytes, context: Context) -> bytes:
+        await _abort(context, report(error, f"{service}/{name}"))
+        raise AssertionError("abort returned")  # abort raises; for the type checker
+
+    return handler
