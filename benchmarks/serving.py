@@ -1,4 +1,4 @@
-"""Serving benchmark: coserve vs an unbatched uvicorn endpoint vs mosec, on the demo model.
+"""Serving benchmark: coserve vs an unbatched endpoint, mosec and MLServer, on the demo model.
 
 All the servers run at once, each serving the bundled digits SavedModel; ``wrk`` (Debian's
 package; a load generator in C, much cheaper per request than the servers) sends single-image
@@ -8,11 +8,21 @@ Protocol's JSON body and with its binary tensor extension, and once more as ``co
 (``--workers 2``) with the JSON body; the peers take the same JSON body. mosec runs as in the peer
 study (one Python worker process) and once more as ``mosec-2w`` (two).
 
+gRPC (``--only grpc``): coserve's unary ``ModelInfer`` and its ``ModelStreamInfer`` (Triton's
+stream), beside MLServer's gRPC on the same SavedModel (adaptive batching 64 / 2 ms,
+``benchmarks/servers/mlserver``), single-item requests; unary calls are sent by ``h2load``
+(C, like wrk), the stream by a grpcio client (``grpc_load.py``). With ``--baseline REV`` (part
+``seam``), coserve at that git revision runs beside the current one (from a worktree), and
+both are measured on JSON, binary and WebSocket (``ws_load.py``, a Python client) bodies: the
+before and after of a refactor, side by side.
+
 Reported per cell: requests/s, p50 and p99 latency, the mean batch size the server formed, errors,
 and the CPU time per request of the load generator and of the server's process tree.
 
-Needs: ``apt-get install wrk``. The script creates ``benchmarks/.venv-mosec`` (mosec 0.9.8 and
-TensorFlow) on first use. Run: ``python benchmarks/serving.py [--seconds 10] [--repeats 1]``.
+Needs: ``apt-get install wrk nghttp2-client``. The script creates ``benchmarks/.venv-mosec``
+(mosec 0.9.8 and TensorFlow) and ``benchmarks/.venv-mlserver`` on first use. Run:
+``python benchmarks/serving.py [--seconds 10] [--repeats 1] [--only peers,grpc,seam]
+[--baseline REV]``.
 """
 
 from __future__ import annotations
@@ -33,8 +43,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc_load
 import httpx
 import numpy as np
+import ws_load
+from servers.mlserver import ensure_mlserver_venv, mlserver_batches, mlserver_launch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -116,8 +129,15 @@ class Served:
         env: dict[str, str] | None = None,
         *,
         workers: int = 1,
+        formats: tuple[str, ...] = ("json",),
+        grpc_target: str | None = None,
+        metrics_url: str | None = None,
     ) -> None:
         self.name, self.url, self.ready, self.workers = name, url, ready, workers
+        self.formats = formats
+        """The request kinds this server is measured with: json, binary, grpc, grpc-stream, ws."""
+        self.grpc_target = grpc_target
+        self.metrics_url = metrics_url  # MLServer's (coserve's is beside its URL)
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
         self.process = subprocess.Popen(
             command, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
@@ -143,6 +163,8 @@ class Served:
 
     def batches(self) -> tuple[float, float]:
         """(rows, batches) so far, for the mean batch size over a cell; (0, 0) if unknown."""
+        if self.name == "mlserver" and self.metrics_url is not None:
+            return mlserver_batches(self.metrics_url)
         if not self.name.startswith("coserve"):
             return 0.0, 0.0
         return sum(self._batch_samples("sum")), sum(self._batch_samples("count"))
@@ -210,6 +232,74 @@ def run_wrk(
     return parse_wrk(output), cpu
 
 
+def run_cell(
+    server: Served,
+    fmt: str,
+    concurrency: int,
+    opts: argparse.Namespace,
+    request_bodies: dict[str, tuple[Path, int | None]],
+    script: Path,
+) -> dict[str, Any]:
+    """One measured cell (after its warm-up), with the server's CPU and batch sizes."""
+    pid = server.process.pid
+    rows0, batches0 = server.batches()
+    if fmt in ("json", "binary"):
+        body, header = request_bodies[fmt]
+        run_wrk(server.url, concurrency, opts.warmup, body, header, script)
+        rows0, batches0 = server.batches()
+        cpu0 = tree_cpu_seconds(pid)
+        result, loadgen_cpu = run_wrk(server.url, concurrency, opts.seconds, body, header, script)
+        server_cpu = tree_cpu_seconds(pid) - cpu0
+        result["loadgen_cpu_us_per_request"] = loadgen_cpu / max(result["requests"], 1) * 1e6
+        result["server_cpu_us_per_request"] = server_cpu / max(result["requests"], 1) * 1e6
+    elif fmt in ("grpc", "grpc-stream", "grpc-stream-h2load"):
+        assert server.grpc_target is not None
+
+        def grpc_cell(seconds: float) -> dict[str, Any]:
+            return grpc_load.measure(
+                server.grpc_target,  # type: ignore[arg-type]
+                model="digits",
+                input_name="image",
+                shape=[1, 8, 8, 1],
+                data=request_bodies["raw"][0].read_bytes(),
+                mode="unary" if fmt == "grpc" else "stream",
+                engine="grpcio" if fmt == "grpc-stream" else "h2load",
+                concurrency=concurrency,
+                seconds=seconds,
+                warmup=0,
+                server_cpu=lambda: tree_cpu_seconds(pid),
+            )
+
+        grpc_cell(opts.warmup)
+        rows0, batches0 = server.batches()
+        result = grpc_cell(opts.seconds)
+        result.setdefault("socket_errors", "")
+    elif fmt == "ws":
+        url = server.url.replace("http://", "ws://") + "/ws"
+        body = request_bodies["json"][0]
+        ws_load.measure(url, body, concurrency=concurrency, seconds=opts.warmup, warmup=0)
+        rows0, batches0 = server.batches()
+        cpu0 = tree_cpu_seconds(pid)
+        result = ws_load.measure(url, body, concurrency=concurrency, seconds=opts.seconds, warmup=0)
+        server_cpu = tree_cpu_seconds(pid) - cpu0
+        result["server_cpu_us_per_request"] = server_cpu / max(result["requests"], 1) * 1e6
+    else:
+        raise ValueError(f"unknown request kind {fmt!r}")
+    rows1, batches1 = server.batches()
+    result["mean_batch"] = (rows1 - rows0) / (batches1 - batches0) if batches1 > batches0 else None
+    return result
+
+
+def baseline_tree(revision: str, scratch: Path) -> Path:
+    """A worktree of coserve at ``revision`` (removed with ``git worktree prune`` later)."""
+    tree = scratch / f"coserve-{revision}"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), revision],
+        check=True,
+    )
+    return tree
+
+
 def bodies(folder: Path) -> dict[str, tuple[Path, int | None]]:
     from sklearn.datasets import load_digits
 
@@ -225,7 +315,26 @@ def bodies(folder: Path) -> dict[str, tuple[Path, int | None]]:
     ).encode()
     binary_body = folder / "request.bin"
     binary_body.write_bytes(header + image.astype("<f4").tobytes())
-    return {"json": (json_body, None), "binary": (binary_body, len(header))}
+    raw = folder / "image.raw"  # the tensor's bytes, for gRPC's raw_input_contents
+    raw.write_bytes(image.astype("<f4").tobytes())
+    return {"json": (json_body, None), "binary": (binary_body, len(header)), "raw": (raw, None)}
+
+
+PARTS = ("peers", "grpc", "seam")
+
+
+def coserve_command(port: int, *args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "coserve.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *args,
+    ]
 
 
 def main() -> None:
@@ -233,11 +342,31 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--only",
+        default="peers,grpc",
+        help="comma-separated parts: peers (unbatched, mosec, coserve --workers 2), grpc "
+        "(coserve's gRPC and MLServer's), seam (coserve at --baseline); coserve's REST cells "
+        "always run (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="a git revision of coserve to run beside the current tree (adds the seam part)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS)
     opts = parser.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is not installed: apt-get install wrk")
-    mosec_python = ensure_mosec_venv()
+    parts = set(opts.only.split(",")) | ({"seam"} if opts.baseline else set())
+    if not parts <= set(PARTS):
+        sys.exit(f"--only takes {', '.join(PARTS)}")
+    if "seam" in parts and not opts.baseline:
+        sys.exit("the seam part needs --baseline REV")
+    for tool, package, needed in (
+        ("wrk", "wrk", True),
+        ("h2load", "nghttp2-client", "grpc" in parts),
+    ):
+        if needed and shutil.which(tool) is None:
+            sys.exit(f"{tool} is not installed: apt-get install {package}")
     print(f"machine: {platform.platform()}, {platform.python_version()}, {os.cpu_count()} cores")
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
 
@@ -245,71 +374,117 @@ def main() -> None:
     script = scratch / "post.lua"
     script.write_text(WRK_SCRIPT)
     request_bodies = bodies(scratch)
+    names = ("coserve", "coserve-grpc", "coserve-2w", "coserve-base", "unbatched", "mosec")
     ports = {
-        name: free_port() for name in ("coserve", "coserve-2w", "unbatched", "mosec", "mosec-2w")
+        name: free_port()
+        for name in (
+            *names,
+            "coserve-2w-grpc",
+            "mosec-2w",
+            "mlserver",
+            "mlserver-grpc",
+            "mlserver-metrics",
+        )
     }
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    local = "http://127.0.0.1"
+    coserve_formats = ["json", "binary"]
+    if "grpc" in parts:
+        coserve_formats += ["grpc", "grpc-stream", "grpc-stream-h2load"]
+    if "seam" in parts:
+        coserve_formats += ["ws"]
+    grpc_args = ["--grpc-port", str(ports["coserve-grpc"])] if "grpc" in parts else ["--no-grpc"]
     servers = [
         Served(
             "coserve",
-            [
-                sys.executable,
-                "-m",
-                "coserve.cli",
-                "serve",
-                "--no-grpc",
-                "--port",
-                str(ports["coserve"]),
-                "--log-level",
-                "warning",
-            ],
-            f"http://127.0.0.1:{ports['coserve']}/v2/models/digits/infer",
-            f"http://127.0.0.1:{ports['coserve']}/v2/health/ready",
-        ),
-        Served(
-            "coserve-2w",
-            [
-                sys.executable,
-                "-m",
-                "coserve.cli",
-                "serve",
-                "--no-grpc",
-                "--workers",
-                "2",
-                "--port",
-                str(ports["coserve-2w"]),
-                "--log-level",
-                "warning",
-            ],
-            f"http://127.0.0.1:{ports['coserve-2w']}/v2/models/digits/infer",
-            f"http://127.0.0.1:{ports['coserve-2w']}/v2/health/ready",
-            workers=2,
-        ),
-        Served(
-            "unbatched",
-            [sys.executable, str(HERE / "servers" / "unbatched.py"), str(ports["unbatched"])],
-            f"http://127.0.0.1:{ports['unbatched']}/v2/models/digits/infer",
-            f"http://127.0.0.1:{ports['unbatched']}/v2/health/ready",
-            env,
-        ),
-        *(
-            Served(
-                name,
-                [
-                    str(mosec_python),
-                    str(HERE / "servers" / "mosec_server.py"),
-                    "--port",
-                    str(ports[name]),
-                    "--timeout",
-                    "30000",
-                ],
-                f"http://127.0.0.1:{ports[name]}/inference",
-                f"http://127.0.0.1:{ports[name]}/",
-                {**env, "MOSEC_WORKERS": workers},
-            )
-            for name, workers in (("mosec", "1"), ("mosec-2w", "2"))
-        ),
+            coserve_command(ports["coserve"], *grpc_args),
+            f"{local}:{ports['coserve']}/v2/models/digits/infer",
+            f"{local}:{ports['coserve']}/v2/health/ready",
+            formats=tuple(coserve_formats),
+            grpc_target=f"127.0.0.1:{ports['coserve-grpc']}",
+        )
     ]
+    worktree = None
+    if "seam" in parts:
+        worktree = baseline_tree(opts.baseline, scratch)
+        base_env = {**env, "PYTHONPATH": str(worktree / "src")}
+        servers.append(
+            Served(
+                "coserve-base",
+                # The baseline may predate gRPC (and --no-grpc): it gets the flags it knows.
+                coserve_command(ports["coserve-base"]),
+                f"{local}:{ports['coserve-base']}/v2/models/digits/infer",
+                f"{local}:{ports['coserve-base']}/v2/health/ready",
+                base_env,
+                formats=("json", "binary", "ws"),
+            )
+        )
+    if "peers" in parts:
+        mosec_python = ensure_mosec_venv()
+        servers += [
+            Served(
+                "coserve-2w",
+                coserve_command(
+                    ports["coserve-2w"],
+                    "--workers",
+                    "2",
+                    *(
+                        ["--grpc-port", str(ports["coserve-2w-grpc"])]
+                        if "grpc" in parts
+                        else ["--no-grpc"]
+                    ),
+                ),
+                f"{local}:{ports['coserve-2w']}/v2/models/digits/infer",
+                f"{local}:{ports['coserve-2w']}/v2/health/ready",
+                workers=2,
+                formats=("json", "grpc") if "grpc" in parts else ("json",),
+                grpc_target=f"127.0.0.1:{ports['coserve-2w-grpc']}",
+            ),
+            Served(
+                "unbatched",
+                [sys.executable, str(HERE / "servers" / "unbatched.py"), str(ports["unbatched"])],
+                f"{local}:{ports['unbatched']}/v2/models/digits/infer",
+                f"{local}:{ports['unbatched']}/v2/health/ready",
+                env,
+            ),
+            *(
+                Served(
+                    name,
+                    [
+                        str(mosec_python),
+                        str(HERE / "servers" / "mosec_server.py"),
+                        "--port",
+                        str(ports[name]),
+                        "--timeout",
+                        "30000",
+                    ],
+                    f"{local}:{ports[name]}/inference",
+                    f"{local}:{ports[name]}/",
+                    {**env, "MOSEC_WORKERS": workers},
+                )
+                for name, workers in (("mosec", "1"), ("mosec-2w", "2"))
+            ),
+        ]
+    if "grpc" in parts:
+        launch = mlserver_launch(
+            ensure_mlserver_venv(),
+            http_port=ports["mlserver"],
+            grpc_port=ports["mlserver-grpc"],
+            metrics_port=ports["mlserver-metrics"],
+            base_env=env,
+        )
+        servers.append(
+            Served(
+                "mlserver",
+                launch.command,
+                launch.infer_url,
+                launch.ready_url,
+                launch.env,
+                formats=("grpc",),
+                grpc_target=launch.grpc_target,
+                metrics_url=launch.metrics_url,
+            )
+        )
     cells: dict[str, list[dict[str, Any]]] = {}
     try:
         for server in servers:
@@ -317,26 +492,8 @@ def main() -> None:
         for round_ in range(opts.repeats):
             for concurrency in CONCURRENCY:
                 for server in servers:
-                    formats = ("json", "binary") if server.name == "coserve" else ("json",)
-                    for fmt in formats:
-                        body, header = request_bodies[fmt]
-                        run_wrk(server.url, concurrency, opts.warmup, body, header, script)
-                        rows0, batches0 = server.batches()
-                        cpu0 = tree_cpu_seconds(server.process.pid)
-                        result, loadgen_cpu = run_wrk(
-                            server.url, concurrency, opts.seconds, body, header, script
-                        )
-                        server_cpu = tree_cpu_seconds(server.process.pid) - cpu0
-                        rows1, batches1 = server.batches()
-                        result["mean_batch"] = (
-                            (rows1 - rows0) / (batches1 - batches0) if batches1 > batches0 else None
-                        )
-                        result["loadgen_cpu_us_per_request"] = (
-                            loadgen_cpu / max(result["requests"], 1) * 1e6
-                        )
-                        result["server_cpu_us_per_request"] = (
-                            server_cpu / max(result["requests"], 1) * 1e6
-                        )
+                    for fmt in server.formats:
+                        result = run_cell(server, fmt, concurrency, opts, request_bodies, script)
                         cells.setdefault(f"{server.name}|{fmt}|{concurrency}", []).append(result)
                         print(
                             f"round {round_ + 1} {server.name} {fmt} c={concurrency}: "
@@ -347,6 +504,13 @@ def main() -> None:
     finally:
         for server in servers:
             server.stop()
+        if "grpc" in parts:
+            shutil.rmtree(launch.scratch, ignore_errors=True)
+        if worktree is not None:
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)],
+                check=False,
+            )
         shutil.rmtree(scratch, ignore_errors=True)
 
     rows = []
@@ -394,16 +558,37 @@ def main() -> None:
     by = {(r["server"], r["format"], r["concurrency"]): r for r in rows}
     print()
     for c in CONCURRENCY:
-        mosec, plain = by["mosec", "json", c], by["unbatched", "json", c]
-        best = max(mosec, by["mosec-2w", "json", c], key=lambda row: row["rps"])
-        for name in ("coserve", "coserve-2w"):
-            mine = by[name, "json", c]
-            print(
-                f"c={c}: {name}/mosec throughput {mine['rps'] / mosec['rps']:.2f}x "
-                f"(/{best['server']}, mosec's better here: {mine['rps'] / best['rps']:.2f}x), "
-                f"p99 {mine['p99_ms']:.1f} vs {mosec['p99_ms']:.1f} ms; "
-                f"{name}/unbatched p50 {mine['p50_ms']:.2f} vs {plain['p50_ms']:.2f} ms"
+        if "peers" in parts:
+            mosec, plain = by["mosec", "json", c], by["unbatched", "json", c]
+            best = max(mosec, by["mosec-2w", "json", c], key=lambda row: row["rps"])
+            for name in ("coserve", "coserve-2w"):
+                mine = by[name, "json", c]
+                print(
+                    f"c={c}: {name}/mosec throughput {mine['rps'] / mosec['rps']:.2f}x "
+                    f"(/{best['server']}, mosec's better here: {mine['rps'] / best['rps']:.2f}x), "
+                    f"p99 {mine['p99_ms']:.1f} vs {mosec['p99_ms']:.1f} ms; "
+                    f"{name}/unbatched p50 {mine['p50_ms']:.2f} vs {plain['p50_ms']:.2f} ms"
+                )
+        if "grpc" in parts:
+            peer, binary = by["mlserver", "grpc", c], by["coserve", "binary", c]
+            line = f"c={c}: vs MLServer gRPC:"
+            for name in ("coserve", "coserve-2w"):
+                if (name, "grpc", c) in by:
+                    unary = by[name, "grpc", c]
+                    line += (
+                        f" {name} {unary['rps'] / peer['rps']:.2f}x (p99 {unary['p99_ms']:.1f} "
+                        f"vs {peer['p99_ms']:.1f} ms);"
+                    )
+            line += " streams/binary REST:"
+            for fmt in ("grpc-stream", "grpc-stream-h2load"):
+                line += f" {fmt} {by['coserve', fmt, c]['rps'] / binary['rps']:.2f}x"
+            print(line)
+        if "seam" in parts:
+            ratios = ", ".join(
+                f"{fmt} {by['coserve', fmt, c]['rps'] / by['coserve-base', fmt, c]['rps']:.2f}x"
+                for fmt in ("json", "binary", "ws")
             )
+            print(f"c={c}: coserve/{opts.baseline} throughput: {ratios}")
     opts.output.parent.mkdir(parents=True, exist_ok=True)
     opts.output.write_text(
         json.dumps({"command": shlex.join([sys.executable, *sys.argv]), "rows": rows}, indent=2)
