@@ -1,0 +1,116 @@
+"""The gRPC server's bounds, in process: streams at once, requests in flight per stream.
+
+The real ``GrpcServer`` on a real port with the python ``slow`` model; the client is grpcio's
+own, with tritonclient's generated messages (what a client library would send).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+from tritonclient.grpc import service_pb2
+
+from coserve.models import ModelRepository
+from coserve.server._grpc_server import GrpcOptions, GrpcServer
+from coserve.server._limits import ServerLimits
+from coserve.server._service import InferenceService
+from coserve.server._state import ServerState
+from server_models import add_python_models
+
+STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
+
+
+@asynccontextmanager
+async def grpc_server(
+    folder: Path, **options: int
+) -> AsyncIterator[tuple[GrpcServer, ModelRepository]]:
+    repository = ModelRepository(add_python_models(folder))
+    await repository.reload()
+    state = ServerState(repository, limits=ServerLimits(), graceful_timeout=5)
+    state.ready = state.accepting = True
+    server = GrpcServer(
+        InferenceService(state, lambda *labels: None),
+        GrpcOptions(port=0, **options),  # type: ignore[arg-type]
+    )
+    await server.start()
+    try:
+        yield server, repository
+    finally:
+        await server.stop(1)
+        await repository.aclose(grace_period=1)
+
+
+def slow_request(seconds: float, request_id: str) -> service_pb2.ModelInferRequest:
+    request = service_pb2.ModelInferRequest(model_name="slow", id=request_id)
+    entry = request.inputs.add(name="x", datatype="FP32", shape=[1])
+    entry.contents.fp32_contents.append(seconds)
+    return request
+
+
+def open_stream(channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
+    method = channel.stream_stream(
+        STREAM,
+        request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+        response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
+    )
+    return method()
+
+
+async def wait_until(condition: object, what: str) -> None:
+    assert callable(condition)
+    for _ in range(600):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_one_stream_too_many_is_resource_exhausted(tmp_path: Path) -> None:
+    """Past ``max_streams`` open streams, a new one is refused; the open one still works."""
+    async with (
+        grpc_server(tmp_path, max_streams=1) as (server, _),
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        first = open_stream(channel)
+        await first.write(slow_request(0.0, "a"))
+        answer = await first.read()
+        assert answer.infer_response.id == "a"
+        second = open_stream(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await second.read()
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        await first.write(slow_request(0.0, "b"))
+        assert (await first.read()).infer_response.id == "b"
+        await first.done_writing()
+
+
+async def test_reading_pauses_at_the_in_flight_bound(tmp_path: Path) -> None:
+    """With ``max_in_flight`` 2, the server takes two requests off a stream and no more.
+
+    Until one is answered, that is; every request is answered in the end.
+    """
+    async with grpc_server(tmp_path, max_in_flight=2) as (server, repository):
+        handle = repository.get("slow")
+
+        def taken() -> int:
+            statistics = handle.statistics()
+            return statistics.queued + statistics.running_batches
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stream = open_stream(channel)
+            for i in range(4):
+                await stream.write(slow_request(0.5, str(i)))
+            await stream.done_writing()
+            await wait_until(lambda: taken() == 2, "two requests taken")
+            await asyncio.sleep(0.2)  # a third would be taken at once if reading went on
+            assert taken() == 2
+            ids = set()
+            async for answer in stream:
+                assert answer.error_message == ""
+                ids.add(answer.infer_response.id)
+            assert ids == {"0", "1", "2", "3"}
