@@ -589,7 +589,20 @@ def test_two_workers_serve_grpc_on_one_port(tmp_path: Path) -> None:
     """--workers 2: both workers take gRPC connections on the one port."""
     server = ServerProcess("--workers", "2", grpc=True)
     try:
-        server.wait_ready()
+        server.wait_ready()  # one worker is: wait for both (a worker serves gRPC once ready)
+        deadline = time.monotonic() + 90
+        while (
+            len(
+                re.findall(
+                    r'^coserve_queued_requests\{model="digits".*worker="\d"\}',
+                    httpx.get(f"{server.url}/metrics", timeout=30).text,
+                    re.M,
+                )
+            )
+            < 2
+        ):
+            assert time.monotonic() < deadline, "the second worker never became ready"
+            time.sleep(0.2)
         batch = images(1)
         # A connection each (gRPC would share one between channels to a target): the kernel
         # spreads the connections over the workers.

@@ -244,8 +244,8 @@ class InferenceServicer:
         self._max_in_flight = max_in_flight
         self._streams = 0
 
-    def handlers(self) -> grpc.GenericRpcHandler:
-        """The service's method handlers, Triton's unserved RPCs included (UNIMPLEMENTED)."""
+    def methods(self) -> tuple[str, dict[str, grpc.RpcMethodHandler[Any, Any]]]:
+        """The service's name and method handlers, Triton's unserved RPCs (UNIMPLEMENTED) too."""
         methods = {
             "ServerLive": unary(self.server_live, ServerLiveRequest, ServerLiveResponse),
             "ServerReady": unary(self.server_ready, ServerReadyRequest, ServerReadyResponse),
@@ -265,7 +265,7 @@ class InferenceServicer:
         }
         for name in UNIMPLEMENTED:
             methods[name] = grpc.unary_unary_rpc_method_handler(_unimplemented(name))
-        return grpc.method_handlers_generic_handler(SERVICE, methods)
+        return SERVICE, methods
 
     # -- health and metadata -----------------------------------------------------------------
 

@@ -85,17 +85,16 @@ class GrpcServer:
                 ("grpc.http2.max_ping_strikes", 0),  # never GOAWAY a client for its pings
             ],
         )
-        server.add_generic_rpc_handlers(
-            (
-                InferenceServicer(
-                    self._service,
-                    self._draining,
-                    max_streams=options.max_streams,
-                    max_in_flight=options.max_in_flight,
-                ).handlers(),
-                *TFServingServicer(self._service).handlers(),
-            )
+        inference = InferenceServicer(
+            self._service,
+            self._draining,
+            max_streams=options.max_streams,
+            max_in_flight=options.max_in_flight,
         )
+        # Registered, not generic: C-core matches the method path itself, without a Python
+        # lookup per call.
+        for service, methods in (inference.methods(), *TFServingServicer(self._service).methods()):
+            server.add_registered_method_handlers(service, methods)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = f"{options.host}:{options.port}"
         try:

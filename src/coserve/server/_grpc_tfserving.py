@@ -181,8 +181,8 @@ class TFServingServicer:
     def __init__(self, service: InferenceService) -> None:
         self._service = service
 
-    def handlers(self) -> tuple[grpc.GenericRpcHandler, ...]:
-        """The two services' method handlers, the unserved ones UNIMPLEMENTED."""
+    def methods(self) -> tuple[tuple[str, dict[str, grpc.RpcMethodHandler[Any, Any]]], ...]:
+        """The two services' names and method handlers, the unserved ones UNIMPLEMENTED."""
         prediction = {
             "Predict": unary(self.predict, PredictRequest, PredictResponse),
             "GetModelMetadata": unary(
@@ -197,10 +197,7 @@ class TFServingServicer:
         for service, methods in ((PREDICTION_SERVICE, prediction), (MODEL_SERVICE, model)):
             for name in UNIMPLEMENTED[service]:
                 methods[name] = grpc.unary_unary_rpc_method_handler(_unimplemented(service, name))
-        return (
-            grpc.method_handlers_generic_handler(PREDICTION_SERVICE, prediction),
-            grpc.method_handlers_generic_handler(MODEL_SERVICE, model),
-        )
+        return (PREDICTION_SERVICE, prediction), (MODEL_SERVICE, model)
 
     def _handle(self, spec: ModelSpec, *, serving: bool) -> ModelHandle:
         """The model version a ``model_spec`` names (``serving``: only while taking work)."""
