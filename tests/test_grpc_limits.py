@@ -1,4 +1,6 @@
-"""The gRPC server's bounds, in process: streams at once, requests in flight per stream.
+"""The gRPC stream's bounds and switches, in process.
+
+Streams at once, requests in flight per stream, and Triton's ``triton_grpc_error`` header.
 
 The real ``GrpcServer`` on a real port with the python ``slow`` model; the client is grpcio's
 own, with tritonclient's generated messages (what a client library would send).
@@ -114,3 +116,32 @@ async def test_reading_pauses_at_the_in_flight_bound(tmp_path: Path) -> None:
                 assert answer.error_message == ""
                 ids.add(answer.infer_response.id)
             assert ids == {"0", "1", "2", "3"}
+
+
+async def test_tritons_header_ends_the_stream_with_the_errors_status(tmp_path: Path) -> None:
+    """With ``triton_grpc_error: true``, an error ends the stream with its gRPC status.
+
+    Without it (the default), the error is an ``error_message`` and the stream goes on.
+    """
+    async with (
+        grpc_server(tmp_path) as (server, _),
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        method = channel.stream_stream(
+            STREAM,
+            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+            response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
+        )
+        default = method()
+        await default.write(service_pb2.ModelInferRequest(model_name="nope", id="x"))
+        answer = await default.read()
+        assert "nope" in answer.error_message
+        await default.write(slow_request(0.0, "y"))
+        assert (await default.read()).infer_response.id == "y"
+        await default.done_writing()
+
+        as_status = method(metadata=(("triton_grpc_error", "true"),))
+        await as_status.write(service_pb2.ModelInferRequest(model_name="nope", id="x"))
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await as_status.read()
+        assert ended.value.code() == grpc.StatusCode.NOT_FOUND
