@@ -76,15 +76,17 @@ def predict(inputs):
 """
 
 
+def add_model(root: Path, name: str, config: str, model: str) -> None:
+    """Write one Python model, version 1, into the repository folder ``root``."""
+    (root / name / "1").mkdir(parents=True)
+    (root / name / "config.toml").write_text(config)
+    (root / name / "1" / "model.py").write_text(model)
+
+
 def add_python_models(root: Path, *, slow_config: str = SLOW_CONFIG) -> Path:
     """Write the 'types' and 'slow' Python models into the repository folder ``root``."""
-    for name, config, model in (
-        ("types", TYPES_CONFIG, TYPES_MODEL),
-        ("slow", slow_config, SLOW_MODEL),
-    ):
-        (root / name / "1").mkdir(parents=True)
-        (root / name / "config.toml").write_text(config)
-        (root / name / "1" / "model.py").write_text(model)
+    add_model(root, "types", TYPES_CONFIG, TYPES_MODEL)
+    add_model(root, "slow", slow_config, SLOW_MODEL)
     return root
 
 

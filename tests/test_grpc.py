@@ -25,7 +25,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from helpers import ServerProcess
-from server_models import build_repository
+from server_models import add_model, build_repository
 
 pytestmark = pytest.mark.slow  # starts real server processes
 
@@ -87,12 +87,6 @@ FAILS_MODEL = """
 def predict(inputs):
     raise RuntimeError("the model broke")
 """
-
-
-def add_model(root: Path, name: str, config: str, model: str) -> None:
-    (root / name / "1").mkdir(parents=True)
-    (root / name / "config.toml").write_text(config)
-    (root / name / "1" / "model.py").write_text(model)
 
 
 def grpc_repository(root: Path) -> Path:
