@@ -12,7 +12,6 @@ import queue
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -25,7 +24,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from helpers import ServerProcess
-from server_models import add_model, build_repository
+from server_models import SLOW_CONFIG, add_model, build_repository
 
 pytestmark = pytest.mark.slow  # starts real server processes
 
@@ -89,10 +88,23 @@ def predict(inputs):
 """
 
 
+# The slow model, in batches of up to 4: what waits behind a running batch goes in one batch.
+GATHER_CONFIG = SLOW_CONFIG.replace("max_batch_size = 1", "max_batch_size = 4")
+
+GATHER_MODEL = """
+import time
+
+def predict(inputs):
+    time.sleep(float(inputs["x"].max()))
+    return {"y": inputs["x"]}
+"""
+
+
 def grpc_repository(root: Path) -> Path:
     build_repository(root)
     add_model(root, "echo", ECHO_CONFIG, ECHO_MODEL)
     add_model(root, "fails", FAILS_CONFIG, FAILS_MODEL)
+    add_model(root, "gather", GATHER_CONFIG, GATHER_MODEL)
     return root
 
 
@@ -563,20 +575,42 @@ class TestStream:
         assert metric(server, batches) == before_batches + 1  # only the running batch ran
 
 
-def test_grpc_and_http_requests_share_batches_and_metrics(server: ServerProcess) -> None:
-    """One loop, one batcher: both protocols' requests are counted per protocol."""
-    series = 'coserve_request_duration_seconds_count{model="digits",protocol="grpc",status="OK"'
-    before = metric(server, series)
-    batch = images(16)
+async def test_a_grpc_and_an_http_request_share_a_batch(server: ServerProcess) -> None:
+    """One loop, one batcher per model: requests from both protocols go in one batch.
 
-    def grpc_call(i: int) -> None:
-        with triton.InferenceServerClient(server.grpc_target) as client:
-            client.infer("digits", [image_input(batch[i : i + 1])])
-
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(grpc_call, range(len(batch))))
-    assert metric(server, series) == before + len(batch)
-    assert metric(server, 'coserve_request_duration_seconds_count{model="digits",protocol="http"')
+    One request runs for 2 s; a gRPC and an HTTP request queued behind it then run
+    together, as one batch of two. Each protocol's request is counted under its own label.
+    """
+    gather = '{model="gather",version="1"}'
+    pairs = 'coserve_batch_size_bucket{le="2",model="gather",version="1"}'
+    ones = 'coserve_batch_size_bucket{le="1",model="gather",version="1"}'
+    grpc_ok = 'coserve_request_duration_seconds_count{model="gather",protocol="grpc",status="OK"'
+    http_ok = 'coserve_request_duration_seconds_count{model="gather",protocol="http",status="200"'
+    body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.0]}]}
+    url = f"{server.url}/v2/models/gather/infer"
+    async with (
+        httpx.AsyncClient(timeout=60) as http,
+        triton_aio.InferenceServerClient(server.grpc_target) as client,
+    ):
+        first = asyncio.ensure_future(
+            http.post(url, json={"inputs": [{**body["inputs"][0], "data": [2.0]}]})
+        )
+        await wait_until(
+            lambda: metric(server, f"coserve_running_batches{gather}") == 1, "one running"
+        )
+        by_grpc = asyncio.ensure_future(client.infer("gather", [slow_input(0.0)]))
+        by_http = asyncio.ensure_future(http.post(url, json=body))
+        await wait_until(
+            lambda: metric(server, f"coserve_queued_requests{gather}") == 2, "both queued"
+        )
+        assert (await first).status_code == 200
+        assert (await by_grpc).as_numpy("y").tolist() == [0.0]
+        assert (await by_http).status_code == 200
+    # Two batches in all: the first alone, then the two queued requests together.
+    assert metric(server, ones) == 1
+    assert metric(server, pairs) == 2
+    assert metric(server, grpc_ok) == 1
+    assert metric(server, http_ok) == 2
 
 
 def test_two_workers_serve_grpc_on_one_port(tmp_path: Path) -> None:
