@@ -71,3 +71,37 @@ def test_graceful_timeout_must_be_a_finite_non_negative_number(value: str) -> No
     result = run_cli("serve", "--graceful-timeout", value)
     assert result.returncode == 2
     assert "seconds" in result.stderr
+
+
+def serve_without_grpc_installed(*args: str) -> subprocess.CompletedProcess[str]:
+    """``coserve serve`` in a process where ``import grpc`` fails, as without the extra."""
+    code = (
+        "import sys; sys.modules['grpc'] = None; from coserve.cli import main; "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, "serve", "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_without_the_grpc_extra_an_asked_for_grpc_port_is_an_error() -> None:
+    """--grpc-port given, gRPC not installed: exit 2, naming the extra and --no-grpc."""
+    result = serve_without_grpc_installed("--grpc-port", "0")
+    assert result.returncode == 2
+    assert "coserve[grpc]" in result.stderr
+    assert "--no-grpc" in result.stderr
+
+
+def test_without_the_grpc_extra_the_default_serves_http_only_with_a_warning() -> None:
+    """No --grpc-port, gRPC not installed: a warning, then the server starts as HTTP only.
+
+    (It then stops on the missing repository, which shows it went on to start.)
+    """
+    result = serve_without_grpc_installed("--model-repository", "/nonexistent/models")
+    output = result.stdout + result.stderr
+    assert "serving HTTP only: gRPC needs coserve[grpc]" in output
+    assert "is not a folder" in output

@@ -494,6 +494,13 @@ class TestTypedContents:
         assert "'image'" in message
         assert "256 bytes" in message
 
+    def test_an_empty_tensor_of_an_impossible_shape_is_refused(self, server: ServerProcess) -> None:
+        """Zero elements, but a shape numpy cannot make: the client's mistake, not INTERNAL."""
+        request = service_pb2.ModelInferRequest(model_name="types")
+        text = request.inputs.add(name="text", datatype="BYTES", shape=[0, 2**62])
+        text.contents.SetInParent()
+        assert "'text'" in self.invalid(server, request)
+
     def test_typed_values_in_the_wrong_field_or_count_are_refused(
         self, server: ServerProcess
     ) -> None:

@@ -145,3 +145,30 @@ async def test_tritons_header_ends_the_stream_with_the_errors_status(tmp_path: P
         with pytest.raises(grpc.aio.AioRpcError) as ended:
             await as_status.read()
         assert ended.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_stream_at_its_bound_ends_at_shutdown_once_its_requests_are_answered(
+    tmp_path: Path,
+) -> None:
+    """Shutdown while a stream waits for a slot: what it took is answered, then UNAVAILABLE.
+
+    The request still unread stays unread (the client learns from the status to resend it).
+    """
+    async with (
+        grpc_server(tmp_path, max_in_flight=1) as (server, repository),
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        handle = repository.get("slow")
+        stream = open_stream(channel)
+        await stream.write(slow_request(0.5, "taken"))
+        await stream.write(slow_request(0.0, "unread"))
+        await wait_until(lambda: handle.statistics().running_batches == 1, "one running")
+        stopping = server.begin_stop(30)
+        answer = await stream.read()
+        assert answer.infer_response.id == "taken"
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await stream.read()
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" in str(ended.value.details())
+        await asyncio.wait_for(stopping, 30)
+        assert handle.statistics().submitted == 1

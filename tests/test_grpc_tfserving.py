@@ -470,6 +470,28 @@ class TestErrors:
                 "count",
                 id="wrong-dtype-for-int32",
             ),
+            pytest.param(
+                predict_request(
+                    "digits", {"image": typed_tensor(types_pb2.DT_FLOAT, [0, 2**62, 8, 1])}
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "image",
+                id="empty-but-impossible-shape",
+            ),
+            pytest.param(
+                # Each fill is under the request size limit; the two together are not.
+                predict_request(
+                    "types",
+                    {
+                        "text": typed_tensor(types_pb2.DT_STRING, [1], string_val=[b"a"]),
+                        "flag": typed_tensor(types_pb2.DT_BOOL, [40_000_000], bool_val=[True]),
+                        "count": typed_tensor(types_pb2.DT_INT32, [10_000_000], int_val=[1]),
+                    },
+                ),
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "bytes left",
+                id="fills-over-the-size-limit-together",
+            ),
         ],
     )
     def test_client_mistakes_in_predict_get_their_status_code(

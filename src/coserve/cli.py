@@ -105,10 +105,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--grpc-port",
         type=int,
-        default=8001,
+        default=None,
         metavar="PORT",
         help="port for gRPC (the Open Inference Protocol with Triton's streaming, and TensorFlow "
-        "Serving's API), on the same address; 0 picks a free port (default: %(default)s)",
+        "Serving's API), on the same address; 0 picks a free port (default: 8001; without the "
+        "grpc extra installed, the default serves HTTP only, with a warning)",
     )
     serve.add_argument(
         "--no-grpc",
@@ -255,7 +256,8 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
         ),
         limit_connections=args.limit_connections,
         graceful_timeout=args.graceful_timeout,
-        grpc_port=None if args.no_grpc else args.grpc_port,
+        grpc_port=None if args.no_grpc else (8001 if args.grpc_port is None else args.grpc_port),
+        grpc_optional=args.grpc_port is None,
         apps=tuple(args.app),
         max_sessions=args.max_sessions,
         session_idle_timeout=args.session_idle_timeout or None,

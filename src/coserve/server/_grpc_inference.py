@@ -148,11 +148,12 @@ def _typed(
     if datatype == "BYTES":
         flat = np.empty(count, dtype=object)
         flat[:] = list(values)
-        return flat.reshape(shape)
+        return reshape(name, flat, shape)
     try:
-        return np.fromiter(values, dtype=dtype, count=count).reshape(shape)
+        flat = np.fromiter(values, dtype=dtype, count=count)
     except (OverflowError, ValueError):  # int_contents of 300 for an INT8 input, say
         raise InvalidInput(f"input {name!r}: values do not fit {datatype}") from None
+    return reshape(name, flat, shape)
 
 
 def decode_inputs(request: ModelInferRequest) -> dict[str, np.ndarray]:
@@ -423,6 +424,8 @@ class _Stream:
 
     async def run(self) -> AsyncIterator[ModelStreamInferResponse]:
         self._reader = reader = asyncio.create_task(self._read())
+        # Read its outcome even when the stream ends first (asyncio logs one nobody read).
+        reader.add_done_callback(lambda done: done.cancelled() or done.exception())
         drain = asyncio.ensure_future(self._draining.wait())
         drain.add_done_callback(self._drain_begun)
         try:
@@ -460,6 +463,8 @@ class _Stream:
         try:
             while not self._draining.is_set():
                 await self._slots.acquire()
+                if self._draining.is_set():  # began while reading waited for a slot
+                    break
                 self._in_read = True
                 try:
                     request = await anext(iterator)

@@ -7,8 +7,9 @@ Serving's ``PredictionService`` and ``ModelService`` (``_grpc_tfserving``), and 
 ``grpc.health.v1.Health`` service (Kubernetes gRPC probes): ``SERVING`` from the models' loading
 until shutdown begins.
 
-Limits: messages up to the server's ``max_request_size`` (gRPC's own default is 4 MiB); at most
-``max_streams`` streams open, ``max_in_flight`` requests in flight on each. Keep-alive: clients
+Limits: messages up to the server's ``max_request_size`` (gRPC's own default is 4 MiB); calls
+at once up to the server's ``max_connections``; at most ``max_streams`` streams open,
+``max_in_flight`` requests in flight on each. Keep-alive: clients
 may ping every 10 seconds, with or without calls in flight, and are never sent away for pinging
 (``too_many_pings``); idle connections are probed every 2 hours, as HTTP/2 servers usually do.
 
@@ -71,9 +72,13 @@ class GrpcServer:
         Raises:
             OSError: The port cannot be bound.
         """
+        if self._draining.is_set():  # a signal came while the models loaded: never serve
+            return
         options = self._options
         limit = self._service.state.limits.max_request_size
         server = grpc.aio.server(
+            # Calls at once, like HTTP's connections: one more is RESOURCE_EXHAUSTED.
+            maximum_concurrent_rpcs=self._service.state.limits.max_connections,
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", -1),
@@ -96,7 +101,8 @@ class GrpcServer:
         for service, methods in (inference.methods(), *TFServingServicer(self._service).methods()):
             server.add_registered_method_handlers(service, methods)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        address = f"{options.host}:{options.port}"
+        host = f"[{options.host}]" if ":" in options.host else options.host  # IPv6
+        address = f"{host}:{options.port}"
         try:
             port = server.add_insecure_port(address)
         except RuntimeError as error:  # grpcio raises RuntimeError("Failed to bind ...")

@@ -44,6 +44,7 @@ from coserve.server._protos import (
     TensorProto,
 )
 from coserve.server._service import InferenceService
+from coserve.server._v2_codec import reshape
 
 if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
@@ -115,8 +116,8 @@ def tensor_to_array(name: str, tensor: TensorProto, max_bytes: int) -> np.ndarra
     size = count * (dtype.itemsize if datatype != "BYTES" else 8)
     if size > max_bytes:
         raise RequestTooLarge(
-            f"input {name!r}: shape {list(shape)} would take {size} bytes, over the server's "
-            f"{max_bytes}-byte request limit"
+            f"input {name!r}: shape {list(shape)} would take {size} bytes, over the {max_bytes} "
+            "bytes left of the server's request size limit"
         )
     if tensor.tensor_content:
         if datatype == "BYTES":
@@ -127,7 +128,7 @@ def tensor_to_array(name: str, tensor: TensorProto, max_bytes: int) -> np.ndarra
                 f"input {name!r}: shape {list(shape)} of {DataType.Name(tensor.dtype)} needs "
                 f"{count * dtype.itemsize} bytes, but tensor_content has {len(content)}"
             )
-        return np.frombuffer(content, dtype=dtype.newbyteorder("<")).reshape(shape)
+        return reshape(name, np.frombuffer(content, dtype=dtype.newbyteorder("<")), shape)
     values = getattr(tensor, field)
     if len(values) > count:
         raise InvalidInput(
@@ -147,13 +148,11 @@ def tensor_to_array(name: str, tensor: TensorProto, max_bytes: int) -> np.ndarra
             f"input {name!r}: values do not fit {DataType.Name(tensor.dtype)}"
         ) from None
     if len(flat) == count:
-        return flat.reshape(shape)
+        return reshape(name, flat, shape)
     if not len(flat):  # TensorFlow's convention: no values is the dtype's zero
-        return (
-            np.full(count, b"", dtype=object) if datatype == "BYTES" else np.zeros(count, dtype)
-        ).reshape(shape)
-    # ...and fewer values than the shape repeat the last one.
-    return np.concatenate([flat, np.repeat(flat[-1:], count - len(flat))]).reshape(shape)
+        zero = np.full(count, b"", dtype=object) if datatype == "BYTES" else np.zeros(count, dtype)
+        return reshape(name, zero, shape)
+    return reshape(name, np.concatenate([flat, np.repeat(flat[-1:], count - len(flat))]), shape)
 
 
 def array_to_tensor(array: np.ndarray, datatype: str, tensor: TensorProto) -> None:
@@ -228,11 +227,7 @@ class TFServingServicer:
             handle = self._handle(request.model_spec, serving=True)
             signature = self._check_signature(handle, request.model_spec.signature_name)
             service.admit(handle)
-            limit = service.state.limits.max_request_size
-            inputs = {
-                name: tensor_to_array(name, tensor, limit)
-                for name, tensor in request.inputs.items()
-            }
+            inputs = _inputs(handle, request, service.state.limits.max_request_size)
             outputs = list(request.output_filter) or None
             result = await service.infer(
                 handle, inputs, outputs=outputs, timeout=context.time_remaining()
@@ -305,6 +300,26 @@ class TFServingServicer:
             status.version = int(version) if version.isdigit() else 0
             status.state = ModelVersionStatus.State.AVAILABLE
         return response
+
+
+def _inputs(handle: ModelHandle, request: PredictRequest, limit: int) -> dict[str, np.ndarray]:
+    """A Predict's inputs as arrays, the model's names only, ``limit`` bytes in all.
+
+    The names are checked first and the bytes summed before each tensor is filled, so a small
+    message cannot make the server build many large tensors (TensorFlow's fill rule).
+    """
+    names = {spec.name for spec in handle.inputs}
+    for name in request.inputs:
+        if name not in names:
+            raise InvalidInput(
+                f"model {handle.name!r} has no input {name!r}; its inputs are: "
+                + ", ".join(sorted(names))
+            )
+    arrays = {}
+    for name, tensor in request.inputs.items():
+        arrays[name] = array = tensor_to_array(name, tensor, limit)
+        limit -= array.size * (array.itemsize if array.dtype != np.object_ else 8)
+    return arrays
 
 
 def _model_spec(spec: ModelSpec, handle: ModelHandle, signature: str) -> None:

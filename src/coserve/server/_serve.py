@@ -43,6 +43,9 @@ class ServeOptions:
     graceful_timeout: float = 30.0
     grpc_port: int | None = 8001
     """The gRPC port (Triton's convention); None serves no gRPC."""
+    grpc_optional: bool = False
+    """Without the ``grpc`` extra, serve HTTP only with a warning (the port was not asked
+    for), rather than refuse to start."""
     apps: tuple[tuple[str, str], ...] = ()
     """Session apps as ``(name, "module:factory")``."""
     max_sessions: int = 1000
@@ -100,14 +103,14 @@ def serve(options: ServeOptions, argv: Sequence[str]) -> int:
     limits = options.limits.replace(
         max_connections=options.limit_connections or connection_budget()
     )
+    servable, grpc_port = _grpc_port(options)
+    if not servable:
+        return 2
     grpc = None
-    if options.grpc_port is not None:
-        try:
-            from coserve.server._grpc_server import GrpcOptions
-        except ImportError as error:
-            log.error("cannot serve gRPC (%s): install coserve[grpc], or pass --no-grpc", error)
-            return 2
-        grpc = GrpcOptions(host=options.host, port=options.grpc_port, reuse_port=worker is not None)
+    if grpc_port is not None:
+        from coserve.server._grpc_server import GrpcOptions
+
+        grpc = GrpcOptions(host=options.host, port=grpc_port, reuse_port=worker is not None)
     app = create_app(
         repository,
         limits=limits,
@@ -180,15 +183,38 @@ def serve(options: ServeOptions, argv: Sequence[str]) -> int:
     return 0 if server.started else 1
 
 
+def _grpc_port(options: ServeOptions) -> tuple[bool, int | None]:
+    """Whether the options can be served, and the gRPC port to serve (None: no gRPC).
+
+    Without the ``grpc`` extra (or with a protobuf runtime older than the generated modules,
+    a VersionError), a port asked for is an error (logged); the default one only a warning,
+    and the server serves HTTP only.
+    """
+    if options.grpc_port is None:
+        return True, None
+    try:
+        import coserve.server._grpc_server  # noqa: F401 - only whether it imports
+    except Exception as error:
+        if not options.grpc_optional:
+            log.error("cannot serve gRPC (%s): install coserve[grpc], or pass --no-grpc", error)
+            return False, None
+        log.warning("serving HTTP only: gRPC needs coserve[grpc] (%s)", error)
+        return True, None
+    return True, options.grpc_port
+
+
 def _supervise(options: ServeOptions, argv: Sequence[str]) -> int:
     from coserve.server._workers import bind, run_supervisor
 
+    servable, grpc_port = _grpc_port(options)
+    if not servable:
+        return 2
+    if grpc_port is None:
+        argv = [*argv, "--no-grpc"]
     host, port = options.host, options.port
     try:  # fail here, once, if an address is taken, rather than in every worker
         reservation = bind(host, port, reuse_port=True)
-        grpc_reservation = (
-            None if options.grpc_port is None else bind(host, options.grpc_port, reuse_port=True)
-        )
+        grpc_reservation = None if grpc_port is None else bind(host, grpc_port, reuse_port=True)
     except OSError as error:
         log.error("cannot listen on %s: %s", host, error)
         return 1

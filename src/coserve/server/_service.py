@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from coserve._exceptions import BatcherClosed, InvalidInput, RequestTooLarge
+from coserve._exceptions import BatcherClosed, DeadlineExceeded, InvalidInput, RequestTooLarge
 from coserve.models import ModelHandle
 from coserve.server._state import ServerState
 
@@ -112,17 +112,23 @@ class InferenceService:
             inputs: Arrays by input name, rows first.
             outputs: The outputs asked for (None: all).
             parameters: The request's parameters (Triton's ``timeout`` and ``priority``).
-            timeout: Seconds the caller will wait (a gRPC call's deadline); the earlier of this
-                and the ``timeout`` parameter applies.
+            timeout: Seconds the caller will wait (a gRPC call's deadline); the earliest of
+                this, the ``timeout`` parameter and the model's own timeout applies.
 
         Raises:
             InvalidInput: Bad parameters, inputs or requested outputs.
             QueueFull: The model's queue is full.
             BatcherClosed: The model is shutting down.
+            DeadlineExceeded: ``timeout`` has already run out.
         """
         queue_timeout, priority = schedule(parameters)
-        if timeout is not None and (queue_timeout is None or timeout < queue_timeout):
-            queue_timeout = timeout
+        if timeout is not None:
+            if timeout <= 0:
+                raise DeadlineExceeded("the call's deadline passed before it was queued")
+            if queue_timeout is None:
+                queue_timeout = handle.batching.timeout  # the deadline must not lift the model's
+            if queue_timeout is None or timeout < queue_timeout:
+                queue_timeout = timeout
         handle.check_outputs(outputs)
         return handle.infer_nowait(inputs, timeout=queue_timeout, priority=priority)
 

@@ -23,13 +23,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeGuard
 
 import numpy as np
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from coserve._exceptions import InvalidInput, RequestTooLarge, Unsupported
 from coserve.models import ModelHandle, TensorSpec
 from coserve.server._decoding import decode_soon
-from coserve.server._errors import describe
+from coserve.server._errors import CLIENT_GONE_STATUS, describe
 from coserve.server._responses import error_response, json_response, read_body
 from coserve.server._service import InferenceService
 from coserve.server._v2_codec import _MAX_DIMENSIONS, check_data_nesting, load_json_object
@@ -289,7 +289,9 @@ def tfserving_endpoint(service: InferenceService) -> Callable[[Request], Awaitab
             served = service.resolve(name, version)
             response = await _predict(service, served, request)
         except Exception as error:
-            status = describe(error).status
+            # A client gone mid-body is answered nothing (see _responses.endpoint): 499.
+            gone = isinstance(error, ClientDisconnect)
+            status = CLIENT_GONE_STATUS if gone else describe(error).status
             service.observe(PROTOCOL, served, status, time.perf_counter() - started)
             raise
         service.observe(PROTOCOL, served, 200, time.perf_counter() - started)
