@@ -172,3 +172,37 @@ async def test_a_stream_at_its_bound_ends_at_shutdown_once_its_requests_are_answ
         assert "shutting down" in str(ended.value.details())
         await asyncio.wait_for(stopping, 30)
         assert handle.statistics().submitted == 1
+
+
+async def test_a_calls_deadline_never_lifts_the_models_own_timeout(tmp_path: Path) -> None:
+    """A model configured to give up after 0.3 s does so, even for a call allowed a minute.
+
+    (Triton's ``timeout`` parameter, the request's own, may set a longer one.)
+    """
+    from coserve import DeadlineExceeded
+    from server_models import SLOW_CONFIG, SLOW_MODEL, add_model
+
+    config = SLOW_CONFIG.replace("[batching]\n", "[batching]\ntimeout = 0.3\n")
+    assert config != SLOW_CONFIG
+    add_model(tmp_path, "patient", config, SLOW_MODEL)
+    repository = ModelRepository(tmp_path)
+    await repository.reload()
+    try:
+        state = ServerState(repository, limits=ServerLimits(), graceful_timeout=5)
+        state.accepting = True
+        service = InferenceService(state, lambda *labels: None)
+        handle = service.resolve("patient", None)
+        import numpy as np
+
+        # Triton's timeout parameter may lift it (10 s here); a call's deadline may not.
+        running = service.submit(
+            handle, {"x": np.array([2.0], dtype=np.float32)}, parameters={"timeout": 10**7}
+        )
+        await wait_until(lambda: handle.statistics().running_batches == 1, "one running")
+        waiting = service.submit(handle, {"x": np.array([0.0], dtype=np.float32)}, timeout=60)
+        with pytest.raises(DeadlineExceeded):
+            await waiting
+        assert not running.done()  # it gave up at the model's 0.3 s, not after the 2 s run
+        await running
+    finally:
+        await repository.aclose(grace_period=1)
