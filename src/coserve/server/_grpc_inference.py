@@ -54,7 +54,7 @@ from coserve.server._v2_codec import binary_tensor, reshape, tensor_from_binary
 if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
 
-__all__ = ["SERVICE", "InferenceServicer"]
+__all__ = ["SERVICE", "InferenceServicer", "answer", "decode_inputs", "encode_outputs", "submit"]
 
 logger = logging.getLogger("coserve.server")
 
@@ -217,6 +217,44 @@ def encode_outputs(
         response.raw_output_contents.append(binary_tensor(array, datatype))
 
 
+def submit(
+    service: InferenceService,
+    handle: ModelHandle,
+    request: ModelInferRequest,
+    deadline: float | None,
+) -> tuple[asyncio.Future[dict[str, np.ndarray]], list[str] | None]:
+    """Queue a request on its model: the future of its outputs, and the outputs it asked for.
+
+    Raises:
+        InvalidInput, QueueFull, BatcherClosed, DeadlineExceeded: as ``InferenceService``.
+    """
+    service.admit(handle)
+    inputs = decode_inputs(request)
+    outputs = [tensor.name for tensor in request.outputs] or None
+    future = service.submit(
+        handle,
+        inputs,
+        outputs=outputs,
+        parameters=_parameters(request.parameters) if request.parameters else None,
+        timeout=deadline,
+    )
+    return future, outputs
+
+
+def answer(
+    handle: ModelHandle,
+    request: ModelInferRequest,
+    result: dict[str, np.ndarray],
+    outputs: list[str] | None,
+) -> ModelInferResponse:
+    """The response to a request: the outputs it asked for, raw, its id echoed."""
+    response = ModelInferResponse(
+        model_name=handle.name, model_version=handle.version, id=request.id
+    )
+    encode_outputs(response, handle, InferenceService.select(result, outputs))
+    return response
+
+
 # -- the servicer ---------------------------------------------------------------------------------
 
 
@@ -343,22 +381,12 @@ class InferenceServicer:
     async def _infer(
         self, handle: ModelHandle, request: ModelInferRequest, deadline: float | None
     ) -> ModelInferResponse:
-        service = self._service
-        service.admit(handle)
-        inputs = decode_inputs(request)
-        outputs = [tensor.name for tensor in request.outputs] or None
-        result = await service.infer(
-            handle,
-            inputs,
-            outputs=outputs,
-            parameters=_parameters(request.parameters) if request.parameters else None,
-            timeout=deadline,
-        )
-        response = ModelInferResponse(
-            model_name=handle.name, model_version=handle.version, id=request.id
-        )
-        encode_outputs(response, handle, result)
-        return response
+        future, outputs = submit(self._service, handle, request, deadline)
+        try:
+            result = await future
+        finally:
+            future.cancel()  # a no-op once done; withdraws the request if the call was cancelled
+        return answer(handle, request, result, outputs)
 
     @staticmethod
     def _failure(error: BaseException, model: str, remaining: float | None) -> Failure:
@@ -494,16 +522,7 @@ class _Stream:
         handle: ModelHandle | None = None
         try:
             handle = service.resolve(request.model_name, request.model_version or None)
-            service.admit(handle)
-            inputs = decode_inputs(request)
-            outputs = [tensor.name for tensor in request.outputs] or None
-            future = service.submit(
-                handle,
-                inputs,
-                outputs=outputs,
-                parameters=_parameters(request.parameters) if request.parameters else None,
-                timeout=self._context.time_remaining(),
-            )
+            future, outputs = submit(service, handle, request, self._context.time_remaining())
         except Exception as error:
             self._fail(request, handle, error, started)
             return
@@ -530,11 +549,8 @@ class _Stream:
         if error is not None:
             self._fail(request, handle, error, started)
             return
-        response = ModelInferResponse(
-            model_name=handle.name, model_version=handle.version, id=request.id
-        )
         try:
-            encode_outputs(response, handle, InferenceService.select(future.result(), outputs))
+            response = answer(handle, request, future.result(), outputs)
         except Exception as bug:  # still one answer, and a log line
             self._fail(request, handle, bug, started)
             return
