@@ -71,6 +71,23 @@ async def test_every_model_folder_is_loaded(tmp_path: Path) -> None:
         assert await infer_one(repository, "plus_two", 5) == 7
 
 
+async def test_a_folder_that_serves_nothing_is_named_in_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No folder is skipped silently: no config.toml, or a version folder that is no number."""
+    add_model(tmp_path, "plus_one", 1, add=1)
+    (tmp_path / "plus_one" / "latest").mkdir()
+    (tmp_path / "half_plus_two" / "00000123").mkdir(parents=True)  # TF Serving's layout
+    (tmp_path / ".git").mkdir()  # hidden folders are not meant as models
+    with caplog.at_level(logging.WARNING, logger="coserve.models"):
+        async with ModelRepository(tmp_path) as repository:
+            assert [m.name for m in repository.models()] == ["plus_one"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("half_plus_two" in m and "no config.toml" in m for m in messages), messages
+    assert any("latest" in m and "not a version" in m for m in messages), messages
+    assert not any(".git" in m for m in messages), messages
+
+
 async def test_version_policy_selects_the_served_versions(tmp_path: Path) -> None:
     """Latest N, all, and specific pick the version folders to load."""
     for version in (1, 2, 3):

@@ -236,15 +236,34 @@ class ModelRepository:
         """Read every model folder's config and pick its versions (runs in a thread)."""
         found: dict[str, tuple[ModelConfig, list[str]]] = {}
         for folder in sorted(p for p in self.path.iterdir() if p.is_dir()):
+            if folder.name.startswith("."):
+                continue  # hidden (.git, editors' folders): not meant as models
             config_path = folder / "config.toml"
             if not config_path.is_file():
+                # Never silently: a folder someone put here and that serves nothing.
+                logger.warning(
+                    "folder %s: not served: it has no config.toml (a model folder needs one, "
+                    "beside its numbered version folders)",
+                    folder,
+                )
                 continue
             try:
                 config = ModelConfig.load(config_path)
             except ConfigError as error:
                 logger.error("%s", error)
                 continue
-            available = [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()]
+            available = []
+            for entry in folder.iterdir():
+                if not entry.is_dir():
+                    continue
+                if entry.name.isdigit():
+                    available.append(int(entry.name))
+                elif not entry.name.startswith("."):
+                    logger.warning(
+                        "model %s: folder %s is not a version (version folders are numbers)",
+                        config.name,
+                        entry,
+                    )
             versions = [str(v) for v in config.versions.select(available)]
             if not versions:
                 logger.error("model %s: no version folders to serve in %s", config.name, folder)

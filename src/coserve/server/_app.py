@@ -123,18 +123,45 @@ def create_app(
     async def server_metadata(request: Request) -> Response:
         return json_response({"name": "coserve", "version": __version__, "extensions": EXTENSIONS})
 
+    # Health: the status code is the answer (tritonclient, Kubernetes); the JSON body says the
+    # same for clients that read it (the KServe SDK).
     async def live(request: Request) -> Response:
-        return Response(status_code=200)
+        return json_response({"live": True})
 
     async def ready(request: Request) -> Response:
-        return Response(status_code=200 if state.ready else 400)
+        return json_response({"ready": state.ready}, 200 if state.ready else 400)
 
     async def model_ready(request: Request) -> Response:
+        name = request.path_params["model"]
         try:
             handle = _handle(state, request)
         except ModelNotFound:
-            return Response(status_code=400)
-        return Response(status_code=400 if handle.closed or not state.ready else 200)
+            return json_response({"name": name, "ready": False}, 400)
+        ready = state.ready and not handle.closed
+        body = {"name": handle.name, "version": handle.version, "ready": ready}
+        return json_response(body, 200 if ready else 400)
+
+    async def home(request: Request) -> Response:
+        """What this server is and where its APIs are, for whoever opens it first."""
+        versions: dict[str, list[str]] = {}
+        for model in repository.models():
+            versions.setdefault(model.name, []).append(model.version)
+        return json_response(
+            {
+                "name": "coserve",
+                "version": __version__,
+                "ready": state.ready,
+                "models": [{"name": n, "versions": v} for n, v in versions.items()],
+                "endpoints": {
+                    "open_inference_protocol": "/v2",
+                    "inference": "POST /v2/models/{model}/infer",
+                    "health": ["/v2/health/live", "/v2/health/ready"],
+                    "tensorflow_serving": "/v1/models/{model}",
+                    "metrics": "/metrics",
+                    "sessions": [f"/sessions/{app}" for app in sessions.apps],
+                },
+            }
+        )
 
     async def model_metadata(request: Request) -> Response:
         handle = _handle(state, request)
@@ -166,6 +193,7 @@ def create_app(
         return error_response(error.detail, error.status_code)
 
     routes = [
+        Route("/", home, methods=["GET"]),
         Route("/v2", endpoint(server_metadata), methods=["GET"]),
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
