@@ -30,7 +30,7 @@ from coserve.server._decoding import serving
 from coserve.server._limits import ServerLimits
 from coserve.server._metrics import Metrics
 from coserve.server._responses import endpoint, error_response, json_response
-from coserve.server._service import InferenceService
+from coserve.server._service import EXTENSIONS, InferenceService
 from coserve.server._sessions import SessionManager
 from coserve.server._state import ServerState
 from coserve.server._tfserving import tfserving_endpoint
@@ -44,8 +44,6 @@ if TYPE_CHECKING:
 __all__ = ["EXTENSIONS", "ServerState", "create_app"]
 
 logger = logging.getLogger("coserve.server")
-
-EXTENSIONS = ["binary_tensor_data", "schedule_policy"]
 
 
 def _handle(state: ServerState, request: Request) -> ModelHandle:

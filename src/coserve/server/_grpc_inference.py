@@ -21,17 +21,17 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
 
 from coserve import __version__
-from coserve._exceptions import DeadlineExceeded, InvalidInput, ModelNotFound, Unsupported
+from coserve._exceptions import DeadlineExceeded, InvalidInput, ModelNotFound
 from coserve.models import ModelHandle, dtype_of
 from coserve.server._errors import Failure, report
-from coserve.server._grpc_handlers import Undecodable, parser, unary
+from coserve.server._grpc_handlers import Undecodable, abort, parser, unary, unimplemented
 from coserve.server._protos import (
     InferParameter,
     ModelInferRequest,
@@ -48,8 +48,8 @@ from coserve.server._protos import (
     ServerReadyRequest,
     ServerReadyResponse,
 )
-from coserve.server._service import InferenceService
-from coserve.server._v2_codec import binary_tensor, reshape, tensor_from_binary
+from coserve.server._service import EXTENSIONS, InferenceService
+from coserve.server._v2_codec import MAX_DIMENSIONS, binary_tensor, reshape, tensor_from_binary
 
 if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
@@ -61,7 +61,6 @@ logger = logging.getLogger("coserve.server")
 SERVICE = "inference.GRPCInferenceService"
 PROTOCOL = "grpc"
 STREAM_PROTOCOL = "grpc-stream"
-EXTENSIONS = ["binary_tensor_data", "schedule_policy"]
 
 # Triton's RPCs that coserve does not serve: answered UNIMPLEMENTED, with what it does serve.
 UNIMPLEMENTED = (
@@ -95,7 +94,6 @@ _TYPED_FIELD = {
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
-_MAX_DIMENSIONS = 32
 
 
 # -- messages to arrays and back ------------------------------------------------------------------
@@ -113,9 +111,9 @@ def _parameters(parameters: Mapping[str, InferParameter]) -> dict[str, Any]:
 
 def _shape(name: str, dims: Any) -> tuple[int, ...]:
     shape = tuple(dims)
-    if len(shape) > _MAX_DIMENSIONS:
+    if len(shape) > MAX_DIMENSIONS:
         raise InvalidInput(
-            f"input {name!r}: 'shape' has {len(shape)} dimensions; at most {_MAX_DIMENSIONS}"
+            f"input {name!r}: 'shape' has {len(shape)} dimensions; at most {MAX_DIMENSIONS}"
         )
     for dimension in shape:
         if dimension < 0:
@@ -303,7 +301,11 @@ class InferenceServicer:
             ),
         }
         for name in UNIMPLEMENTED:
-            methods[name] = grpc.unary_unary_rpc_method_handler(_unimplemented(name))
+            methods[name] = unimplemented(
+                f"{SERVICE}/{name}",
+                "ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer "
+                "and ModelStreamInfer",
+            )
         return SERVICE, methods
 
     # -- health and metadata -----------------------------------------------------------------
@@ -341,7 +343,7 @@ class InferenceServicer:
         try:
             handle = repository.get(request.name, request.version or None)
         except Exception as error:
-            await _abort(context, report(error, f"metadata of {request.name!r}"))
+            await abort(context, report(error, f"metadata of {request.name!r}"))
             raise  # not reached: abort raises
         response = ModelMetadataResponse(
             name=handle.name,
@@ -373,7 +375,7 @@ class InferenceServicer:
             self._service.observe(
                 PROTOCOL, handle, failure.grpc_code, time.perf_counter() - started
             )
-            await _abort(context, failure)
+            await abort(context, failure)
             raise  # not reached: abort raises
         self._service.observe(PROTOCOL, handle, "OK", time.perf_counter() - started)
         return response
@@ -460,7 +462,7 @@ class _Stream:
             while (item := await self._answers.get()) is not None:
                 answer, failure = item
                 if failure is not None and self._errors_as_status:
-                    await _abort(self._context, failure)
+                    await abort(self._context, failure)
                 yield answer
                 self._outstanding -= 1
                 self._slots.release()
@@ -575,20 +577,3 @@ class _Stream:
             answer.infer_response.model_name = request.model_name
             answer.infer_response.model_version = request.model_version
         self._answers.put_nowait((answer, failure))
-
-
-async def _abort(context: Context, failure: Failure) -> None:
-    await context.abort(grpc.StatusCode[failure.grpc_code], failure.message)
-
-
-def _unimplemented(name: str) -> Callable[[bytes, Context], Any]:
-    error = Unsupported(
-        f"{SERVICE}/{name} is not implemented by coserve; it serves ServerLive, ServerReady, "
-        "ModelReady, ServerMetadata, ModelMetadata, ModelInfer and ModelStreamInfer"
-    )
-
-    async def handler(request: bytes, context: Context) -> bytes:
-        await _abort(context, report(error, f"{SERVICE}/{name}"))
-        raise AssertionError("abort returned")  # abort raises; for the type checker
-
-    return handler

@@ -17,16 +17,15 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
 
-from coserve._exceptions import InvalidInput, ModelNotFound, RequestTooLarge, Unsupported
+from coserve._exceptions import InvalidInput, ModelNotFound, RequestTooLarge
 from coserve.models import ModelHandle, TensorSpec
-from coserve.server._errors import Failure, report
-from coserve.server._grpc_handlers import unary
+from coserve.server._errors import report
+from coserve.server._grpc_handlers import abort, unary, unimplemented
 from coserve.server._protos import (
     Any as AnyMessage,
 )
@@ -44,7 +43,7 @@ from coserve.server._protos import (
     TensorProto,
 )
 from coserve.server._service import InferenceService
-from coserve.server._v2_codec import reshape
+from coserve.server._v2_codec import MAX_DIMENSIONS, reshape
 
 if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
@@ -77,7 +76,7 @@ _DTYPES: dict[DataType, tuple[np.dtype[Any], str, str]] = {
     DataType.DT_STRING: (np.dtype(np.object_), "string_val", "BYTES"),
 }
 _TF_DTYPE = {datatype: tf for tf, (_, _, datatype) in _DTYPES.items()}
-_MAX_DIMENSIONS = 32
+_MESSAGE_LIMIT = 1024  # TF Serving cuts error messages at 1024 characters
 
 UNIMPLEMENTED = {
     PREDICTION_SERVICE: ("Classify", "Regress", "MultiInference"),
@@ -105,9 +104,9 @@ def tensor_to_array(name: str, tensor: TensorProto, max_bytes: int) -> np.ndarra
     if tensor.tensor_shape.unknown_rank:
         raise InvalidInput(f"input {name!r}: a tensor's shape must be known")
     shape = tuple(dim.size for dim in tensor.tensor_shape.dim)
-    if len(shape) > _MAX_DIMENSIONS:
+    if len(shape) > MAX_DIMENSIONS:
         raise InvalidInput(
-            f"input {name!r}: shape has {len(shape)} dimensions; at most {_MAX_DIMENSIONS}"
+            f"input {name!r}: shape has {len(shape)} dimensions; at most {MAX_DIMENSIONS}"
         )
     if any(size < 0 for size in shape):
         raise InvalidInput(f"input {name!r}: shape {list(shape)} has an unknown dimension")
@@ -195,7 +194,11 @@ class TFServingServicer:
         }
         for service, methods in ((PREDICTION_SERVICE, prediction), (MODEL_SERVICE, model)):
             for name in UNIMPLEMENTED[service]:
-                methods[name] = grpc.unary_unary_rpc_method_handler(_unimplemented(service, name))
+                methods[name] = unimplemented(
+                    f"{service}/{name}",
+                    "TensorFlow Serving's Predict, GetModelMetadata and GetModelStatus",
+                    limit=_MESSAGE_LIMIT,
+                )
         return (PREDICTION_SERVICE, prediction), (MODEL_SERVICE, model)
 
     def _handle(self, spec: ModelSpec, *, serving: bool) -> ModelHandle:
@@ -243,7 +246,7 @@ class TFServingServicer:
         except Exception as error:
             failure = report(error, f"TF Serving gRPC predict on {request.model_spec.name}")
             service.observe(PROTOCOL, handle, failure.grpc_code, time.perf_counter() - started)
-            await _abort(context, failure)
+            await abort(context, failure, limit=_MESSAGE_LIMIT)
             raise  # not reached: abort raises
         service.observe(PROTOCOL, handle, "OK", time.perf_counter() - started)
         return response
@@ -261,9 +264,8 @@ class TFServingServicer:
             handle = self._handle(request.model_spec, serving=False)
             signature = self._check_signature(handle, request.model_spec.signature_name)
         except Exception as error:
-            await _abort(
-                context, report(error, f"TF Serving metadata of {request.model_spec.name}")
-            )
+            failure = report(error, f"TF Serving metadata of {request.model_spec.name}")
+            await abort(context, failure, limit=_MESSAGE_LIMIT)
             raise  # not reached: abort raises
         signatures = SignatureDefMap()
         definition = signatures.signature_def[signature]
@@ -287,7 +289,11 @@ class TFServingServicer:
         try:
             handle = self._handle(request.model_spec, serving=False)
         except Exception as error:
-            await _abort(context, report(error, f"TF Serving status of {request.model_spec.name}"))
+            await abort(
+                context,
+                report(error, f"TF Serving status of {request.model_spec.name}"),
+                limit=_MESSAGE_LIMIT,
+            )
             raise  # not reached: abort raises
         repository = self._service.state.repository
         if request.model_spec.HasField("version"):
@@ -334,21 +340,3 @@ def _tensor_info(info: Any, spec: TensorSpec) -> None:
     info.dtype = _TF_DTYPE.get(spec.datatype, DataType.DT_INVALID)
     for size in spec.shape:
         info.tensor_shape.dim.add(size=size)
-
-
-async def _abort(context: Context, failure: Failure) -> None:
-    # TF Serving cuts messages at 1024 characters.
-    await context.abort(grpc.StatusCode[failure.grpc_code], failure.message[:1024])
-
-
-def _unimplemented(service: str, name: str) -> Callable[[bytes, Context], Any]:
-    error = Unsupported(
-        f"{service}/{name} is not implemented by coserve; it serves TensorFlow Serving's "
-        "Predict, GetModelMetadata and GetModelStatus"
-    )
-
-    async def handler(request: bytes, context: Context) -> bytes:
-        await _abort(context, report(error, f"{service}/{name}"))
-        raise AssertionError("abort returned")  # abort raises; for the type checker
-
-    return handler

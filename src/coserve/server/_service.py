@@ -26,7 +26,10 @@ from coserve._exceptions import BatcherClosed, DeadlineExceeded, InvalidInput, R
 from coserve.models import ModelHandle
 from coserve.server._state import ServerState
 
-__all__ = ["InferenceService", "Observe", "schedule"]
+__all__ = ["EXTENSIONS", "InferenceService", "Observe", "schedule"]
+
+EXTENSIONS = ["binary_tensor_data", "schedule_policy"]
+"""The Open Inference Protocol extensions served, as every protocol's server metadata says."""
 
 Observe = Callable[[str, str, str, int | str, float], None]
 """Record one request: ``observe(protocol, model, version, status, seconds)``."""

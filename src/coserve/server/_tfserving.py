@@ -32,7 +32,7 @@ from coserve.server._decoding import decode_soon
 from coserve.server._errors import CLIENT_GONE_STATUS, describe
 from coserve.server._responses import error_response, json_response, read_body
 from coserve.server._service import InferenceService
-from coserve.server._v2_codec import _MAX_DIMENSIONS, check_data_nesting, load_json_object
+from coserve.server._v2_codec import MAX_DIMENSIONS, check_data_nesting, load_json_object
 
 __all__ = ["PROTOCOL", "decode_predict", "tfserving_endpoint"]
 
@@ -59,7 +59,7 @@ _TF_DTYPES = {
 }
 
 
-_MAX_NESTING = _MAX_DIMENSIONS + 2
+_MAX_NESTING = MAX_DIMENSIONS + 2
 """A tensor's dimensions, an object naming the inputs, and a ``{"b64": ...}`` object."""
 
 
@@ -95,7 +95,7 @@ def _decode_b64(value: Any, what: str) -> Any:
                 if depth >= _MAX_NESTING:
                     raise InvalidInput(
                         f"{what} is nested more than {_MAX_NESTING} levels deep; a tensor has at "
-                        f"most {_MAX_DIMENSIONS} dimensions"
+                        f"most {MAX_DIMENSIONS} dimensions"
                     )
                 stack.append((item, depth + 1))
     return value
@@ -107,10 +107,10 @@ def _array(spec: TensorSpec, value: Any) -> np.ndarray:
         array = np.array(value, dtype=object) if spec.dtype == np.object_ else np.asarray(value)
     except (ValueError, RuntimeError) as error:  # RuntimeError: object arrays over 32 dimensions
         raise InvalidInput(f"input {spec.name!r}: not a rectangular array: {error}") from None
-    if array.ndim > _MAX_DIMENSIONS:
+    if array.ndim > MAX_DIMENSIONS:
         raise InvalidInput(
             f"input {spec.name!r} has {array.ndim} dimensions; a tensor has at most "
-            f"{_MAX_DIMENSIONS}"
+            f"{MAX_DIMENSIONS}"
         )
     if array.dtype == np.object_:
         for element in array.flat:  # not lists or objects, which a model would choke on

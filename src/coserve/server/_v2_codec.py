@@ -6,7 +6,7 @@ BYTES elements in binary form are each a 4-byte little-endian length and the byt
 
 Client JSON is bounded before anything walks it: its size (``max_json_size``, 413; binary tensor
 data does not count), and the nesting of every value the server reads: tensor data at most
-``_MAX_DIMENSIONS`` levels, parameters at most ``MAX_NESTING``, checked without recursion (400);
+``MAX_DIMENSIONS`` levels, parameters at most ``MAX_NESTING``, checked without recursion (400);
 keys it does not know are never read. orjson refuses documents deeper than 1024 levels itself;
 in between, a recursive walk or ``repr`` would hit Python's recursion limit.
 A JSON document of ``LARGE_JSON`` bytes or more is decoded in a decoder process (``_decoding``):
@@ -31,6 +31,7 @@ from coserve.server._decoding import LARGE_JSON, decode_soon
 
 __all__ = [
     "LARGE_JSON",
+    "MAX_DIMENSIONS",
     "MAX_NESTING",
     "DecodedRequest",
     "binary_tensor",
@@ -79,7 +80,7 @@ def bytes_elements(raw: memoryview, name: str) -> list[bytes]:
     return elements
 
 
-_MAX_DIMENSIONS = 32  # numpy's own limit is 64; no model input has anywhere near 32
+MAX_DIMENSIONS = 32  # numpy's own limit is 64; no model input has anywhere near 32
 
 MAX_NESTING = 32
 """The deepest nesting of JSON arrays and objects accepted in parameters."""
@@ -103,7 +104,7 @@ def check_nesting(value: Any, limit: int, what: str) -> None:
 
 
 def check_data_nesting(name: str, data: Any) -> None:
-    """Refuse tensor data nested more than ``_MAX_DIMENSIONS`` lists deep, in O(depth).
+    """Refuse tensor data nested more than ``MAX_DIMENSIONS`` lists deep, in O(depth).
 
     Raises:
         InvalidInput: It is nested deeper.
@@ -113,10 +114,10 @@ def check_data_nesting(name: str, data: Any) -> None:
     depth = 0
     while type(data) is list:
         depth += 1
-        if depth > _MAX_DIMENSIONS:
+        if depth > MAX_DIMENSIONS:
             raise _fail(
-                f"input {name!r}: 'data' is nested more than {_MAX_DIMENSIONS} levels deep; "
-                f"a tensor has at most {_MAX_DIMENSIONS} dimensions"
+                f"input {name!r}: 'data' is nested more than {MAX_DIMENSIONS} levels deep; "
+                f"a tensor has at most {MAX_DIMENSIONS} dimensions"
             )
         if not data:
             return
@@ -137,9 +138,9 @@ def _shape(name: str, value: Any) -> tuple[int, ...]:
     for dimension in value:  # a loop: a generator in all() costs more than the check here
         if type(dimension) is not int or dimension < 0:
             raise _fail(f"input {name!r}: 'shape' must be a list of non-negative integers")
-    if len(value) > _MAX_DIMENSIONS:
+    if len(value) > MAX_DIMENSIONS:
         raise _fail(
-            f"input {name!r}: 'shape' has {len(value)} dimensions; at most {_MAX_DIMENSIONS}"
+            f"input {name!r}: 'shape' has {len(value)} dimensions; at most {MAX_DIMENSIONS}"
         )
     return tuple(value)
 
