@@ -109,6 +109,40 @@ class TestPullDispatch:
             with pytest.raises(ValueError, match="size"):
                 await batcher.submit(1, size=5)
 
+    @pytest.mark.parametrize("sizes", [[1] * 6, [2, 1, 3, 1, 2, 1]])
+    async def test_max_requests_per_batch_one_never_combines(
+        self, model: RecordingModel, sizes: list[int]
+    ) -> None:
+        """max_requests_per_batch=1: queued requests run one per batch, in order, rows aside."""
+        async with Batcher(model, max_batch_size=8, max_requests_per_batch=1) as batcher:
+            model.hold()
+            blocker = submit_all(batcher, [99])
+            await settle()
+            queued = [
+                asyncio.create_task(batcher.submit(i, size=size)) for i, size in enumerate(sizes)
+            ]
+            await settle()
+            model.release()
+            await asyncio.gather(*blocker, *queued)
+        assert model.batches == [[99], *([i] for i in range(len(sizes)))]
+
+    async def test_max_requests_per_batch_caps_requests(self, model: RecordingModel) -> None:
+        """max_requests_per_batch=2 takes two queued requests a batch though more rows fit."""
+        async with Batcher(model, max_batch_size=8, max_requests_per_batch=2) as batcher:
+            model.hold()
+            blocker = submit_all(batcher, [99])
+            await settle()
+            queued = submit_all(batcher, range(5))
+            await settle()
+            model.release()
+            await asyncio.gather(*blocker, *queued)
+        assert model.batches == [[99], [0, 1], [2, 3], [4]]
+
+    async def test_max_requests_per_batch_is_checked(self, model: RecordingModel) -> None:
+        """Zero requests a batch could never run anything: refused when built."""
+        with pytest.raises(ValueError, match="max_requests_per_batch"):
+            Batcher(model, max_requests_per_batch=0)
+
 
 class TestLinger:
     @pytest.mark.looptime

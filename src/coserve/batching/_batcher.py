@@ -94,6 +94,10 @@ class Batcher(Generic[T, R]):
         grace_period: Seconds :meth:`aclose` lets queued and running work finish before failing
             the rest with ``BatcherClosed``.
         name: A name for logs and statistics; defaults to the function's qualified name.
+        max_requests_per_batch: The most submits in one batch, whatever their rows (None: as
+            many as fit). 1 runs every request as a batch of its own: no batching across
+            requests, as TensorFlow Serving without ``--enable_batching`` and Triton without
+            ``dynamic_batching`` run them.
 
     Raises:
         TypeError: ``fn`` is not callable, or an option has the wrong type.
@@ -112,6 +116,7 @@ class Batcher(Generic[T, R]):
         executor: Executor | None = None,
         grace_period: float = 30.0,
         name: str | None = None,
+        max_requests_per_batch: int | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
@@ -119,6 +124,10 @@ class Batcher(Generic[T, R]):
             ("max_batch_size", max_batch_size),
             ("max_concurrent_batches", max_concurrent_batches),
             ("max_queue_size", max_queue_size),
+            (
+                "max_requests_per_batch",
+                1 if max_requests_per_batch is None else max_requests_per_batch,
+            ),
         ):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{option} must be an int, got {value!r}")
@@ -130,6 +139,7 @@ class Batcher(Generic[T, R]):
         self._fn = fn
         self._is_async = is_async_callable(fn)
         self._max_batch_size = max_batch_size
+        self._max_requests = max_requests_per_batch
         self._max_wait = float(max_wait)
         self._slots = max_concurrent_batches
         self._max_queue_size = max_queue_size
@@ -510,14 +520,19 @@ class Batcher(Generic[T, R]):
                             continue
                     await self._sleep(1)
                     continue
-                if max_wait and queue.rows < max_rows and not self._closing:
+                if (
+                    max_wait
+                    and queue.rows < max_rows
+                    and (self._max_requests is None or queue.count < self._max_requests)
+                    and not self._closing
+                ):
                     oldest = queue.oldest_enqueued_at()
                     assert oldest is not None
                     deadline = oldest + max_wait
                     if loop.time() < deadline:
                         await self._sleep(max_rows, deadline)
                         continue
-                batch, rows, full = queue.take(max_rows)
+                batch, rows, full = queue.take(max_rows, self._max_requests)
                 if full:
                     reason = CloseReason.FULL
                 elif self._closing:

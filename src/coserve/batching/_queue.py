@@ -121,14 +121,19 @@ class RequestQueue(Generic[T]):
                 oldest = lane[0].enqueued_at
         return oldest
 
-    def take(self, max_rows: int) -> tuple[list[QueuedRequest[T]], int, bool]:
+    def take(
+        self, max_rows: int, max_requests: int | None = None
+    ) -> tuple[list[QueuedRequest[T]], int, bool]:
         """Take requests in priority order while their rows fit in ``max_rows``.
 
         Never skips ahead: when the next request does not fit, taking stops there, so order is
-        kept. Returns the requests taken (now RUNNING), their rows, and whether the batch is full.
+        kept; so it does after ``max_requests`` requests. Returns the requests taken (now
+        RUNNING), their rows, and whether the batch is full (of rows or of requests).
         """
-        if not self._dead and self.rows == self.count:
-            return self._take_unit_rows(max_rows)
+        if not self._dead and self.rows == self.count:  # one row each: rows count requests
+            return self._take_unit_rows(
+                max_rows if max_requests is None else min(max_rows, max_requests)
+            )
         batch: list[QueuedRequest[T]] = []
         rows = 0
         for priority in self._descending:
@@ -146,7 +151,7 @@ class RequestQueue(Generic[T]):
                 request.state = RequestState.RUNNING
                 batch.append(request)
                 rows += request.size
-                if rows == max_rows:
+                if rows == max_rows or len(batch) == max_requests:
                     self._account_taken(batch, rows)
                     return batch, rows, True
         self._account_taken(batch, rows)
