@@ -47,9 +47,11 @@ class ServerProcess:
     """A real ``coserve serve`` subprocess on a free port, for tests that speak HTTP to it.
 
     With ``grpc``, it serves gRPC too, on another free port (``grpc_port``); without, none.
+    ``command="tfserving"`` runs ``coserve tfserving`` with TF Serving's flags for the ports
+    (always with gRPC) instead.
     """
 
-    def __init__(self, *args: str, grpc: bool = False) -> None:
+    def __init__(self, *args: str, grpc: bool = False, command: str = "serve") -> None:
         import os
         import socket
         import subprocess
@@ -63,7 +65,16 @@ class ServerProcess:
             self.grpc_port = grpc_probe.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
-        grpc_args = ["--grpc-port", str(self.grpc_port)] if grpc else ["--no-grpc"]
+        if command == "tfserving":
+            head = [
+                "tfserving",
+                f"--rest_api_port={self.port}",
+                f"--port={self.grpc_port}",
+                "--host=127.0.0.1",
+            ]
+        else:
+            grpc_args = ["--grpc-port", str(self.grpc_port)] if grpc else ["--no-grpc"]
+            head = ["serve", "--port", str(self.port), *grpc_args]
         # A file, not a pipe: a pipe nobody reads would stall a chatty server once it fills.
         self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed by close()
         # The tests' folder on the path, so --app can name the test session apps in it.
@@ -74,10 +85,7 @@ class ServerProcess:
                 sys.executable,
                 "-m",
                 "coserve.cli",
-                "serve",
-                "--port",
-                str(self.port),
-                *grpc_args,
+                *head,
                 *args,
             ],
             stdout=self.log,

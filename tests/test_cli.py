@@ -105,3 +105,44 @@ def test_without_the_grpc_extra_the_default_serves_http_only_with_a_warning() ->
     output = result.stdout + result.stderr
     assert "serving HTTP only: gRPC needs coserve[grpc]" in output
     assert "is not a folder" in output
+
+
+def test_tfserving_help_takes_tf_servings_flags_as_it_spells_them() -> None:
+    """The tfserving command's --help documents TF Serving's flags, spelled with underscores."""
+    result = run_cli("tfserving", "--help")
+    assert result.returncode == 0
+    for flag in (
+        "--port",
+        "--rest_api_port",
+        "--model_name",
+        "--model_base_path",
+        "--model_config_file",
+        "--model_config_file_poll_wait_seconds",
+        "--file_system_poll_wait_seconds",
+        "--enable_batching",
+        "--batching_parameters_file",
+    ):
+        assert flag in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model_base_path=/m", "--batching_parameters_file=/b"], "needs --enable_batching"),
+        (["--rest_api_port=0"], "give --model_base_path"),
+        (["--model_base_path=/nonexistent/model"], "is not a folder"),
+        (["--model_base_path=/m", "--no_such_flag=1"], "unrecognized arguments"),
+    ],
+)
+def test_tfserving_refuses_what_tf_serving_refuses(args: list[str], message: str) -> None:
+    """Flag mistakes stop coserve tfserving with status 2 and a message saying which."""
+    result = run_cli("tfserving", "--port=0", *args)
+    assert result.returncode == 2
+    assert message in result.stdout + result.stderr
+
+
+def test_serve_model_name_needs_a_model_base_path() -> None:
+    """--model-name names --model-base-path's model: alone it is a usage error."""
+    result = run_cli("serve", "--model-name", "m")
+    assert result.returncode == 2
+    assert "--model-name needs --model-base-path" in result.stderr

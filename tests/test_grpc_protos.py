@@ -148,7 +148,7 @@ def test_inference_schema_matches_triton(triton: ModuleType) -> None:
 def test_tensorflow_schemas_match(serving: ModuleType) -> None:
     default = descriptor_pool.Default()
     seen: set[str] = set()
-    for module in (protos.tf_framework_pb2, protos.tf_serving_pb2):
+    for module in (protos.tf_framework_pb2, protos.tf_example_pb2, protos.tf_serving_pb2):
         for message in module.DESCRIPTOR.message_types_by_name.values():
             assert_same_message(message, default.FindMessageTypeByName(message.full_name), seen)
     assert_same_enum(
@@ -157,7 +157,12 @@ def test_tensorflow_schemas_match(serving: ModuleType) -> None:
     )
     code = protos.tf_error_codes_pb2.DESCRIPTOR.enum_types_by_name["Code"]
     assert_same_enum(code, default.FindEnumTypeByName("tensorflow.error.Code"))
-    assert {"tensorflow.TensorProto", "tensorflow.serving.StatusProto"} <= seen
+    assert {
+        "tensorflow.TensorProto",
+        "tensorflow.serving.StatusProto",
+        "tensorflow.Example",
+        "tensorflow.serving.ClassificationResponse",
+    } <= seen
 
 
 def test_services_match_the_real_ones(triton: ModuleType, serving: ModuleType) -> None:
@@ -165,7 +170,7 @@ def test_services_match_the_real_ones(triton: ModuleType, serving: ModuleType) -
     constants = {
         protos.SERVER_LIVE, protos.SERVER_READY, protos.MODEL_READY, protos.SERVER_METADATA,
         protos.MODEL_METADATA, protos.MODEL_INFER, protos.MODEL_STREAM_INFER, protos.PREDICT,
-        protos.GET_MODEL_METADATA, protos.GET_MODEL_STATUS,
+        protos.GET_MODEL_METADATA, protos.GET_MODEL_STATUS, protos.CLASSIFY, protos.REGRESS,
     }  # fmt: skip
     paths = set()
     for service_name in (protos.INFERENCE_SERVICE, protos.PREDICTION_SERVICE, protos.MODEL_SERVICE):

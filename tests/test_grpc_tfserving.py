@@ -506,13 +506,13 @@ class TestErrors:
         assert error.code() == code, error.details()
         assert mentions in error.details()
 
-    def test_a_version_label_is_not_found_and_says_labels_are_unsupported(
+    def test_an_unknown_version_label_is_invalid_and_named(
         self, prediction: prediction_service_pb2_grpc.PredictionServiceStub
     ) -> None:
-        """model_spec.version_label is NOT_FOUND, with a message saying coserve has no labels."""
+        """model_spec.version_label that the model lacks is INVALID_ARGUMENT (TF Serving's)."""
         request = predict_request("digits", {"image": image_tensor()}, version_label="stable")
         error = rpc_error(prediction.Predict, request)
-        assert error.code() == grpc.StatusCode.NOT_FOUND, error.details()
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
         assert "stable" in error.details()
         assert "version label" in error.details()
 
@@ -531,18 +531,26 @@ class TestErrors:
             grpc.StatusCode.RESOURCE_EXHAUSTED,
         }, (error.code(), error.details())
 
-    def test_classify_and_regress_are_unimplemented(
+    def test_classify_and_regress_without_examples_or_signature_are_invalid(
         self, prediction: prediction_service_pb2_grpc.PredictionServiceStub
     ) -> None:
-        """Classify and Regress through TF Serving's own stub answer UNIMPLEMENTED."""
-        spec = model_pb2.ModelSpec(name="digits")
+        """No examples, or a model without that signature: INVALID_ARGUMENT saying which.
+
+        (Classify and Regress on a model that has the signatures: test_tfserving_dropin.)
+        """
+        spec = model_pb2.ModelSpec(name="digits", signature_name="classify")
         for call, request in (
             (prediction.Classify, classification_pb2.ClassificationRequest(model_spec=spec)),
             (prediction.Regress, regression_pb2.RegressionRequest(model_spec=spec)),
         ):
             error = rpc_error(call, request)
-            assert error.code() == grpc.StatusCode.UNIMPLEMENTED, error.details()
-            assert "Predict" in error.details()  # says what is served instead
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+            assert "Input is empty" in error.details()
+        request = classification_pb2.ClassificationRequest(model_spec=spec)
+        request.input.example_list.examples.add()
+        error = rpc_error(prediction.Classify, request)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        assert "No signature was found with the name: classify" in error.details()
 
 
 # -- fuzzing --------------------------------------------------------------------------------------

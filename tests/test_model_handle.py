@@ -103,6 +103,45 @@ async def test_a_failing_shape_group_fails_only_its_own_requests() -> None:
     assert "cannot handle width 3" in str(bad.__cause__)
 
 
+async def test_a_request_the_model_refuses_fails_alone_not_its_batch() -> None:
+    """A batch the model fails on runs again one request at a time: only the culprit fails.
+
+    The culprit's error is the model's InvalidInput (a 400) when the model refused its input,
+    the others get their answers.
+    """
+    calls: list[list[float]] = []
+
+    def no_negatives(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls.append(inputs["x"].tolist())
+        if (inputs["x"] < 0).any():
+            raise InvalidInput("negative values are not allowed")
+        return {"y": inputs["x"] * 2}
+
+    backend = PythonModel(
+        no_negatives,
+        name="positive",
+        inputs=(TensorSpec.of("x", "FP32", [-1]),),
+        outputs=(TensorSpec.of("y", "FP32", [-1]),),
+    )
+    handle = ModelHandle(backend, BatchingConfig(max_batch_size=8, max_wait=0.05))
+    try:
+        results = await asyncio.gather(
+            handle.infer({"x": [1.0]}),
+            handle.infer({"x": [-1.0]}),
+            handle.infer({"x": [2.0]}),
+            return_exceptions=True,
+        )
+    finally:
+        await handle.aclose()
+    first, refused, third = results
+    assert isinstance(first, dict)
+    assert first["y"].tolist() == [2.0]
+    assert isinstance(refused, InvalidInput)
+    assert isinstance(third, dict)
+    assert third["y"].tolist() == [4.0]
+    assert calls == [[1.0, -1.0, 2.0], [1.0], [-1.0], [2.0]]
+
+
 async def test_model_output_of_the_wrong_length_fails_the_group_clearly() -> None:
     """A model that returns too few rows fails its requests with a message saying so."""
     backend = PythonModel(

@@ -206,3 +206,45 @@ async def test_loading_warms_up_every_batch_size_unless_turned_off(
     (tmp_path / "counted" / "1" / "model.py").write_text(COUNTING_MODEL)
     async with ModelRepository(tmp_path) as repository:
         assert module_globals(repository, "counted", "1")["BATCH_SIZES"] == expected
+
+
+HALF_PLUS_TWO = Path(__file__).parent / "data" / "tfserving" / "saved_model_half_plus_two_cpu"
+
+
+async def test_tf_serving_layout_is_a_model(tmp_path: Path) -> None:
+    """A folder of SavedModel version folders, no config, zero-padded: TF Serving's layout."""
+    pytest.importorskip("tensorflow")
+    import shutil
+
+    from coserve.models import ModelFolder
+
+    shutil.copytree(HALF_PLUS_TWO, tmp_path / "half_plus_two")
+    async with ModelRepository(tmp_path) as repository:
+        (status,) = repository.models()
+        assert (status.name, status.version, status.platform) == (
+            "half_plus_two",
+            "123",
+            "tensorflow_savedmodel",
+        )
+        result = await repository.get("half_plus_two").infer({"x": [[1.0], [5.0]]})
+        assert result["y"].tolist() == [[2.5], [4.5]]
+    # The same folder named directly (--model-base-path), under another name, with a label.
+    folder = ModelFolder("hp2", HALF_PLUS_TWO, version_labels={"stable": 123, "gone": 7})
+    async with ModelRepository(folders=lambda: [folder]) as repository:
+        assert [m.name for m in repository.models()] == ["hp2"]
+        assert repository.version_of_label("hp2", "stable") == "123"
+        with pytest.raises(ModelNotFound, match="no version label 'gone'"):
+            repository.version_of_label("hp2", "gone")  # names no served version: dropped
+
+
+async def test_a_folder_of_folders_that_are_no_saved_models_is_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Version folders without saved_model.pb, and no config: the log says what is missing."""
+    (tmp_path / "empty" / "1").mkdir(parents=True)
+    with caplog.at_level(logging.WARNING, logger="coserve.models"):
+        async with ModelRepository(tmp_path) as repository:
+            assert repository.models() == []
+    assert any(
+        "empty" in r.getMessage() and "saved_model.pb" in r.getMessage() for r in caplog.records
+    )

@@ -449,19 +449,19 @@ class TestTensorFlowServingApi:
                 "digits:predict",
                 {"signature_name": "other", "inputs": [1]},
                 400,
-                "no signature 'other'",
+                "No signature was found with the name: other",
             ),
             ("types:predict", {"instances": [[1]]}, 400, "must be an object naming them"),
             ("types:predict", {"instances": [{"text": {"b64": "!!"}}]}, 400, "not valid base64"),
-            ("digits:classify", {"examples": []}, 501, "not implemented"),
-            ("digits:regress", {"examples": []}, 501, "not implemented"),
+            ("digits:classify", {"examples": []}, 400, "'examples' value is an empty array"),
+            ("digits:regress", {"examples": [{}]}, 400, "No regression outputs found"),
             ("nope:predict", {"instances": [1]}, 404, "'nope' is not loaded"),
         ],
     )
     def test_errors_use_tf_serving_status_mapping(
         self, server: ServerProcess, path: str, body: dict[str, object], status: int, message: str
     ) -> None:
-        """Errors are {"error": ...} with the mapped status: bad input 400, unknown 404, 501."""
+        """Errors are {"error": ...} with the mapped status: bad input 400, unknown 404."""
         response = httpx.post(f"{server.url}/v1/models/{path}", json=body)
         assert response.status_code == status
         assert message in response.json()["error"]

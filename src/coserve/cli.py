@@ -1,4 +1,7 @@
-"""The ``coserve`` command line: ``coserve serve`` runs the inference server."""
+"""The ``coserve`` command line: ``coserve serve`` runs the inference server.
+
+``coserve tfserving`` takes TensorFlow Serving's flags instead (``_tfserving_cli``).
+"""
 
 from __future__ import annotations
 
@@ -76,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Asyncio model serving with adaptive request batching.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "tfserving",
+        help="serve as TensorFlow Serving's tensorflow_model_server does, with its flags "
+        "(coserve tfserving --help)",
+        add_help=False,
+    )
     serve = commands.add_parser(
         "serve",
         help="serve a model repository over HTTP (Open Inference Protocol, TF Serving REST)",
@@ -99,6 +108,21 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="DIR",
         help="the model repository folder (default: the bundled demo models)",
+    )
+    serve.add_argument(
+        "--model-base-path",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="serve one model from its folder of numbered versions (TensorFlow Serving's "
+        "layout, <DIR>/<version>/saved_model.pb, or a coserve model folder), instead of a "
+        "repository",
+    )
+    serve.add_argument(
+        "--model-name",
+        default=None,
+        metavar="NAME",
+        help="the name --model-base-path's model is served by (default: its folder's name)",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="port to bind (default: %(default)s)")
@@ -241,8 +265,13 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from coserve.server import ServeOptions, serve
     from coserve.server._limits import ServerLimits
 
+    if args.model_name is not None and args.model_base_path is None:
+        logging.getLogger("coserve").error("--model-name needs --model-base-path")
+        return 2
     options = ServeOptions(
         model_repository=args.model_repository,
+        model_base_path=args.model_base_path,
+        model_name=args.model_name,
         host=args.host,
         port=args.port,
         limits=ServerLimits(
@@ -271,6 +300,10 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``coserve`` command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["tfserving"]:  # TF Serving's flags, parsed its way
+        from coserve._tfserving_cli import run_tfserving
+
+        return run_tfserving(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args, argv)

@@ -20,6 +20,7 @@ from coserve.models._config import (
     VersionPolicy,
 )
 from coserve.models._handle import ModelHandle
+from coserve.models._layout import ModelFolder
 from coserve.models._node import ModelNode
 from coserve.models._repository import (
     ModelRepository,
@@ -35,6 +36,7 @@ __all__ = [
     "Backend",
     "BatchingConfig",
     "ModelConfig",
+    "ModelFolder",
     "ModelHandle",
     "ModelNode",
     "ModelRepository",

@@ -11,7 +11,8 @@ from types import ModuleType
 
 import numpy as np
 
-from coserve._exceptions import MissingDependency, ModelLoadError
+from coserve._exceptions import InvalidInput, MissingDependency, ModelLoadError
+from coserve.models._signatures import DEFAULT_SIGNATURE, Signature
 from coserve.models._specs import TensorSpec
 
 __all__ = ["Backend", "Tensors", "override_specs", "require"]
@@ -67,9 +68,17 @@ class Backend(ABC):
         platform: Open Inference Protocol platform string (``tensorflow_savedmodel``...).
         inputs: The input specs, first dimension the batch.
         outputs: The output specs, first dimension the batch.
+        signature_name: The signature ``predict`` runs, for models that have several (a
+            TensorFlow SavedModel); None for the others.
+        signatures: Every signature of the model by name (empty for models without them).
+        strict_shapes: Whether requests must match the input specs' rank and dimensions
+            (False: the model checks them itself, as a TF1 graph does; only rows are needed).
     """
 
     platform: str = "unknown"
+    strict_shapes: bool = True
+    signature_name: str | None = None
+    signatures: Mapping[str, Signature] = {}
 
     def __init__(
         self,
@@ -86,6 +95,17 @@ class Backend(ABC):
     @abstractmethod
     def predict(self, inputs: Tensors) -> dict[str, np.ndarray]:
         """Run the model on one batch: every input array has the same first dimension."""
+
+    def for_signature(self, name: str) -> Backend:
+        """The backend that runs another of the model's signatures (itself for its own).
+
+        Raises:
+            InvalidInput: The model has no signature of that name.
+        """
+        if not name or name == (self.signature_name or DEFAULT_SIGNATURE):
+            return self
+        known = ", ".join(sorted(self.signatures)) or "none besides the one it serves"
+        raise InvalidInput(f"model {self.name!r} has no signature {name!r}; it has: {known}")
 
     def close(self) -> None:  # noqa: B027 - a no-op by default, not abstract on purpose
         """Release what the model holds (sessions, graphs); the default does nothing."""

@@ -18,6 +18,8 @@ The format, with every key (all optional but ``platform``)::
     grace_period = 30.0
     allowed_batch_sizes = [1, 2, 4, 8, 16, 32, 64]
     pad_to_allowed_batch_size = false   # pad a batch up to the next allowed size
+    combine_requests = true             # false: each request runs alone, never batched with
+                                        # others (TF Serving without --enable_batching)
 
     [threads]                           # per backend: TF intra/inter-op, ORT intra-op, torch
     intra_op = 2
@@ -74,11 +76,19 @@ class BatchingConfig:
     grace_period: float = 30.0
     allowed_batch_sizes: tuple[int, ...] = ()
     pad_to_allowed_batch_size: bool = False
+    combine_requests: bool = True
+    """False runs each request as a batch of its own (a large one still split at
+    ``max_batch_size``): no batching across requests."""
 
     def warm_up_sizes(self) -> list[int]:
-        """The batch sizes a warm-up should run: the allowed ones, else powers of two."""
+        """The batch sizes a warm-up should run: the allowed ones, else powers of two.
+
+        A model that never combines requests warms up with one row: its batches are requests.
+        """
         if self.allowed_batch_sizes:
             return list(self.allowed_batch_sizes)
+        if not self.combine_requests:
+            return [1]
         sizes = [1]
         while sizes[-1] * 2 < self.max_batch_size:
             sizes.append(sizes[-1] * 2)
@@ -130,8 +140,8 @@ class ModelConfig:
     outputs: tuple[TensorSpec, ...] | None = None
 
     @classmethod
-    def load(cls, path: Path) -> ModelConfig:
-        """Read and check ``<model>/config.toml``; the model's name is its folder's name.
+    def load(cls, path: Path, *, name: str | None = None) -> ModelConfig:
+        """Read and check ``<model>/config.toml``; the model's name is its folder's by default.
 
         Raises:
             ConfigError: The file cannot be read or parsed, a key is unknown, or a value is bad.
@@ -140,7 +150,7 @@ class ModelConfig:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
             raise ConfigError(f"{path}: cannot read the model config: {error}") from error
-        return _Parser(path).model(raw, name=path.parent.name)
+        return _Parser(path).model(raw, name=name or path.parent.name)
 
 
 class _Parser:
@@ -241,10 +251,9 @@ class _Parser:
                 options[key] = float(self.positive(table, key, where, zero=True))
         if "timeout" in table:
             options["timeout"] = float(self.positive(table, "timeout", where))
-        if "pad_to_allowed_batch_size" in table:
-            options["pad_to_allowed_batch_size"] = self.typed(
-                table, "pad_to_allowed_batch_size", bool, where
-            )
+        for key in ("pad_to_allowed_batch_size", "combine_requests"):
+            if key in table:
+                options[key] = self.typed(table, key, bool, where)
         config = BatchingConfig(**options)
         if "allowed_batch_sizes" in table:
             sizes = self.typed(table, "allowed_batch_sizes", list, where)

@@ -10,7 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from coserve._exceptions import BatchFailed, DeadlineExceeded, InvalidInput, ModelError, QueueFull
+from coserve._exceptions import (
+    BatcherClosed,
+    BatchFailed,
+    DeadlineExceeded,
+    InvalidInput,
+    ModelError,
+    QueueFull,
+)
 from coserve.batching import Batcher, BatcherStatistics
 from coserve.models._backend import Backend
 from coserve.models._config import BatchingConfig
@@ -55,6 +62,7 @@ class ModelHandle:
         self._max_rows = batching.max_batch_size * batching.max_queue_size
         self.chunk_window = max(1, batching.max_queue_size // 16)
         """The most chunks of one large request queued or running at once (1/16 of the queue)."""
+        self._signature_handles: dict[str, ModelHandle] = {}
         self._batcher: Batcher[Request, Response] = Batcher(
             self._run_batch,
             max_batch_size=batching.max_batch_size,
@@ -64,6 +72,7 @@ class ModelHandle:
             timeout=batching.timeout,
             grace_period=batching.grace_period,
             name=f"{backend.name}:{backend.version}",
+            max_requests_per_batch=None if batching.combine_requests else 1,
         )
 
     @property
@@ -90,6 +99,27 @@ class ModelHandle:
     def outputs(self) -> tuple[TensorSpec, ...]:
         """The model's output specs."""
         return self.backend.outputs
+
+    def for_signature(self, name: str) -> ModelHandle:
+        """The handle that runs another signature of the model (this one for its own or ``""``).
+
+        Made on first use, with the same batching policy and its own batcher; it closes with
+        this handle.
+
+        Raises:
+            InvalidInput: The model has no such signature.
+            BatcherClosed: This handle is closing.
+        """
+        backend = self.backend.for_signature(name)
+        if backend is self.backend:
+            return self
+        handle = self._signature_handles.get(name)
+        if handle is None:
+            if self.closed:
+                raise BatcherClosed(f"model {self.name!r} v{self.version} is being unloaded")
+            handle = ModelHandle(backend, self.batching, labels=self.labels)
+            self._signature_handles[name] = handle
+        return handle
 
     @property
     def closed(self) -> bool:
@@ -141,7 +171,13 @@ class ModelHandle:
             BatchFailed: The model failed on this request's batch.
         """
         wanted = self.check_outputs(outputs)
-        arrays, rows = check_inputs(self.name, self.inputs, inputs, max_rows=self._max_rows)
+        arrays, rows = check_inputs(
+            self.name,
+            self.inputs,
+            inputs,
+            max_rows=self._max_rows,
+            strict_shapes=self.backend.strict_shapes,
+        )
         limit = self.batching.max_batch_size
         if rows <= limit:
             result = await self._batcher.submit(
@@ -168,7 +204,13 @@ class ModelHandle:
         withdraw the request: rows that have not run yet never run. Pick outputs from the result
         with names that :meth:`check_outputs` accepted.
         """
-        arrays, rows = check_inputs(self.name, self.inputs, inputs, max_rows=self._max_rows)
+        arrays, rows = check_inputs(
+            self.name,
+            self.inputs,
+            inputs,
+            max_rows=self._max_rows,
+            strict_shapes=self.backend.strict_shapes,
+        )
         limit = self.batching.max_batch_size
         if rows <= limit:
             return self._batcher.submit_nowait(
@@ -270,13 +312,21 @@ class ModelHandle:
 
     async def aclose(self, *, grace_period: float | None = None) -> None:
         """Stop taking requests, drain the queued and running ones, then release the model."""
-        await self._batcher.aclose(grace_period=grace_period)
+        await asyncio.gather(
+            self._batcher.aclose(grace_period=grace_period),
+            *(h.aclose(grace_period=grace_period) for h in self._signature_handles.values()),
+        )
         await asyncio.to_thread(self.backend.close)
 
     # -- inside the executor thread ----------------------------------------------------------
 
     def _run_batch(self, requests: list[Request]) -> list[Response | Exception]:
-        """Group the requests by row shape, run the model once per group, split the outputs."""
+        """Group the requests by row shape, run the model once per group, split the outputs.
+
+        A group that fails with more than one request runs again one request at a time, so a
+        request the model cannot take (one no check before the queue could catch) fails alone,
+        never anyone else's rows.
+        """
         groups: dict[tuple[tuple[int, ...], ...], list[int]] = {}
         for index, request in enumerate(requests):
             key = tuple(array.shape[1:] for array in request.values())
@@ -286,18 +336,37 @@ class ModelHandle:
             try:
                 self._run_group([requests[i] for i in members], members, results)
             except Exception as error:  # this group fails; other shape groups are unaffected
-                logger.error(
-                    "model %s v%s failed on a batch of %d requests",
-                    self.name,
-                    self.version,
-                    len(members),
-                    exc_info=error,
-                )
-                for i in members:
-                    results[i] = BatchFailed.caused_by(
-                        f"model {self.name!r} failed: {error!r}", error
+                if len(members) > 1:
+                    logger.warning(
+                        "model %s v%s failed on a batch of %d requests (%r); running each alone",
+                        self.name,
+                        self.version,
+                        len(members),
+                        error,
                     )
+                    for i in members:
+                        self._run_alone(requests[i], i, results)
+                else:
+                    results[members[0]] = self._failure(error)
         return results
+
+    def _run_alone(self, request: Request, index: int, results: list[Response | Exception]) -> None:
+        try:
+            self._run_group([request], [index], results)
+        except Exception as error:
+            results[index] = self._failure(error)
+
+    def _failure(self, error: Exception) -> Exception:
+        """What a request whose run (alone) failed is told, logged.
+
+        The model's refusal of its input is the request's fault (400); anything else is the
+        model's failure (500).
+        """
+        if isinstance(error, InvalidInput):
+            logger.debug("model %s v%s refused a request: %s", self.name, self.version, error)
+            return error
+        logger.error("model %s v%s failed on a request", self.name, self.version, exc_info=error)
+        return BatchFailed.caused_by(f"model {self.name!r} failed: {error!r}", error)
 
     def _run_group(
         self, group: list[Request], members: list[int], results: list[Response | Exception]

@@ -1,4 +1,8 @@
-"""The model repository: ``<repo>/<model>/config.toml`` plus ``<repo>/<model>/<version>/`` folders.
+"""The model repository: model folders (``<repo>/<model>/<version>/``), loaded and kept in step.
+
+The folders are a repository's sub-folders, or a list that the command line or a server config
+file names (TensorFlow Serving's ``--model_base_path`` and ``--model_config_file``), re-read on
+every reload; ``_layout`` reads each one.
 
 Loading blocks (TensorFlow takes seconds), so it runs in a worker thread and the event loop keeps
 serving. ``reload()`` loads what was added or changed before it unloads anything, swaps the routing
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -21,6 +26,7 @@ from coserve._exceptions import ConfigError, ModelLoadError, ModelNotFound
 from coserve.models._backend import Backend
 from coserve.models._config import ModelConfig
 from coserve.models._handle import ModelHandle
+from coserve.models._layout import ModelFolder, ModelLayout, read_model_folder, repository_folders
 
 __all__ = [
     "DEFAULT_FILENAMES",
@@ -47,19 +53,28 @@ def bundled_repository() -> Path:
     return Path(str(resources.files("coserve") / "demo_models"))
 
 
-def load_backend(config: ModelConfig, version_dir: Path) -> Backend:
+def load_backend(config: ModelConfig, version_dir: Path, version: str | None = None) -> Backend:
     """Load one version of a model with the backend its platform names (blocking).
+
+    ``version`` is the version's name (default: the folder's name; ``00000123`` is ``123``).
 
     Raises:
         ModelLoadError: The model file is missing or cannot be loaded.
         MissingDependency: The backend's optional extra is not installed.
     """
     path = version_dir / (config.filename or DEFAULT_FILENAMES[config.platform])
+    if (
+        config.platform == "tensorflow_savedmodel"
+        and config.filename is None
+        and not path.exists()
+        and (version_dir / "saved_model.pb").is_file()
+    ):
+        path = version_dir  # the version folder is the SavedModel, as in TF Serving's layout
     if not path.exists():
         raise ModelLoadError(f"model {config.name!r}: {path} does not exist")
     common = {
         "name": config.name,
-        "version": version_dir.name,
+        "version": version or str(int(version_dir.name)),
         "inputs": config.inputs,
         "outputs": config.outputs,
     }
@@ -113,15 +128,33 @@ class ModelRepository:
             outputs = await handle.infer({"image": images})
 
     Args:
-        path: The repository folder; None serves the bundled demo models.
+        path: The repository folder; None serves the bundled demo models (unless ``folders``
+            is given).
+        folders: Instead of a repository folder, the model folders to serve: called on every
+            reload, in a worker thread (it may read a config file); a ``ConfigError`` it raises
+            keeps the models loaded as they are.
+        description: What the models come from, for logs (default: the repository's path).
         warm_up: Run every batch size once at load (unless a model's config says otherwise).
     """
 
-    def __init__(self, path: Path | str | None = None, *, warm_up: bool = True) -> None:
-        self.path = Path(path) if path is not None else bundled_repository()
+    def __init__(
+        self,
+        path: Path | str | None = None,
+        *,
+        folders: Callable[[], Sequence[ModelFolder]] | None = None,
+        description: str | None = None,
+        warm_up: bool = True,
+    ) -> None:
+        self.path: Path | None = None
+        if folders is None:
+            self.path = Path(path) if path is not None else bundled_repository()
+        self.description = description or str(self.path)
+        """What the models come from, as logs say it."""
+        self._folders = folders
         self._warm_up = warm_up
         self._configs: dict[str, ModelConfig] = {}
         self._handles: dict[str, dict[str, ModelHandle]] = {}
+        self._labels: dict[str, dict[str, str]] = {}
         self._reload_lock = asyncio.Lock()
 
     async def __aenter__(self) -> Self:
@@ -156,6 +189,24 @@ class ModelRepository:
                 + ", ".join(sorted(versions, key=int))
             )
         return handle
+
+    def version_of_label(self, name: str, label: str) -> str:
+        """The version a version label names (TensorFlow Serving's ``version_labels``).
+
+        Raises:
+            ModelNotFound: No such model, or it has no such label.
+        """
+        self.get(name)
+        labels = self._labels.get(name, {})
+        version = labels.get(label)
+        if version is None:
+            known = ", ".join(sorted(labels)) or "none"
+            raise ModelNotFound(f"model {name!r} has no version label {label!r}; labels: {known}")
+        return version
+
+    def labels(self, name: str) -> dict[str, str]:
+        """A model's version labels and the versions they name."""
+        return dict(self._labels.get(name, {}))
 
     def config(self, name: str) -> ModelConfig:
         """The configuration a loaded model was read with.
@@ -195,19 +246,28 @@ class ModelRepository:
             ModelLoadError: The repository folder does not exist.
         """
         async with self._reload_lock:
-            if not self.path.is_dir():
-                raise ModelLoadError(f"model repository {self.path} is not a folder")
-            wanted = await asyncio.to_thread(self._scan)
+            path = self.path
+            if path is not None and not path.is_dir():
+                raise ModelLoadError(f"model repository {path} is not a folder")
+            try:
+                wanted = await asyncio.to_thread(self._scan)
+            except ConfigError as error:
+                if not self._handles and not self._configs:
+                    raise
+                logger.error("%s; the models loaded stay as they are", error)
+                return
             new_handles: dict[str, dict[str, ModelHandle]] = {}
             new_configs: dict[str, ModelConfig] = {}
-            for name, (config, versions) in sorted(wanted.items()):
+            new_labels: dict[str, dict[str, str]] = {}
+            for name, layout in sorted(wanted.items()):
+                config = layout.config
                 old = self._handles.get(name, {})
                 same_config = self._configs.get(name) == config
-                kept = {v: h for v, h in old.items() if v in versions and same_config}
+                kept = {v: h for v, h in old.items() if v in layout.versions and same_config}
                 try:
-                    for version in versions:
+                    for version, folder in layout.versions.items():
                         if version not in kept:
-                            kept[version] = await self._load(config, version)
+                            kept[version] = await self._load(config, version, folder)
                 except Exception as error:
                     logger.error("model %s: not loaded: %s", name, error, exc_info=error)
                     loaded_now = [h for v, h in kept.items() if old.get(v) is not h]
@@ -216,64 +276,53 @@ class ModelRepository:
                     if old:  # keep serving what was there
                         new_handles[name] = old
                         new_configs[name] = self._configs[name]
+                        new_labels[name] = self._labels.get(name, {})
                     continue
                 new_handles[name] = kept
                 new_configs[name] = config
+                new_labels[name] = dict(layout.labels)
             retired = [
                 handle
                 for name, versions in self._handles.items()
                 for version, handle in versions.items()
                 if new_handles.get(name, {}).get(version) is not handle
             ]
-            self._handles, self._configs = new_handles, new_configs
+            self._handles, self._configs, self._labels = new_handles, new_configs, new_labels
             for handle in retired:
                 logger.info(
                     "model %s v%s: unloading after its requests finish", handle.name, handle.version
                 )
                 await handle.aclose()
 
-    def _scan(self) -> dict[str, tuple[ModelConfig, list[str]]]:
-        """Read every model folder's config and pick its versions (runs in a thread)."""
-        found: dict[str, tuple[ModelConfig, list[str]]] = {}
-        for folder in sorted(p for p in self.path.iterdir() if p.is_dir()):
-            if folder.name.startswith("."):
-                continue  # hidden (.git, editors' folders): not meant as models
-            config_path = folder / "config.toml"
-            if not config_path.is_file():
-                # Never silently: a folder someone put here and that serves nothing.
-                logger.warning(
-                    "folder %s: not served: it has no config.toml (a model folder needs one, "
-                    "beside its numbered version folders)",
-                    folder,
+    def _scan(self) -> dict[str, ModelLayout]:
+        """Read every model folder's config and pick its versions (runs in a thread).
+
+        Raises:
+            ConfigError: The list of folders cannot be read (a server config file).
+        """
+        folders = repository_folders(self.path) if self.path is not None else []
+        if self._folders is not None:
+            folders = list(self._folders())
+        found: dict[str, ModelLayout] = {}
+        seen: dict[str, Path] = {}
+        for folder in folders:
+            if folder.name in seen:
+                logger.error(
+                    "model %s: named twice; serving the first, %s, not %s",
+                    folder.name,
+                    seen[folder.name],
+                    folder.path,
                 )
                 continue
-            try:
-                config = ModelConfig.load(config_path)
-            except ConfigError as error:
-                logger.error("%s", error)
-                continue
-            available = []
-            for entry in folder.iterdir():
-                if not entry.is_dir():
-                    continue
-                if entry.name.isdigit():
-                    available.append(int(entry.name))
-                elif not entry.name.startswith("."):
-                    logger.warning(
-                        "model %s: folder %s is not a version (version folders are numbers)",
-                        config.name,
-                        entry,
-                    )
-            versions = [str(v) for v in config.versions.select(available)]
-            if not versions:
-                logger.error("model %s: no version folders to serve in %s", config.name, folder)
-                continue
-            found[config.name] = (config, versions)
+            seen[folder.name] = folder.path
+            layout = read_model_folder(folder)
+            if layout is not None:
+                found[folder.name] = layout
         return found
 
-    async def _load(self, config: ModelConfig, version: str) -> ModelHandle:
+    async def _load(self, config: ModelConfig, version: str, folder: Path) -> ModelHandle:
         start = time.perf_counter()
-        backend = await asyncio.to_thread(load_backend, config, self.path / config.name / version)
+        backend = await asyncio.to_thread(load_backend, config, folder, version)
         warm = 0.0
         if self._warm_up and config.warm_up:
             sizes = config.batching.warm_up_sizes()
@@ -285,7 +334,7 @@ class ModelRepository:
         b = config.batching
         logger.info(
             "model %s v%s (%s) loaded in %.2fs (warm-up %.2fs); batching: max_batch_size=%d"
-            " max_wait=%gs slots=%d max_queue_size=%d timeout=%s",
+            " max_wait=%gs slots=%d max_queue_size=%d timeout=%s%s",
             config.name,
             version,
             config.platform,
@@ -296,6 +345,7 @@ class ModelRepository:
             b.max_concurrent_batches,
             b.max_queue_size,
             f"{b.timeout:g}s" if b.timeout else "none",
+            "" if b.combine_requests else " (each request alone: combine_requests=false)",
         )
         return ModelHandle(backend, config.batching, labels=config.labels)
 

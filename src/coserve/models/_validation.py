@@ -80,8 +80,12 @@ def check_inputs(
     inputs: Mapping[str, Any],
     *,
     max_rows: int,
+    strict_shapes: bool = True,
 ) -> tuple[dict[str, np.ndarray], int]:
     """Check and convert a request's inputs; return the arrays (in spec order) and their rows.
+
+    Without ``strict_shapes`` an input's rank and dimensions are the model's to check (a TF1
+    graph's, fed as TensorFlow Serving feeds it): only a first dimension, the rows, is required.
 
     Raises:
         InvalidInput: An input is unknown, missing, of an unsafe dtype, of the wrong rank or
@@ -106,13 +110,19 @@ def check_inputs(
             array = value if isinstance(value, np.ndarray) else np.asarray(value)
         except (ValueError, TypeError) as error:  # ragged nested lists, for instance
             raise InvalidInput(f"input {spec.name!r}: not a rectangular array: {error}") from None
-        if array.ndim != len(spec.shape):
+        if not strict_shapes:
+            if array.ndim == 0:
+                raise InvalidInput(
+                    f"input {spec.name!r}: expected {spec.describe()}, got a scalar (a tensor "
+                    "needs a first dimension, its rows)"
+                )
+        elif array.ndim != len(spec.shape):
             raise InvalidInput(
                 f"input {spec.name!r}: expected {spec.describe()} (rank {len(spec.shape)}), "
                 f"got {_describe(array)} (rank {array.ndim})"
             )
-        for axis, (want, got) in enumerate(zip(spec.shape, array.shape, strict=True)):
-            if axis and want >= 0 and want != got:
+        for axis, (want, got) in enumerate(zip(spec.shape, array.shape, strict=strict_shapes)):
+            if axis and want >= 0 and want != got and strict_shapes:
                 raise InvalidInput(
                     f"input {spec.name!r}: expected {spec.describe()}, got {_describe(array)} "
                     f"(dimension {axis} must be {want})"

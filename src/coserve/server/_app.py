@@ -10,6 +10,8 @@ Errors map to statuses in one table, shared by every endpoint and protocol: ``_e
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 import time
@@ -52,6 +54,16 @@ def _handle(state: ServerState, request: Request) -> ModelHandle:
     return state.repository.get(name, version)
 
 
+async def _poll(repository: ModelRepository, interval: float) -> None:
+    """Reload the repository every ``interval`` seconds until cancelled; a failure is logged."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await repository.reload()
+        except Exception as error:  # the folder vanished, say: keep serving what is loaded
+            logger.error("reloading the models from %s failed: %s", repository.description, error)
+
+
 def create_app(
     repository: ModelRepository,
     *,
@@ -61,6 +73,7 @@ def create_app(
     sessions: SessionManager | None = None,
     worker: WorkerInfo | None = None,
     grpc: GrpcOptions | None = None,
+    poll_interval: float | None = None,
 ) -> InferenceRoute:
     """The ASGI app serving ``repository``.
 
@@ -72,7 +85,9 @@ def create_app(
     worker processes of ``coserve serve --workers N``: the app then reports its readiness to the
     supervisor, and ``/metrics`` gathers every worker's series (``?local=1``: this one's only).
     ``grpc`` serves gRPC beside HTTP, started in the lifespan once the models are loaded (the
-    returned route's ``grpc``); it needs the ``grpc`` extra.
+    returned route's ``grpc``); it needs the ``grpc`` extra. ``poll_interval`` reloads the
+    repository that often (seconds), so versions added to a folder load, and removed ones
+    unload, as they appear (TensorFlow Serving's ``--file_system_poll_wait_seconds``).
     """
     limits = limits if limits is not None else ServerLimits()
     if max_request_size is not None:
@@ -98,7 +113,7 @@ def create_app(
         logger.info(
             "loaded %d model version(s) from %s in %.1fs",
             len(repository.models()),
-            repository.path,
+            repository.description,
             time.perf_counter() - start,
         )
         state.accepting = True
@@ -109,8 +124,17 @@ def create_app(
             if worker is not None:
                 worker.mark_ready()
             app.state.limits = limits  # where the /v1 and WebSocket handlers find max_json_size
-            async with serving():  # the decoder processes for large JSON stop with the server
-                yield
+            poller = None
+            if poll_interval:
+                poller = asyncio.create_task(_poll(repository, poll_interval), name="coserve-poll")
+            try:
+                async with serving():  # the decoder processes for large JSON stop with the server
+                    yield
+            finally:
+                if poller is not None:
+                    poller.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await poller
         finally:
             state.ready = False
             if grpc_server is not None:  # begun at the signal; its accepted calls answered

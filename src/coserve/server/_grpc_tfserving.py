@@ -1,15 +1,16 @@
 """TensorFlow Serving's gRPC API: PredictionService and ModelService, on the inference service.
 
-``PredictionService`` serves Predict and GetModelMetadata, ``ModelService`` GetModelStatus. The
+``PredictionService`` serves Classify, Regress, Predict and GetModelMetadata, ``ModelService``
+GetModelStatus. The
 driver between TensorFlow Serving's messages (``_protos``) and the inference service, so a
 client written for TF Serving (``tensorflow-serving-api``'s stubs, ``tf.make_tensor_proto``
 inputs) works unchanged. ``TensorProto`` inputs arrive as ``tensor_content`` (raw little-endian
 bytes, what ``make_tensor_proto`` sends for numeric arrays) or in the typed fields (scalars,
 strings, other clients), with TensorFlow's conventions: no values is zeros, fewer values than
 the shape repeat the last one. Answers are typed, as TF Serving answers by default, which every
-client can read. ``model_spec`` picks the model, its version and its signature (there is one per
-model: its config's ``signature``; version labels are not supported); ``output_filter`` picks
-outputs. Classify, Regress, MultiInference and HandleReloadConfigRequest answer UNIMPLEMENTED.
+client can read. ``model_spec`` picks the model, its version (a number or a version label) and
+its signature; ``output_filter`` picks outputs. Classify and Regress take ``tf.Example``s, as
+``_tfserving_api`` runs them. MultiInference and HandleReloadConfigRequest answer UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -17,19 +18,21 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import numpy as np
 
-from coserve._exceptions import InvalidInput, ModelNotFound, RequestTooLarge
-from coserve.models import ModelHandle, TensorSpec
+from coserve._exceptions import InvalidInput, RequestTooLarge
+from coserve.models import ModelHandle
 from coserve.server._errors import report
 from coserve.server._grpc_handlers import abort, unary, unimplemented
 from coserve.server._protos import (
     Any as AnyMessage,
 )
 from coserve.server._protos import (
+    ClassificationRequest,
+    ClassificationResponse,
     DataType,
     GetModelMetadataRequest,
     GetModelMetadataResponse,
@@ -39,10 +42,21 @@ from coserve.server._protos import (
     ModelVersionStatus,
     PredictRequest,
     PredictResponse,
+    RegressionRequest,
+    RegressionResponse,
     SignatureDefMap,
     TensorProto,
 )
 from coserve.server._service import InferenceService
+from coserve.server._tf_examples import serialized_examples
+from coserve.server._tfserving_api import (
+    classify,
+    handle_for,
+    regress,
+    signature_handle,
+    signatures,
+    versions,
+)
 from coserve.server._v2_codec import MAX_DIMENSIONS, reshape
 
 if TYPE_CHECKING:
@@ -56,7 +70,6 @@ SERVICES = (PREDICTION_SERVICE, MODEL_SERVICE)
 PROTOCOL = "tfserving-grpc"
 
 _SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
-_PREDICT_METHOD = "tensorflow/serving/predict"
 
 # TensorFlow's dtype, its numpy dtype, the typed TensorProto field that carries it, and the
 # protocol datatype; DT_HALF travels as the bits of each value in half_val.
@@ -79,7 +92,7 @@ _TF_DTYPE = {datatype: tf for tf, (_, _, datatype) in _DTYPES.items()}
 _MESSAGE_LIMIT = 1024  # TF Serving cuts error messages at 1024 characters
 
 UNIMPLEMENTED = {
-    PREDICTION_SERVICE: ("Classify", "Regress", "MultiInference"),
+    PREDICTION_SERVICE: ("MultiInference",),
     MODEL_SERVICE: ("HandleReloadConfigRequest",),
 }
 
@@ -182,6 +195,8 @@ class TFServingServicer:
     def methods(self) -> tuple[tuple[str, dict[str, grpc.RpcMethodHandler[Any, Any]]], ...]:
         """The two services' names and method handlers, the unserved ones UNIMPLEMENTED."""
         prediction = {
+            "Classify": unary(self.classify, ClassificationRequest, ClassificationResponse),
+            "Regress": unary(self.regress, RegressionRequest, RegressionResponse),
             "Predict": unary(self.predict, PredictRequest, PredictResponse),
             "GetModelMetadata": unary(
                 self.get_model_metadata, GetModelMetadataRequest, GetModelMetadataResponse
@@ -196,30 +211,17 @@ class TFServingServicer:
             for name in UNIMPLEMENTED[service]:
                 methods[name] = unimplemented(
                     f"{service}/{name}",
-                    "TensorFlow Serving's Predict, GetModelMetadata and GetModelStatus",
+                    "TensorFlow Serving's Classify, Regress, Predict, GetModelMetadata and "
+                    "GetModelStatus",
                     limit=_MESSAGE_LIMIT,
                 )
         return (PREDICTION_SERVICE, prediction), (MODEL_SERVICE, model)
 
     def _handle(self, spec: ModelSpec, *, serving: bool) -> ModelHandle:
         """The model version a ``model_spec`` names (``serving``: only while taking work)."""
-        if spec.version_label:
-            raise ModelNotFound(
-                f"model {spec.name!r} has no version label {spec.version_label!r}: coserve has no "
-                "version labels; name the version, or none for the latest"
-            )
         version = str(spec.version.value) if spec.HasField("version") else None
-        if serving:
-            return self._service.resolve(spec.name, version)
-        return self._service.state.repository.get(spec.name, version)
-
-    def _check_signature(self, handle: ModelHandle, signature: str) -> str:
-        expected = self._service.state.repository.config(handle.name).signature
-        if signature not in ("", expected):
-            raise InvalidInput(
-                f"model {handle.name!r} has no signature {signature!r}; it has {expected!r}"
-            )
-        return expected
+        label = spec.version_label if spec.HasField("version_label") else None
+        return handle_for(self._service, spec.name, version, label, serving=serving)
 
     async def predict(self, request: PredictRequest, context: Context) -> PredictResponse:
         """One Predict: inputs decoded, batched with everyone else's, answered typed."""
@@ -228,16 +230,16 @@ class TFServingServicer:
         handle: ModelHandle | None = None
         try:
             handle = self._handle(request.model_spec, serving=True)
-            signature = self._check_signature(handle, request.model_spec.signature_name)
-            service.admit(handle)
-            inputs = _inputs(handle, request, service.state.limits.max_request_size)
+            runner = signature_handle(handle, request.model_spec.signature_name)
+            service.admit(runner)
+            inputs = _inputs(runner, request, service.state.limits.max_request_size)
             outputs = list(request.output_filter) or None
             result = await service.infer(
-                handle, inputs, outputs=outputs, timeout=context.time_remaining()
+                runner, inputs, outputs=outputs, timeout=context.time_remaining()
             )
             response = PredictResponse()
-            _model_spec(response.model_spec, handle, signature)
-            datatypes = handle.output_datatypes
+            _model_spec(response.model_spec, handle, _signature_name(runner))
+            datatypes = runner.output_datatypes
             for name, array in result.items():
                 array_to_tensor(array, datatypes.get(name, "BYTES"), response.outputs[name])
         except asyncio.CancelledError:
@@ -251,10 +253,76 @@ class TFServingServicer:
         service.observe(PROTOCOL, handle, "OK", time.perf_counter() - started)
         return response
 
+    async def classify(
+        self, request: ClassificationRequest, context: Context
+    ) -> ClassificationResponse:
+        """One Classify: the examples run through the classify signature, classes answered."""
+        started = time.perf_counter()
+        service = self._service
+        handle: ModelHandle | None = None
+        try:
+            handle = self._handle(request.model_spec, serving=True)
+            service.admit(handle)
+            examples = serialized_examples(request.input)
+            signature, results = await classify(
+                service,
+                handle,
+                request.model_spec.signature_name,
+                examples,
+                timeout=context.time_remaining(),
+            )
+        except asyncio.CancelledError:
+            service.observe(PROTOCOL, handle, "CANCELLED", time.perf_counter() - started)
+            raise
+        except Exception as error:
+            failure = report(error, f"TF Serving gRPC classify on {request.model_spec.name}")
+            service.observe(PROTOCOL, handle, failure.grpc_code, time.perf_counter() - started)
+            await abort(context, failure, limit=_MESSAGE_LIMIT)
+            raise  # not reached: abort raises
+        response = ClassificationResponse()
+        _model_spec(response.model_spec, handle, signature)
+        for row in results:
+            classes = response.result.classifications.add().classes
+            for label, score in row:
+                classes.add(label=label, score=score)
+        service.observe(PROTOCOL, handle, "OK", time.perf_counter() - started)
+        return response
+
+    async def regress(self, request: RegressionRequest, context: Context) -> RegressionResponse:
+        """One Regress: the examples run through the regress signature, one value each."""
+        started = time.perf_counter()
+        service = self._service
+        handle: ModelHandle | None = None
+        try:
+            handle = self._handle(request.model_spec, serving=True)
+            service.admit(handle)
+            examples = serialized_examples(request.input)
+            signature, values = await regress(
+                service,
+                handle,
+                request.model_spec.signature_name,
+                examples,
+                timeout=context.time_remaining(),
+            )
+        except asyncio.CancelledError:
+            service.observe(PROTOCOL, handle, "CANCELLED", time.perf_counter() - started)
+            raise
+        except Exception as error:
+            failure = report(error, f"TF Serving gRPC regress on {request.model_spec.name}")
+            service.observe(PROTOCOL, handle, failure.grpc_code, time.perf_counter() - started)
+            await abort(context, failure, limit=_MESSAGE_LIMIT)
+            raise  # not reached: abort raises
+        response = RegressionResponse()
+        _model_spec(response.model_spec, handle, signature)
+        for value in values:
+            response.result.regressions.add(value=value)
+        service.observe(PROTOCOL, handle, "OK", time.perf_counter() - started)
+        return response
+
     async def get_model_metadata(
         self, request: GetModelMetadataRequest, context: Context
     ) -> GetModelMetadataResponse:
-        """The model's signature: its inputs and outputs, as a ``SignatureDefMap``."""
+        """Every signature of the model: their inputs and outputs, as a ``SignatureDefMap``."""
         try:
             if list(request.metadata_field) != ["signature_def"]:
                 raise InvalidInput(
@@ -262,23 +330,29 @@ class TFServingServicer:
                     f"Serving serves; got {list(request.metadata_field)}"
                 )
             handle = self._handle(request.model_spec, serving=False)
-            signature = self._check_signature(handle, request.model_spec.signature_name)
         except Exception as error:
             failure = report(error, f"TF Serving metadata of {request.model_spec.name}")
             await abort(context, failure, limit=_MESSAGE_LIMIT)
             raise  # not reached: abort raises
-        signatures = SignatureDefMap()
-        definition = signatures.signature_def[signature]
-        definition.method_name = _PREDICT_METHOD
-        for specs, infos in (
-            (handle.inputs, definition.inputs),
-            (handle.outputs, definition.outputs),
-        ):
-            for spec in specs:
-                _tensor_info(infos[spec.name], spec)
+        described = SignatureDefMap()
+        for key, signature in signatures(handle).items():
+            definition = described.signature_def[key]
+            definition.method_name = signature.method_name
+            for tensors, infos in (
+                (signature.inputs, definition.inputs),
+                (signature.outputs, definition.outputs),
+            ):
+                for name, tensor in tensors.items():
+                    info = infos[name]
+                    info.name = tensor.name
+                    info.dtype = cast("DataType", DataType.Value(tensor.dtype))
+                    if tensor.shape is None:
+                        info.tensor_shape.unknown_rank = True
+                    for size in tensor.shape or ():
+                        info.tensor_shape.dim.add(size=size)
         response = GetModelMetadataResponse()
         _model_spec(response.model_spec, handle, "")
-        packed = AnyMessage(type_url=_SIGNATURE_DEF_MAP_URL, value=signatures.SerializeToString())
+        packed = AnyMessage(type_url=_SIGNATURE_DEF_MAP_URL, value=described.SerializeToString())
         response.metadata["signature_def"].CopyFrom(packed)
         return response
 
@@ -295,13 +369,13 @@ class TFServingServicer:
                 limit=_MESSAGE_LIMIT,
             )
             raise  # not reached: abort raises
-        repository = self._service.state.repository
-        if request.model_spec.HasField("version"):
-            versions = [handle.version]
+        spec = request.model_spec
+        if spec.HasField("version") or spec.HasField("version_label"):
+            listed = [handle.version]
         else:
-            versions = [m.version for m in repository.models() if m.name == handle.name]
+            listed = versions(self._service.state.repository, handle.name)
         response = GetModelStatusResponse()
-        for version in versions:
+        for version in listed:
             status = response.model_version_status.add()
             status.version = int(version) if version.isdigit() else 0
             status.state = ModelVersionStatus.State.AVAILABLE
@@ -335,8 +409,5 @@ def _model_spec(spec: ModelSpec, handle: ModelHandle, signature: str) -> None:
     spec.signature_name = signature
 
 
-def _tensor_info(info: Any, spec: TensorSpec) -> None:
-    info.name = spec.name
-    info.dtype = _TF_DTYPE.get(spec.datatype, DataType.DT_INVALID)
-    for size in spec.shape:
-        info.tensor_shape.dim.add(size=size)
+def _signature_name(handle: ModelHandle) -> str:
+    return handle.backend.signature_name or "serving_default"

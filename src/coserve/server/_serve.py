@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import socket
@@ -18,9 +19,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from coserve._exceptions import ConfigError
+from coserve.models._config import BatchingConfig
 from coserve.server._limits import ServerLimits
+
+if TYPE_CHECKING:
+    from coserve.models import ModelRepository
 
 __all__ = ["ServeOptions", "serve"]
 
@@ -32,9 +38,24 @@ class ServeOptions:
     """What ``coserve serve`` was asked to do (its command-line options)."""
 
     model_repository: Path | None = None
-    """The model repository folder; None serves the bundled demo models and session app."""
+    """The model repository folder; None serves the bundled demo models and session app
+    (unless ``model_base_path`` or ``model_config_file`` names the models)."""
+    model_base_path: Path | None = None
+    """One model's folder (its numbered versions in it), TF Serving's ``--model_base_path``."""
+    model_name: str | None = None
+    """The name that model is served by (default: its folder's name)."""
+    model_config_file: Path | None = None
+    """A TF Serving ``ModelServerConfig`` text file naming the models to serve."""
+    model_config_poll: float = 0.0
+    """Re-read ``model_config_file`` this often, in seconds (0: read it once)."""
+    poll_interval: float = 0.0
+    """Look for added and removed version folders this often, in seconds (0: never)."""
+    default_batching: BatchingConfig | None = None
+    """The batching policy of models whose folder has no coserve config (TF Serving's
+    batching flags); None: coserve's default."""
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int | None = 8000
+    """The HTTP port; None serves no HTTP (gRPC only, TF Serving's ``--rest_api_port=0``)."""
     limits: ServerLimits = field(default_factory=ServerLimits)
     """Bounds on what one client may make the server hold (``max_connections`` aside)."""
     limit_connections: int | None = None
@@ -74,7 +95,7 @@ def serve(options: ServeOptions, argv: Sequence[str]) -> int:
 
     import uvicorn
 
-    from coserve.models import ModelRepository
+    from coserve.models import bundled_repository
     from coserve.server._app import create_app
     from coserve.server._limits import connection_budget, raise_descriptor_limit
     from coserve.server._native_http import CoserveHttpProtocol
@@ -82,9 +103,13 @@ def serve(options: ServeOptions, argv: Sequence[str]) -> int:
     from coserve.server._workers import bind, bind_unix
 
     raise_descriptor_limit()
-    repository = ModelRepository(options.model_repository)
+    try:
+        repository = _repository(options)
+    except ConfigError as error:
+        log.error("%s", error)
+        return 2
     apps: dict[str, SessionFactory] = {}
-    if options.model_repository is None:
+    if repository.path == bundled_repository():
         from coserve.demo_apps import digit_assistant
 
         apps["digits"] = digit_assistant.create
@@ -118,6 +143,7 @@ def serve(options: ServeOptions, argv: Sequence[str]) -> int:
         sessions=sessions,
         worker=worker,
         grpc=grpc,
+        poll_interval=options.poll_interval or None,
     )
     state = app.state
     grace = options.graceful_timeout
@@ -159,7 +185,7 @@ def serve(options: ServeOptions, argv: Sequence[str]) -> int:
     config = uvicorn.Config(
         app,
         host=options.host,
-        port=options.port,
+        port=options.port or 0,
         loop="uvloop",
         http=CoserveHttpProtocol,
         lifespan="on",
@@ -169,18 +195,71 @@ def serve(options: ServeOptions, argv: Sequence[str]) -> int:
     )
     host, port = options.host, options.port
     try:
-        sockets = [bind(host, port, reuse_port=worker is not None)]
+        sockets = [] if port is None else [bind(host, port, reuse_port=worker is not None)]
         if worker is not None:  # the private socket the other workers gather metrics through
             sockets.append(bind_unix(worker.socket_path()))
     except OSError as error:
-        log.error("cannot listen on %s:%d: %s", host, port, error)
+        log.error("cannot listen on %s:%s: %s", host, port, error)
         return 1
-    log.info("coserve serving %s on http://%s:%d", repository.path, host, port)
-    for name in apps:
-        log.info("session app %r at ws://%s:%d/sessions/%s", name, host, port, name)
+    if port is None:
+        log.info("coserve serving %s over gRPC only (no HTTP port)", repository.description)
+    else:
+        log.info("coserve serving %s on http://%s:%d", repository.description, host, port)
+        for name in apps:
+            log.info("session app %r at ws://%s:%d/sessions/%s", name, host, port, name)
     server = Server(config)
     server.run(sockets=sockets)
     return 0 if server.started else 1
+
+
+def _repository(options: ServeOptions) -> ModelRepository:
+    """The repository the options name: a folder, one model folder, or a TF Serving config.
+
+    Raises:
+        ConfigError: The options name the models in two ways, or a folder that is not there.
+    """
+    from coserve.models import ModelRepository
+    from coserve.models._layout import ModelFolder, repository_folders
+
+    named = [
+        flag
+        for flag, value in (
+            ("--model-repository", options.model_repository),
+            ("--model-base-path", options.model_base_path),
+            ("--model-config-file", options.model_config_file),
+        )
+        if value is not None
+    ]
+    if len(named) > 1:
+        raise ConfigError(f"{' and '.join(named)} both name the models: give one")
+    batching = options.default_batching
+    if options.model_config_file is not None:
+        from coserve.models._tfserving_config import ModelServerConfigFile
+
+        config_file = ModelServerConfigFile(
+            options.model_config_file, batching=batching, poll=options.model_config_poll
+        )
+        config_file.folders()  # a config that cannot be read stops the server at start
+        return ModelRepository(folders=config_file.folders, description=str(config_file))
+    if options.model_base_path is not None:
+        base = options.model_base_path
+        if not base.is_dir():
+            raise ConfigError(f"--model-base-path {base} is not a folder")
+        model = ModelFolder(
+            options.model_name or base.name, base, batching=batching, source="--model-base-path"
+        )
+        return ModelRepository(folders=lambda: [model], description=f"{base} ({model.name})")
+    if batching is not None and options.model_repository is not None:
+        path = options.model_repository
+
+        def folders() -> list[ModelFolder]:
+            return [
+                dataclasses.replace(folder, batching=batching)
+                for folder in repository_folders(path)
+            ]
+
+        return ModelRepository(folders=folders, description=str(path))
+    return ModelRepository(options.model_repository)
 
 
 def _grpc_port(options: ServeOptions) -> tuple[bool, int | None]:
@@ -208,6 +287,9 @@ def _supervise(options: ServeOptions, argv: Sequence[str]) -> int:
 
     servable, grpc_port = _grpc_port(options)
     if not servable:
+        return 2
+    if options.port is None:
+        log.error("--workers needs an HTTP port")
         return 2
     if grpc_port is None:
         argv = [*argv, "--no-grpc"]

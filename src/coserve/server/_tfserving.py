@@ -1,11 +1,20 @@
-"""TensorFlow Serving's REST API: model status, metadata and ``:predict`` (row or columnar).
+"""TensorFlow Serving's REST API: model status, metadata, ``:predict``, ``:classify``, ``:regress``.
+
+Paths are ``/v1/models/{m}[/versions/{v}|/labels/{label}][/metadata|:predict|...]``; a version
+label names the version a server config gave it (``_tfserving_api``).
 
 ``POST /v1/models/{m}[/versions/{v}]:predict`` takes ``{"instances": [...]}`` (one entry per row;
 an object of named inputs, or the bare value when the model has one input) or ``{"inputs": ...}``
 (columnar: the value, or an object of named inputs), never both; bytes travel as
 ``{"b64": "..."}``. The answer is ``{"predictions": [...]}`` for rows and ``{"outputs": ...}`` for
 columns; a single output is not named. Outputs whose names end in ``_bytes`` come back base64
-encoded, as TF Serving does. ``:classify`` and ``:regress`` answer 501 (``Unsupported``).
+encoded, as TF Serving does. ``signature_name`` picks another signature of a SavedModel.
+
+``:classify`` and ``:regress`` take ``{"examples": [{feature: value, ...}, ...]}`` and an
+optional ``"context"`` of features every example shares, build ``tf.Example``s from them by TF
+Serving's rules (an integer is an int64 feature, a number with a point or an exponent a float,
+a string or ``{"b64": ...}`` bytes, a list holds one kind), and answer
+``{"results": [[[label, score], ...], ...]}`` or ``{"results": [value, ...]}``.
 
 The whole body is JSON, so the server's ``max_json_size`` bounds it (413), and a large one is
 parsed and turned into arrays in a decoder process (``_decoding``), as on the V2 route. The walk
@@ -19,19 +28,30 @@ import base64
 import re
 import time
 from asyncio import Future
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeGuard
 
 import numpy as np
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from coserve._exceptions import InvalidInput, RequestTooLarge, Unsupported
+from coserve._exceptions import InvalidInput, RequestTooLarge
 from coserve.models import ModelHandle, TensorSpec
+from coserve.models._signatures import Signature, SignatureTensor
 from coserve.server._decoding import decode_soon
 from coserve.server._errors import CLIENT_GONE_STATUS, describe
 from coserve.server._responses import error_response, json_response, read_body
 from coserve.server._service import InferenceService
+from coserve.server._tf_examples import decode_examples
+from coserve.server._tfserving_api import (
+    DEFAULT_SIGNATURE,
+    classify,
+    handle_for,
+    regress,
+    signature_handle,
+    signatures,
+    versions,
+)
 from coserve.server._v2_codec import MAX_DIMENSIONS, check_data_nesting, load_json_object
 
 __all__ = ["PROTOCOL", "decode_predict", "tfserving_endpoint"]
@@ -40,23 +60,9 @@ PROTOCOL = "tfserving-http"
 """The ``protocol`` label of ``:predict`` requests in the latency metric."""
 
 _PATH = re.compile(
-    r"^(?P<model>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<action>/metadata|:predict|:classify|:regress)?$"
+    r"^(?P<model>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
+    r"(?P<action>/metadata|:predict|:classify|:regress)?$"
 )
-_TF_DTYPES = {
-    "BOOL": "DT_BOOL",
-    "UINT8": "DT_UINT8",
-    "UINT16": "DT_UINT16",
-    "UINT32": "DT_UINT32",
-    "UINT64": "DT_UINT64",
-    "INT8": "DT_INT8",
-    "INT16": "DT_INT16",
-    "INT32": "DT_INT32",
-    "INT64": "DT_INT64",
-    "FP16": "DT_HALF",
-    "FP32": "DT_FLOAT",
-    "FP64": "DT_DOUBLE",
-    "BYTES": "DT_STRING",
-}
 
 
 _MAX_NESTING = MAX_DIMENSIONS + 2
@@ -122,19 +128,24 @@ def _array(spec: TensorSpec, value: Any) -> np.ndarray:
 
 
 def decode_predict(
-    body: bytes, model: str, specs: tuple[TensorSpec, ...]
-) -> tuple[str | None, dict[str, np.ndarray], bool]:
-    """A ``:predict`` body as its signature name, named input arrays, and whether it was rows.
+    body: bytes, model: str, inputs: Mapping[str, tuple[TensorSpec, ...]], default: str
+) -> tuple[str, dict[str, np.ndarray], bool]:
+    """A ``:predict`` body as its signature's name, named input arrays, and whether it was rows.
 
-    Plain data in and out, so that it can run in a decoder process.
+    ``inputs`` holds each signature's input specs; a body without ``signature_name`` is for
+    ``default``. Plain data in and out, so that it can run in a decoder process.
 
     Raises:
-        InvalidInput: Not JSON, or not a request that fits the model's inputs.
+        InvalidInput: Not JSON, or not a request that fits the signature's inputs.
     """
     parsed = load_json_object(body)
     signature = parsed.get("signature_name")
     if signature is not None and not isinstance(signature, str):
         raise InvalidInput("'signature_name' must be a string")
+    signature = signature or default
+    specs = inputs.get(signature)
+    if specs is None:
+        raise InvalidInput(f"No signature was found with the name: {signature}")
     # No {"b64": ...} without those bytes (or an escape that could spell them): skip the walk,
     # a Python loop over every value of the request.
     b64 = b"b64" in body or b"\\u" in body
@@ -207,7 +218,7 @@ def _json_value(name: str, array: np.ndarray) -> Any:
     return np.vectorize(encode, otypes=[object])(array).tolist()
 
 
-def _status(handle_versions: list[str]) -> dict[str, Any]:
+def _status(versions: list[str]) -> dict[str, Any]:
     return {
         "model_version_status": [
             {
@@ -215,23 +226,25 @@ def _status(handle_versions: list[str]) -> dict[str, Any]:
                 "state": "AVAILABLE",
                 "status": {"error_code": "OK", "error_message": ""},
             }
-            for v in handle_versions
+            for v in versions
         ]
     }
 
 
-def _metadata(handle: ModelHandle, signature: str) -> dict[str, Any]:
-    def tensors(specs: tuple[TensorSpec, ...]) -> dict[str, Any]:
+def _metadata(handle: ModelHandle, signatures: Mapping[str, Signature]) -> dict[str, Any]:
+    """``GET .../metadata`` as TensorFlow Serving prints it (its empty fields included)."""
+
+    def tensors(described: Mapping[str, SignatureTensor]) -> dict[str, Any]:
         return {
-            spec.name: {
-                "dtype": _TF_DTYPES[spec.datatype],
+            key: {
+                "dtype": tensor.dtype,
                 "tensor_shape": {
-                    "dim": [{"size": str(d)} for d in spec.shape],
-                    "unknown_rank": False,
+                    "dim": [{"size": str(d), "name": ""} for d in tensor.shape or ()],
+                    "unknown_rank": tensor.shape is None,
                 },
-                "name": spec.name,
+                "name": tensor.name,
             }
-            for spec in specs
+            for key, tensor in described.items()
         }
 
     return {
@@ -239,11 +252,13 @@ def _metadata(handle: ModelHandle, signature: str) -> dict[str, Any]:
         "metadata": {
             "signature_def": {
                 "signature_def": {
-                    signature: {
-                        "inputs": tensors(handle.inputs),
-                        "outputs": tensors(handle.outputs),
-                        "method_name": "tensorflow/serving/predict",
+                    key: {
+                        "inputs": tensors(signature.inputs),
+                        "outputs": tensors(signature.outputs),
+                        "method_name": signature.method_name,
+                        "defaults": {},
                     }
+                    for key, signature in signatures.items()
                 }
             }
         },
@@ -267,27 +282,26 @@ def tfserving_endpoint(service: InferenceService) -> Callable[[Request], Awaitab
         match = _PATH.match(request.path_params["rest"])
         if match is None:
             return error_response(f"no such TensorFlow Serving path: {request.url.path}", 404)
-        name, version, action = match["model"], match["version"], match["action"] or ""
+        name, version, label = match["model"], match["version"], match["label"]
+        action = match["action"] or ""
         posting = action in (":predict", ":classify", ":regress")
         if posting != (request.method == "POST"):
             return error_response(f"{request.method} is not allowed on {request.url.path}", 405)
         if not posting:
+            described = handle_for(service, name, version, label, serving=False)
             if action == "/metadata":
-                handle_ = repository.get(name, version)
-                return json_response(_metadata(handle_, repository.config(name).signature))
-            repository.get(name, version)  # 404 if unknown
-            versions = [m.version for m in repository.models() if m.name == name]
-            return json_response(_status([version] if version else versions))
-        if action != ":predict":
-            raise Unsupported(
-                f"{action[1:]} is not implemented: coserve serves TensorFlow Serving's predict API "
-                "only; use :predict, or the Open Inference Protocol under /v2"
-            )
+                return json_response(_metadata(described, signatures(described)))
+            if version is None and label is None:
+                return json_response(_status(versions(repository, name)))
+            return json_response(_status([described.version]))
         started = time.perf_counter()
         served: ModelHandle | None = None
         try:
-            served = service.resolve(name, version)
-            response = await _predict(service, served, request)
+            served = handle_for(service, name, version, label)
+            if action == ":predict":
+                response = await _predict(service, served, request)
+            else:
+                response = await _classify_or_regress(service, served, request, action[1:])
         except Exception as error:
             # A client gone mid-body is answered nothing (see _responses.endpoint): 499.
             gone = isinstance(error, ClientDisconnect)
@@ -300,8 +314,8 @@ def tfserving_endpoint(service: InferenceService) -> Callable[[Request], Awaitab
     return handle
 
 
-async def _predict(service: InferenceService, handle: ModelHandle, request: Request) -> Response:
-    """One ``:predict``: its body checked, read, decoded, run and answered as TF Serving does."""
+async def _json_body(service: InferenceService, handle: ModelHandle, request: Request) -> bytes:
+    """The request's JSON body, refused (413) over the JSON limit and (429) on a full queue."""
     limit = service.state.limits.max_json_size
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:  # refused before it is read
@@ -310,14 +324,29 @@ async def _predict(service: InferenceService, handle: ModelHandle, request: Requ
     body = await read_body(request, service.state.limits.max_request_size)
     if len(body) > limit:
         raise _json_too_large(len(body), limit, handle.name)
-    decoding = decode_soon(len(body), decode_predict, body, handle.name, handle.inputs)
+    return body
+
+
+def _signature_inputs(handle: ModelHandle) -> dict[str, tuple[TensorSpec, ...]]:
+    """Each signature's input specs (the model's own for a model without signatures)."""
+    backend = handle.backend
+    main = backend.signature_name or DEFAULT_SIGNATURE
+    inputs = {main: handle.inputs}
+    for name in backend.signatures:
+        if name != main:
+            inputs[name] = backend.for_signature(name).inputs
+    return inputs
+
+
+async def _predict(service: InferenceService, handle: ModelHandle, request: Request) -> Response:
+    """One ``:predict``: its body checked, read, decoded, run and answered as TF Serving does."""
+    body = await _json_body(service, handle, request)
+    default = handle.backend.signature_name or DEFAULT_SIGNATURE
+    decoding = decode_soon(
+        len(body), decode_predict, body, handle.name, _signature_inputs(handle), default
+    )
     signature, inputs, rows = await decoding if isinstance(decoding, Future) else decoding
-    expected = service.state.repository.config(handle.name).signature
-    if signature not in (None, "", expected):
-        raise InvalidInput(
-            f"model {handle.name!r} has no signature {signature!r}; it has {expected!r}"
-        )
-    outputs = await service.infer(handle, inputs)
+    outputs = await service.infer(signature_handle(handle, signature), inputs)
     if rows:
         names = list(outputs)
         if len(names) == 1:
@@ -331,3 +360,16 @@ async def _predict(service: InferenceService, handle: ModelHandle, request: Requ
         (only,) = outputs.items()
         return json_response({"outputs": _json_value(*only)})
     return json_response({"outputs": {n: _json_value(n, a) for n, a in outputs.items()}})
+
+
+async def _classify_or_regress(
+    service: InferenceService, handle: ModelHandle, request: Request, method: str
+) -> Response:
+    """One ``:classify`` or ``:regress``: JSON examples as ``tf.Example``s, run, answered."""
+    body = await _json_body(service, handle, request)
+    signature, examples = decode_examples(body, method)
+    if method == "classify":
+        _, classes = await classify(service, handle, signature, examples)
+        return json_response({"results": [[list(pair) for pair in row] for row in classes]})
+    _, values = await regress(service, handle, signature, examples)
+    return json_response({"results": values})

@@ -14,6 +14,7 @@ uses lookup tables) is called as a ``tf.function`` instead, with a log line sayi
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -22,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from coserve._exceptions import ModelLoadError
+from coserve._exceptions import InvalidInput, ModelLoadError
 from coserve.models._backend import Backend, Tensors, override_specs, require
 from coserve.models._config import ThreadConfig
+from coserve.models._signatures import Signature, SignatureTensor
 from coserve.models._specs import TensorSpec
 
 __all__ = ["TensorFlowKeras", "TensorFlowSavedModel", "configure_threads"]
@@ -63,14 +65,6 @@ def configure_threads(tf: Any, threads: ThreadConfig) -> None:
                 get(),
                 wanted,
             )
-
-
-def _spec(tf: Any, name: str, spec: Any) -> TensorSpec:
-    if spec.shape.rank is None:
-        raise ModelLoadError(f"tensor {name!r} has unknown rank; give its shape in config.toml")
-    shape = [-1 if d is None else int(d) for d in spec.shape.as_list()]
-    dtype = np.dtype(object) if spec.dtype == tf.string else np.dtype(spec.dtype.as_numpy_dtype)
-    return TensorSpec(name, dtype, tuple(shape))
 
 
 class _FrozenSignature:
@@ -135,8 +129,152 @@ def _callable(session: Any, feeds: list[str], fetches: list[str]) -> Any:
     )
 
 
+_SERVE_TAGS = frozenset({"serve"})
+"""The tag set TensorFlow Serving loads by default (``--saved_model_tags=serve``)."""
+
+
+def _meta_graph(path: Path, name: str) -> Any:
+    """The SavedModel's meta graph tagged ``serve``, read from ``saved_model.pb`` (or ``.pbtxt``).
+
+    Raises:
+        ModelLoadError: No readable SavedModel there, or none of its meta graphs is tagged serve.
+    """
+    saved_model_pb2 = importlib.import_module("tensorflow.core.protobuf.saved_model_pb2")
+    saved = saved_model_pb2.SavedModel()
+    binary, text = path / "saved_model.pb", path / "saved_model.pbtxt"
+    try:
+        if binary.is_file():
+            saved.ParseFromString(binary.read_bytes())
+        elif text.is_file():
+            text_format = importlib.import_module("google.protobuf.text_format")
+            text_format.Parse(text.read_text(encoding="utf-8"), saved)
+        else:
+            raise ModelLoadError(
+                f"model {name!r}: {path} is not a SavedModel: it has no saved_model.pb"
+            )
+    except ModelLoadError:
+        raise
+    except Exception as error:  # protobuf's DecodeError and ParseError, OSError
+        raise ModelLoadError(f"model {name!r}: cannot read SavedModel {path}: {error}") from error
+    for meta_graph in saved.meta_graphs:
+        if set(meta_graph.meta_info_def.tags) == _SERVE_TAGS:
+            return meta_graph
+    found = [sorted(m.meta_info_def.tags) for m in saved.meta_graphs]
+    raise ModelLoadError(
+        f"model {name!r}: SavedModel {path} has no meta graph tagged 'serve' (it has {found})"
+    )
+
+
+def _signatures(meta_graph: Any) -> dict[str, Signature]:
+    types_pb2 = importlib.import_module("tensorflow.core.framework.types_pb2")
+
+    def tensors(infos: Any) -> dict[str, SignatureTensor]:
+        described = {}
+        for key, info in sorted(infos.items()):
+            shape = info.tensor_shape
+            dims = None if shape.unknown_rank else tuple(int(d.size) for d in shape.dim)
+            described[key] = SignatureTensor(info.name, types_pb2.DataType.Name(info.dtype), dims)
+        return described
+
+    # TF2's __saved_model_init_op is the loader's, not a signature anyone can call.
+    return {
+        key: Signature(key, sd.method_name, tensors(sd.inputs), tensors(sd.outputs))
+        for key, sd in sorted(meta_graph.signature_def.items())
+        if not key.startswith("__")
+    }
+
+
+def _tensor_spec(tf: Any, key: str, tensor: SignatureTensor) -> TensorSpec:
+    """A signature tensor as a spec; an unknown rank is taken for a vector.
+
+    Unknown ranks are the serialized examples of classify and regress signatures.
+    """
+    shape = (-1,) if tensor.shape is None else tensor.shape
+    types_pb2 = importlib.import_module("tensorflow.core.framework.types_pb2")
+    dtype = tf.dtypes.as_dtype(types_pb2.DataType.Value(tensor.dtype)).base_dtype
+    numpy = np.dtype(object) if dtype == tf.string else np.dtype(dtype.as_numpy_dtype)
+    return TensorSpec(key, numpy, shape)
+
+
+class _SessionModel:
+    """A SavedModel loaded into a session by TensorFlow's v1 loader.
+
+    That is how TensorFlow Serving loads every SavedModel, and the way for graphs that TF1-era
+    code exported (reference variables, ``ParseExample`` in classify and regress signatures),
+    which ``tf.saved_model.load`` may reject or wrap slowly. Each signature is called through a
+    callable made once, on first use.
+    """
+
+    def __init__(self, tf: Any, path: Path, threads: ThreadConfig) -> None:
+        inter_op = threads.inter_op or 0
+        config = tf.compat.v1.ConfigProto(
+            intra_op_parallelism_threads=threads.intra_op or 0,
+            inter_op_parallelism_threads=-1 if inter_op == 1 else inter_op,
+        )
+        self.graph = tf.Graph()
+        self.session = tf.compat.v1.Session(graph=self.graph, config=config)
+        # The v1 loader is deprecated in favour of tf.saved_model.load, which is not what
+        # TensorFlow Serving does: keep its nag out of the server's log.
+        deprecation = importlib.import_module("tensorflow.python.util.deprecation")
+        silence = getattr(deprecation, "silence", contextlib.nullcontext)
+        with self.graph.as_default(), silence():
+            tf.compat.v1.saved_model.loader.load(self.session, sorted(_SERVE_TAGS), str(path))
+        self._callables: dict[str, tuple[list[str], list[str], Any]] = {}
+
+    def run(self, signature: Signature, inputs: Tensors) -> dict[str, np.ndarray]:
+        made = self._callables.get(signature.name)
+        if made is None:
+            feeds, fetches = list(signature.inputs), list(signature.outputs)
+            call = _callable(
+                self.session,
+                [signature.inputs[k].name for k in feeds],
+                [signature.outputs[k].name for k in fetches],
+            )
+            made = self._callables[signature.name] = (feeds, fetches, call)
+        feeds, fetches, call = made
+        values = call(*(inputs[key] for key in feeds))
+        return dict(zip(fetches, values, strict=True))
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class _SignatureBackend(Backend):
+    """Another signature of a loaded SavedModel, run by the model's own session or function."""
+
+    platform = "tensorflow_savedmodel"
+
+    def __init__(self, owner: TensorFlowSavedModel, signature: Signature) -> None:
+        tf = owner._tf
+        specs = [
+            tuple(_tensor_spec(tf, key, tensor) for key, tensor in tensors.items())
+            for tensors in (signature.inputs, signature.outputs)
+        ]
+        super().__init__(owner.name, owner.version, specs[0], specs[1])
+        self.strict_shapes = owner.strict_shapes
+        self.signature_name = signature.name
+        self.signatures = owner.signatures
+        self._owner = owner
+        self._signature = signature
+
+    def predict(self, inputs: Tensors) -> dict[str, np.ndarray]:
+        """Run this signature on one batch."""
+        return self._owner._run(self._signature, inputs)
+
+    def for_signature(self, name: str) -> Backend:
+        """The owner's backend for that signature."""
+        return self._owner.for_signature(name)
+
+
 class TensorFlowSavedModel(Backend):
     """A TensorFlow SavedModel, called through one of its signatures.
+
+    The others are :meth:`for_signature` away.
+
+    A SavedModel that TF1-era code exported (no object graph) is loaded into a session, the way
+    TensorFlow Serving loads it, and every signature runs there. A TF2 SavedModel's signature
+    runs as a frozen graph (or a ``tf.function``), as the module docstring says; its other
+    signatures, if it has any, run as ``tf.function``s.
 
     Input and output specs are read from the signature (config.toml may override them).
     """
@@ -156,21 +294,58 @@ class TensorFlowSavedModel(Backend):
     ) -> None:
         tf = import_tensorflow()
         configure_threads(tf, threads)
+        self._tf = tf
+        meta_graph = _meta_graph(path, name)
+        self.signatures = _signatures(meta_graph)
+        if signature not in self.signatures:
+            raise ModelLoadError(
+                f"model {name!r}: SavedModel {path} has no signature {signature!r}; "
+                f"it has: {', '.join(self.signatures) or 'none'}"
+            )
+        self.signature_name = signature
+        self._views: dict[str, Backend] = {}
+        self._session: _SessionModel | None = None
+        self._loaded: Any = None
+        self._fn: Any = None
+        self._frozen: _FrozenSignature | None = None
         try:
-            self._loaded = tf.saved_model.load(str(path))
+            if not meta_graph.object_graph_def.nodes:
+                self._session = _SessionModel(tf, path, threads)
+                # TF Serving feeds a TF1 graph what a request holds and lets the graph check
+                # it: [1.0, 2.0] is a fine input for a placeholder of shape [-1, 1].
+                self.strict_shapes = False
+            else:
+                self._load_v2(tf, path, name, signature, threads)
         except Exception as error:  # TF raises many kinds; all mean "cannot load"
             raise ModelLoadError(
                 f"model {name!r}: cannot load SavedModel {path}: {error}"
             ) from error
-        signatures = self._loaded.signatures
-        if signature not in signatures:
-            raise ModelLoadError(
-                f"model {name!r}: SavedModel {path} has no signature {signature!r}; "
-                f"it has: {', '.join(signatures) or 'none'}"
-            )
-        self._tf = tf
-        self._fn = signatures[signature]
-        self._frozen: _FrozenSignature | None = None
+        main = self.signatures[signature]
+        for tensors, configured in ((main.inputs, inputs), (main.outputs, outputs)):
+            unknown = [key for key, tensor in tensors.items() if tensor.shape is None]
+            if unknown and configured is None:
+                raise ModelLoadError(
+                    f"model {name!r}: tensor {unknown[0]!r} of signature {signature!r} has "
+                    "unknown rank; give its shape in config.toml"
+                )
+        read_inputs = tuple(_tensor_spec(tf, k, t) for k, t in main.inputs.items())
+        read_outputs = tuple(_tensor_spec(tf, k, t) for k, t in main.outputs.items())
+        super().__init__(
+            name,
+            version,
+            override_specs(name, "inputs", read_inputs, inputs),
+            override_specs(name, "outputs", read_outputs, outputs),
+        )
+        if self.frozen and len(self.signatures) == 1:
+            # The graph holds the weights now, and no other signature needs the variables.
+            self._fn = None
+            self._loaded = None
+
+    def _load_v2(
+        self, tf: Any, path: Path, name: str, signature: str, threads: ThreadConfig
+    ) -> None:
+        self._loaded = tf.saved_model.load(str(path))
+        self._fn = self._loaded.signatures[signature]
         try:
             self._frozen = _FrozenSignature(tf, self._fn, threads)
         except Exception as error:  # TF raises many kinds; any means "call it as a function"
@@ -181,25 +356,28 @@ class TensorFlowSavedModel(Backend):
                 signature,
                 error,
             )
-        _, kwargs = self._fn.structured_input_signature
-        read_inputs = tuple(_spec(tf, key, spec) for key, spec in sorted(kwargs.items()))
-        read_outputs = tuple(
-            _spec(tf, key, spec) for key, spec in sorted(self._fn.structured_outputs.items())
-        )
-        super().__init__(
-            name,
-            version,
-            override_specs(name, "inputs", read_inputs, inputs),
-            override_specs(name, "outputs", read_outputs, outputs),
-        )
-        if self._frozen is not None:  # the graph holds the weights now: free the variables
-            self._fn = None
-            self._loaded = None
 
     @property
     def frozen(self) -> bool:
         """Whether the signature runs as a frozen graph in a session (else as a tf.function)."""
         return self._frozen is not None
+
+    @property
+    def session_loaded(self) -> bool:
+        """Whether the model was loaded into a session by TensorFlow's v1 loader (TF1 models)."""
+        return self._session is not None
+
+    def for_signature(self, name: str) -> Backend:
+        """The backend of another signature (made once, sharing this model's session)."""
+        if not name or name == self.signature_name:
+            return self
+        view = self._views.get(name)
+        if view is None:
+            signature = self.signatures.get(name)
+            if signature is None:
+                return super().for_signature(name)  # raises, naming the signatures there are
+            view = self._views[name] = _SignatureBackend(self, signature)
+        return view
 
     def predict(self, inputs: Tensors) -> dict[str, np.ndarray]:
         """Run the signature on one batch."""
@@ -207,15 +385,33 @@ class TensorFlowSavedModel(Backend):
         if frozen is not None:
             values = frozen.call(*(inputs[name] for name in frozen.input_names))
             return dict(zip(frozen.output_names, values, strict=True))
+        return self._run(self.signatures[self.signature_name or ""], inputs)
+
+    def _run(self, signature: Signature, inputs: Tensors) -> dict[str, np.ndarray]:
+        if self._session is not None:
+            try:
+                return self._session.run(signature, inputs)
+            except self._tf.errors.InvalidArgumentError as error:
+                # The graph checks what coserve fed it unchecked (strict_shapes is off): its
+                # refusal is the request's fault, as TF Serving answers it (400).
+                message = (error.message or str(error)).splitlines()[0]
+                raise InvalidInput(
+                    f"model {self.name!r} refused the input ({signature.name}): {message}"
+                ) from None
+        fn = self._loaded.signatures[signature.name]
         constant = self._tf.constant
-        result = self._fn(**{name: constant(array) for name, array in inputs.items()})
+        result = fn(**{name: constant(array) for name, array in inputs.items()})
         return {name: tensor.numpy() for name, tensor in result.items()}
 
     def close(self) -> None:
-        """Close the session and drop the references to the graph so TensorFlow can free it."""
+        """Close the sessions and drop the references to the graph so TensorFlow can free it."""
         if self._frozen is not None:
             self._frozen.session.close()
             self._frozen = None
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        self._views = {}
         self._fn = None
         self._loaded = None
 

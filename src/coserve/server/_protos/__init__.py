@@ -13,8 +13,9 @@ coserve serves are defined.
   ``DataType``, ``SignatureDef`` and related messages, and ``tensorflow.error.Code``
   (github.com/tensorflow/tensorflow, ``tensorflow/core/framework/*.proto``,
   ``tensorflow/core/protobuf/meta_graph.proto``, ``error_codes.proto``).
-* ``tf_serving.proto``: TensorFlow Serving's ``PredictionService`` (``Predict``,
-  ``GetModelMetadata``) and ``ModelService`` (``GetModelStatus``)
+* ``tf_example.proto``: TensorFlow's ``tf.Example`` (``tensorflow/core/example/*.proto``).
+* ``tf_serving.proto``: TensorFlow Serving's ``PredictionService`` (``Classify``,
+  ``Regress``, ``Predict``, ``GetModelMetadata``) and ``ModelService`` (``GetModelStatus``)
   (github.com/tensorflow/serving, ``tensorflow_serving/apis/*.proto``).
 
 How to regenerate: the ``*_pb2.py`` modules and ``*_pb2.pyi`` stubs are generated and
@@ -36,6 +37,7 @@ from __future__ import annotations
 from coserve.server._protos import (
     inference_pb2,
     tf_error_codes_pb2,
+    tf_example_pb2,
     tf_framework_pb2,
     tf_serving_pb2,
 )
@@ -57,6 +59,7 @@ from coserve.server._protos.inference_pb2 import (
     ServerReadyRequest,
     ServerReadyResponse,
 )
+from coserve.server._protos.tf_example_pb2 import Example, Feature
 from coserve.server._protos.tf_framework_pb2 import (
     DataType,
     ResourceHandleProto,
@@ -67,6 +70,8 @@ from coserve.server._protos.tf_framework_pb2 import (
     VariantTensorDataProto,
 )
 from coserve.server._protos.tf_serving_pb2 import (
+    ClassificationRequest,
+    ClassificationResponse,
     GetModelMetadataRequest,
     GetModelMetadataResponse,
     GetModelStatusRequest,
@@ -75,11 +80,14 @@ from coserve.server._protos.tf_serving_pb2 import (
     ModelVersionStatus,
     PredictRequest,
     PredictResponse,
+    RegressionRequest,
+    RegressionResponse,
     SignatureDefMap,
     StatusProto,
 )
 
 __all__ = [
+    "CLASSIFY",
     "GET_MODEL_METADATA",
     "GET_MODEL_STATUS",
     "INFERENCE_SERVICE",
@@ -91,11 +99,16 @@ __all__ = [
     "POOL",
     "PREDICT",
     "PREDICTION_SERVICE",
+    "REGRESS",
     "SERVER_LIVE",
     "SERVER_METADATA",
     "SERVER_READY",
     "Any",
+    "ClassificationRequest",
+    "ClassificationResponse",
     "DataType",
+    "Example",
+    "Feature",
     "GetModelMetadataRequest",
     "GetModelMetadataResponse",
     "GetModelStatusRequest",
@@ -114,6 +127,8 @@ __all__ = [
     "ModelVersionStatus",
     "PredictRequest",
     "PredictResponse",
+    "RegressionRequest",
+    "RegressionResponse",
     "ResourceHandleProto",
     "ServerLiveRequest",
     "ServerLiveResponse",
@@ -130,6 +145,7 @@ __all__ = [
     "VariantTensorDataProto",
     "inference_pb2",
     "tf_error_codes_pb2",
+    "tf_example_pb2",
     "tf_framework_pb2",
     "tf_serving_pb2",
 ]
@@ -149,5 +165,7 @@ MODEL_METADATA = f"/{INFERENCE_SERVICE}/ModelMetadata"
 MODEL_INFER = f"/{INFERENCE_SERVICE}/ModelInfer"
 MODEL_STREAM_INFER = f"/{INFERENCE_SERVICE}/ModelStreamInfer"  # bidirectional stream
 PREDICT = f"/{PREDICTION_SERVICE}/Predict"
+CLASSIFY = f"/{PREDICTION_SERVICE}/Classify"
+REGRESS = f"/{PREDICTION_SERVICE}/Regress"
 GET_MODEL_METADATA = f"/{PREDICTION_SERVICE}/GetModelMetadata"
 GET_MODEL_STATUS = f"/{MODEL_SERVICE}/GetModelStatus"

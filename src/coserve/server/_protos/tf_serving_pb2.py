@@ -24,11 +24,12 @@ _sym_db = _symbol_database.Default()
 
 
 from coserve.server._protos import tf_error_codes_pb2 as coserve_dot_server_dot___protos_dot_tf__error__codes__pb2
+from coserve.server._protos import tf_example_pb2 as coserve_dot_server_dot___protos_dot_tf__example__pb2
 from coserve.server._protos import tf_framework_pb2 as coserve_dot_server_dot___protos_dot_tf__framework__pb2
 
 from coserve.server._protos import _pool
 
-DESCRIPTOR = _pool.POOL.AddSerializedFile(b'\n\'coserve/server/_protos/tf_serving.proto\x12\x12tensorflow.serving\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a+coserve/server/_protos/tf_error_codes.proto\x1a)coserve/server/_protos/tf_framework.proto\"\x8c\x01\n\tModelSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x07version\x18\x02 \x01(\x0b\x32\x1b.google.protobuf.Int64ValueH\x00\x12\x17\n\rversion_label\x18\x04 \x01(\tH\x00\x12\x16\n\x0esignature_name\x18\x03 \x01(\tB\x10\n\x0eversion_choice\"\x8e\x02\n\x0ePredictRequest\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12>\n\x06inputs\x18\x02 \x03(\x0b\x32..tensorflow.serving.PredictRequest.InputsEntry\x12\x15\n\routput_filter\x18\x03 \x03(\t\x12\x16\n\tclient_id\x18\x06 \x01(\x0cH\x00\x88\x01\x01\x1a\x46\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.tensorflow.TensorProto:\x02\x38\x01\x42\x0c\n\n_client_idJ\x04\x08\x04\x10\x05\"\xd0\x01\n\x0fPredictResponse\x12\x31\n\nmodel_spec\x18\x02 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12\x41\n\x07outputs\x18\x01 \x03(\x0b\x32\x30.tensorflow.serving.PredictResponse.OutputsEntry\x1aG\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.tensorflow.TensorProto:\x02\x38\x01\"\xae\x01\n\x0fSignatureDefMap\x12L\n\rsignature_def\x18\x01 \x03(\x0b\x32\x35.tensorflow.serving.SignatureDefMap.SignatureDefEntry\x1aM\n\x11SignatureDefEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.tensorflow.SignatureDef:\x02\x38\x01\"d\n\x17GetModelMetadataRequest\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12\x16\n\x0emetadata_field\x18\x02 \x03(\t\"\xe2\x01\n\x18GetModelMetadataResponse\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12L\n\x08metadata\x18\x02 \x03(\x0b\x32:.tensorflow.serving.GetModelMetadataResponse.MetadataEntry\x1a\x45\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any:\x02\x38\x01\"k\n\x0bStatusProto\x12\x36\n\nerror_code\x18\x01 \x01(\x0e\x32\x16.tensorflow.error.CodeR\nerror_code\x12$\n\rerror_message\x18\x02 \x01(\tR\rerror_message\"J\n\x15GetModelStatusRequest\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\"\xe8\x01\n\x12ModelVersionStatus\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12;\n\x05state\x18\x02 \x01(\x0e\x32,.tensorflow.serving.ModelVersionStatus.State\x12/\n\x06status\x18\x03 \x01(\x0b\x32\x1f.tensorflow.serving.StatusProto\"S\n\x05State\x12\x0b\n\x07UNKNOWN\x10\x00\x12\t\n\x05START\x10\n\x12\x0b\n\x07LOADING\x10\x14\x12\r\n\tAVAILABLE\x10\x1e\x12\r\n\tUNLOADING\x10(\x12\x07\n\x03\x45ND\x10\x32\"t\n\x16GetModelStatusResponse\x12Z\n\x14model_version_status\x18\x01 \x03(\x0b\x32&.tensorflow.serving.ModelVersionStatusR\x14model_version_status2\xd6\x01\n\x11PredictionService\x12R\n\x07Predict\x12\".tensorflow.serving.PredictRequest\x1a#.tensorflow.serving.PredictResponse\x12m\n\x10GetModelMetadata\x12+.tensorflow.serving.GetModelMetadataRequest\x1a,.tensorflow.serving.GetModelMetadataResponse2w\n\x0cModelService\x12g\n\x0eGetModelStatus\x12).tensorflow.serving.GetModelStatusRequest\x1a*.tensorflow.serving.GetModelStatusResponseb\x06proto3')
+DESCRIPTOR = _pool.POOL.AddSerializedFile(b'\n\'coserve/server/_protos/tf_serving.proto\x12\x12tensorflow.serving\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a+coserve/server/_protos/tf_error_codes.proto\x1a\'coserve/server/_protos/tf_example.proto\x1a)coserve/server/_protos/tf_framework.proto\"\x8c\x01\n\tModelSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x07version\x18\x02 \x01(\x0b\x32\x1b.google.protobuf.Int64ValueH\x00\x12\x17\n\rversion_label\x18\x04 \x01(\tH\x00\x12\x16\n\x0esignature_name\x18\x03 \x01(\tB\x10\n\x0eversion_choice\"\x8e\x02\n\x0ePredictRequest\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12>\n\x06inputs\x18\x02 \x03(\x0b\x32..tensorflow.serving.PredictRequest.InputsEntry\x12\x15\n\routput_filter\x18\x03 \x03(\t\x12\x16\n\tclient_id\x18\x06 \x01(\x0cH\x00\x88\x01\x01\x1a\x46\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.tensorflow.TensorProto:\x02\x38\x01\x42\x0c\n\n_client_idJ\x04\x08\x04\x10\x05\"\xd0\x01\n\x0fPredictResponse\x12\x31\n\nmodel_spec\x18\x02 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12\x41\n\x07outputs\x18\x01 \x03(\x0b\x32\x30.tensorflow.serving.PredictResponse.OutputsEntry\x1aG\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.tensorflow.TensorProto:\x02\x38\x01\"4\n\x0b\x45xampleList\x12%\n\x08\x65xamples\x18\x01 \x03(\x0b\x32\x13.tensorflow.Example\"e\n\x16\x45xampleListWithContext\x12%\n\x08\x65xamples\x18\x01 \x03(\x0b\x32\x13.tensorflow.Example\x12$\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x13.tensorflow.Example\"\x99\x01\n\x05Input\x12\x37\n\x0c\x65xample_list\x18\x01 \x01(\x0b\x32\x1f.tensorflow.serving.ExampleListH\x00\x12O\n\x19\x65xample_list_with_context\x18\x02 \x01(\x0b\x32*.tensorflow.serving.ExampleListWithContextH\x00\x42\x06\n\x04kind\"%\n\x05\x43lass\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"=\n\x0f\x43lassifications\x12*\n\x07\x63lasses\x18\x01 \x03(\x0b\x32\x19.tensorflow.serving.Class\"T\n\x14\x43lassificationResult\x12<\n\x0f\x63lassifications\x18\x01 \x03(\x0b\x32#.tensorflow.serving.Classifications\"t\n\x15\x43lassificationRequest\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12(\n\x05input\x18\x02 \x01(\x0b\x32\x19.tensorflow.serving.Input\"\x85\x01\n\x16\x43lassificationResponse\x12\x31\n\nmodel_spec\x18\x02 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12\x38\n\x06result\x18\x01 \x01(\x0b\x32(.tensorflow.serving.ClassificationResult\"\x1b\n\nRegression\x12\r\n\x05value\x18\x01 \x01(\x02\"G\n\x10RegressionResult\x12\x33\n\x0bregressions\x18\x01 \x03(\x0b\x32\x1e.tensorflow.serving.Regression\"p\n\x11RegressionRequest\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12(\n\x05input\x18\x02 \x01(\x0b\x32\x19.tensorflow.serving.Input\"}\n\x12RegressionResponse\x12\x31\n\nmodel_spec\x18\x02 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12\x34\n\x06result\x18\x01 \x01(\x0b\x32$.tensorflow.serving.RegressionResult\"\xae\x01\n\x0fSignatureDefMap\x12L\n\rsignature_def\x18\x01 \x03(\x0b\x32\x35.tensorflow.serving.SignatureDefMap.SignatureDefEntry\x1aM\n\x11SignatureDefEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.tensorflow.SignatureDef:\x02\x38\x01\"d\n\x17GetModelMetadataRequest\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12\x16\n\x0emetadata_field\x18\x02 \x03(\t\"\xe2\x01\n\x18GetModelMetadataResponse\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12L\n\x08metadata\x18\x02 \x03(\x0b\x32:.tensorflow.serving.GetModelMetadataResponse.MetadataEntry\x1a\x45\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any:\x02\x38\x01\"k\n\x0bStatusProto\x12\x36\n\nerror_code\x18\x01 \x01(\x0e\x32\x16.tensorflow.error.CodeR\nerror_code\x12$\n\rerror_message\x18\x02 \x01(\tR\rerror_message\"J\n\x15GetModelStatusRequest\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\"\xe8\x01\n\x12ModelVersionStatus\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12;\n\x05state\x18\x02 \x01(\x0e\x32,.tensorflow.serving.ModelVersionStatus.State\x12/\n\x06status\x18\x03 \x01(\x0b\x32\x1f.tensorflow.serving.StatusProto\"S\n\x05State\x12\x0b\n\x07UNKNOWN\x10\x00\x12\t\n\x05START\x10\n\x12\x0b\n\x07LOADING\x10\x14\x12\r\n\tAVAILABLE\x10\x1e\x12\r\n\tUNLOADING\x10(\x12\x07\n\x03\x45ND\x10\x32\"t\n\x16GetModelStatusResponse\x12Z\n\x14model_version_status\x18\x01 \x03(\x0b\x32&.tensorflow.serving.ModelVersionStatusR\x14model_version_status2\x93\x03\n\x11PredictionService\x12\x61\n\x08\x43lassify\x12).tensorflow.serving.ClassificationRequest\x1a*.tensorflow.serving.ClassificationResponse\x12X\n\x07Regress\x12%.tensorflow.serving.RegressionRequest\x1a&.tensorflow.serving.RegressionResponse\x12R\n\x07Predict\x12\".tensorflow.serving.PredictRequest\x1a#.tensorflow.serving.PredictResponse\x12m\n\x10GetModelMetadata\x12+.tensorflow.serving.GetModelMetadataRequest\x1a,.tensorflow.serving.GetModelMetadataResponse2w\n\x0cModelService\x12g\n\x0eGetModelStatus\x12).tensorflow.serving.GetModelStatusRequest\x1a*.tensorflow.serving.GetModelStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,38 +44,62 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNATUREDEFMAP_SIGNATUREDEFENTRY']._serialized_options = b'8\001'
   _globals['_GETMODELMETADATARESPONSE_METADATAENTRY']._loaded_options = None
   _globals['_GETMODELMETADATARESPONSE_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_MODELSPEC']._serialized_start=211
-  _globals['_MODELSPEC']._serialized_end=351
-  _globals['_PREDICTREQUEST']._serialized_start=354
-  _globals['_PREDICTREQUEST']._serialized_end=624
-  _globals['_PREDICTREQUEST_INPUTSENTRY']._serialized_start=534
-  _globals['_PREDICTREQUEST_INPUTSENTRY']._serialized_end=604
-  _globals['_PREDICTRESPONSE']._serialized_start=627
-  _globals['_PREDICTRESPONSE']._serialized_end=835
-  _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._serialized_start=764
-  _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._serialized_end=835
-  _globals['_SIGNATUREDEFMAP']._serialized_start=838
-  _globals['_SIGNATUREDEFMAP']._serialized_end=1012
-  _globals['_SIGNATUREDEFMAP_SIGNATUREDEFENTRY']._serialized_start=935
-  _globals['_SIGNATUREDEFMAP_SIGNATUREDEFENTRY']._serialized_end=1012
-  _globals['_GETMODELMETADATAREQUEST']._serialized_start=1014
-  _globals['_GETMODELMETADATAREQUEST']._serialized_end=1114
-  _globals['_GETMODELMETADATARESPONSE']._serialized_start=1117
-  _globals['_GETMODELMETADATARESPONSE']._serialized_end=1343
-  _globals['_GETMODELMETADATARESPONSE_METADATAENTRY']._serialized_start=1274
-  _globals['_GETMODELMETADATARESPONSE_METADATAENTRY']._serialized_end=1343
-  _globals['_STATUSPROTO']._serialized_start=1345
-  _globals['_STATUSPROTO']._serialized_end=1452
-  _globals['_GETMODELSTATUSREQUEST']._serialized_start=1454
-  _globals['_GETMODELSTATUSREQUEST']._serialized_end=1528
-  _globals['_MODELVERSIONSTATUS']._serialized_start=1531
-  _globals['_MODELVERSIONSTATUS']._serialized_end=1763
-  _globals['_MODELVERSIONSTATUS_STATE']._serialized_start=1680
-  _globals['_MODELVERSIONSTATUS_STATE']._serialized_end=1763
-  _globals['_GETMODELSTATUSRESPONSE']._serialized_start=1765
-  _globals['_GETMODELSTATUSRESPONSE']._serialized_end=1881
-  _globals['_PREDICTIONSERVICE']._serialized_start=1884
-  _globals['_PREDICTIONSERVICE']._serialized_end=2098
-  _globals['_MODELSERVICE']._serialized_start=2100
-  _globals['_MODELSERVICE']._serialized_end=2219
+  _globals['_MODELSPEC']._serialized_start=252
+  _globals['_MODELSPEC']._serialized_end=392
+  _globals['_PREDICTREQUEST']._serialized_start=395
+  _globals['_PREDICTREQUEST']._serialized_end=665
+  _globals['_PREDICTREQUEST_INPUTSENTRY']._serialized_start=575
+  _globals['_PREDICTREQUEST_INPUTSENTRY']._serialized_end=645
+  _globals['_PREDICTRESPONSE']._serialized_start=668
+  _globals['_PREDICTRESPONSE']._serialized_end=876
+  _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._serialized_start=805
+  _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._serialized_end=876
+  _globals['_EXAMPLELIST']._serialized_start=878
+  _globals['_EXAMPLELIST']._serialized_end=930
+  _globals['_EXAMPLELISTWITHCONTEXT']._serialized_start=932
+  _globals['_EXAMPLELISTWITHCONTEXT']._serialized_end=1033
+  _globals['_INPUT']._serialized_start=1036
+  _globals['_INPUT']._serialized_end=1189
+  _globals['_CLASS']._serialized_start=1191
+  _globals['_CLASS']._serialized_end=1228
+  _globals['_CLASSIFICATIONS']._serialized_start=1230
+  _globals['_CLASSIFICATIONS']._serialized_end=1291
+  _globals['_CLASSIFICATIONRESULT']._serialized_start=1293
+  _globals['_CLASSIFICATIONRESULT']._serialized_end=1377
+  _globals['_CLASSIFICATIONREQUEST']._serialized_start=1379
+  _globals['_CLASSIFICATIONREQUEST']._serialized_end=1495
+  _globals['_CLASSIFICATIONRESPONSE']._serialized_start=1498
+  _globals['_CLASSIFICATIONRESPONSE']._serialized_end=1631
+  _globals['_REGRESSION']._serialized_start=1633
+  _globals['_REGRESSION']._serialized_end=1660
+  _globals['_REGRESSIONRESULT']._serialized_start=1662
+  _globals['_REGRESSIONRESULT']._serialized_end=1733
+  _globals['_REGRESSIONREQUEST']._serialized_start=1735
+  _globals['_REGRESSIONREQUEST']._serialized_end=1847
+  _globals['_REGRESSIONRESPONSE']._serialized_start=1849
+  _globals['_REGRESSIONRESPONSE']._serialized_end=1974
+  _globals['_SIGNATUREDEFMAP']._serialized_start=1977
+  _globals['_SIGNATUREDEFMAP']._serialized_end=2151
+  _globals['_SIGNATUREDEFMAP_SIGNATUREDEFENTRY']._serialized_start=2074
+  _globals['_SIGNATUREDEFMAP_SIGNATUREDEFENTRY']._serialized_end=2151
+  _globals['_GETMODELMETADATAREQUEST']._serialized_start=2153
+  _globals['_GETMODELMETADATAREQUEST']._serialized_end=2253
+  _globals['_GETMODELMETADATARESPONSE']._serialized_start=2256
+  _globals['_GETMODELMETADATARESPONSE']._serialized_end=2482
+  _globals['_GETMODELMETADATARESPONSE_METADATAENTRY']._serialized_start=2413
+  _globals['_GETMODELMETADATARESPONSE_METADATAENTRY']._serialized_end=2482
+  _globals['_STATUSPROTO']._serialized_start=2484
+  _globals['_STATUSPROTO']._serialized_end=2591
+  _globals['_GETMODELSTATUSREQUEST']._serialized_start=2593
+  _globals['_GETMODELSTATUSREQUEST']._serialized_end=2667
+  _globals['_MODELVERSIONSTATUS']._serialized_start=2670
+  _globals['_MODELVERSIONSTATUS']._serialized_end=2902
+  _globals['_MODELVERSIONSTATUS_STATE']._serialized_start=2819
+  _globals['_MODELVERSIONSTATUS_STATE']._serialized_end=2902
+  _globals['_GETMODELSTATUSRESPONSE']._serialized_start=2904
+  _globals['_GETMODELSTATUSRESPONSE']._serialized_end=3020
+  _globals['_PREDICTIONSERVICE']._serialized_start=3023
+  _globals['_PREDICTIONSERVICE']._serialized_end=3426
+  _globals['_MODELSERVICE']._serialized_start=3428
+  _globals['_MODELSERVICE']._serialized_end=3547
 # @@protoc_insertion_point(module_scope)

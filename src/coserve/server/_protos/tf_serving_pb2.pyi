@@ -6,6 +6,7 @@
 from coserve.server._protos import _pool as _any_pb2
 from coserve.server._protos import _pool as _wrappers_pb2
 from coserve.server._protos import tf_error_codes_pb2 as _tf_error_codes_pb2
+from coserve.server._protos import tf_example_pb2 as _tf_example_pb2
 from coserve.server._protos import tf_framework_pb2 as _tf_framework_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -61,6 +62,92 @@ class PredictResponse(_message.Message):
     model_spec: ModelSpec
     outputs: _containers.MessageMap[str, _tf_framework_pb2.TensorProto]
     def __init__(self, model_spec: _Optional[_Union[ModelSpec, _Mapping[str, _Any]]] = ..., outputs: _Optional[_Mapping[str, _tf_framework_pb2.TensorProto]] = ...) -> None: ...
+
+class ExampleList(_message.Message):
+    __slots__ = ("examples",)
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    examples: _containers.RepeatedCompositeFieldContainer[_tf_example_pb2.Example]
+    def __init__(self, examples: _Optional[_Iterable[_Union[_tf_example_pb2.Example, _Mapping[str, _Any]]]] = ...) -> None: ...
+
+class ExampleListWithContext(_message.Message):
+    __slots__ = ("examples", "context")
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    examples: _containers.RepeatedCompositeFieldContainer[_tf_example_pb2.Example]
+    context: _tf_example_pb2.Example
+    def __init__(self, examples: _Optional[_Iterable[_Union[_tf_example_pb2.Example, _Mapping[str, _Any]]]] = ..., context: _Optional[_Union[_tf_example_pb2.Example, _Mapping[str, _Any]]] = ...) -> None: ...
+
+class Input(_message.Message):
+    __slots__ = ("example_list", "example_list_with_context")
+    EXAMPLE_LIST_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLE_LIST_WITH_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    example_list: ExampleList
+    example_list_with_context: ExampleListWithContext
+    def __init__(self, example_list: _Optional[_Union[ExampleList, _Mapping[str, _Any]]] = ..., example_list_with_context: _Optional[_Union[ExampleListWithContext, _Mapping[str, _Any]]] = ...) -> None: ...
+
+class Class(_message.Message):
+    __slots__ = ("label", "score")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    score: float
+    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class Classifications(_message.Message):
+    __slots__ = ("classes",)
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    classes: _containers.RepeatedCompositeFieldContainer[Class]
+    def __init__(self, classes: _Optional[_Iterable[_Union[Class, _Mapping[str, _Any]]]] = ...) -> None: ...
+
+class ClassificationResult(_message.Message):
+    __slots__ = ("classifications",)
+    CLASSIFICATIONS_FIELD_NUMBER: _ClassVar[int]
+    classifications: _containers.RepeatedCompositeFieldContainer[Classifications]
+    def __init__(self, classifications: _Optional[_Iterable[_Union[Classifications, _Mapping[str, _Any]]]] = ...) -> None: ...
+
+class ClassificationRequest(_message.Message):
+    __slots__ = ("model_spec", "input")
+    MODEL_SPEC_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    model_spec: ModelSpec
+    input: Input
+    def __init__(self, model_spec: _Optional[_Union[ModelSpec, _Mapping[str, _Any]]] = ..., input: _Optional[_Union[Input, _Mapping[str, _Any]]] = ...) -> None: ...
+
+class ClassificationResponse(_message.Message):
+    __slots__ = ("model_spec", "result")
+    MODEL_SPEC_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    model_spec: ModelSpec
+    result: ClassificationResult
+    def __init__(self, model_spec: _Optional[_Union[ModelSpec, _Mapping[str, _Any]]] = ..., result: _Optional[_Union[ClassificationResult, _Mapping[str, _Any]]] = ...) -> None: ...
+
+class Regression(_message.Message):
+    __slots__ = ("value",)
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    value: float
+    def __init__(self, value: _Optional[float] = ...) -> None: ...
+
+class RegressionResult(_message.Message):
+    __slots__ = ("regressions",)
+    REGRESSIONS_FIELD_NUMBER: _ClassVar[int]
+    regressions: _containers.RepeatedCompositeFieldContainer[Regression]
+    def __init__(self, regressions: _Optional[_Iterable[_Union[Regression, _Mapping[str, _Any]]]] = ...) -> None: ...
+
+class RegressionRequest(_message.Message):
+    __slots__ = ("model_spec", "input")
+    MODEL_SPEC_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    model_spec: ModelSpec
+    input: Input
+    def __init__(self, model_spec: _Optional[_Union[ModelSpec, _Mapping[str, _Any]]] = ..., input: _Optional[_Union[Input, _Mapping[str, _Any]]] = ...) -> None: ...
+
+class RegressionResponse(_message.Message):
+    __slots__ = ("model_spec", "result")
+    MODEL_SPEC_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    model_spec: ModelSpec
+    result: RegressionResult
+    def __init__(self, model_spec: _Optional[_Union[ModelSpec, _Mapping[str, _Any]]] = ..., result: _Optional[_Union[RegressionResult, _Mapping[str, _Any]]] = ...) -> None: ...
 
 class SignatureDefMap(_message.Message):
     __slots__ = ("signature_def",)

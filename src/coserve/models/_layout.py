@@ -1,0 +1,173 @@
+"""What a model folder holds: its configuration and its version folders, in the layouts in use.
+
+A model folder is ``<model>/<version>/...`` with numbered version folders, and one of:
+
+- ``config.toml``: coserve's own configuration (``_config``);
+- nothing but version folders that hold a SavedModel (``<version>/saved_model.pb``): TensorFlow
+  Serving's layout, served with its signature ``serving_default``. Version folders may be
+  zero-padded (``00000123`` is version 123), as TF Serving's own test models are.
+
+A folder that serves nothing says why in the log; it is never skipped silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coserve._exceptions import ConfigError
+from coserve.models._config import BatchingConfig, ModelConfig, VersionPolicy
+
+__all__ = ["ModelFolder", "ModelLayout", "read_model_folder", "repository_folders"]
+
+logger = logging.getLogger("coserve.models")
+
+_SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFolder:
+    """One model folder to serve, and what the command line or a server config says of it.
+
+    Attributes:
+        name: The model's name (for a repository's folders, the folder's name).
+        path: The folder holding the version folders.
+        versions: Which versions to serve, overriding the folder's own config (TF Serving's
+            ``model_version_policy``); None: the folder's config decides.
+        version_labels: Names for versions (``stable`` → 42), TF Serving's ``version_labels``.
+        batching: A batching policy for models whose folder has no coserve config (TF Serving's
+            ``--enable_batching`` and batching parameters file); None: coserve's default.
+        source: Where the folder was named, for messages (a config file, a flag).
+    """
+
+    name: str
+    path: Path
+    versions: VersionPolicy | None = None
+    version_labels: Mapping[str, int] = field(default_factory=dict)
+    batching: BatchingConfig | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelLayout:
+    """A model folder, read: its config and the folder of each version it will serve.
+
+    Attributes:
+        config: The model's configuration.
+        versions: The version folders to serve by version (``"123"`` → ``.../00000123``).
+        labels: Version labels that name a version being served.
+    """
+
+    config: ModelConfig
+    versions: Mapping[str, Path]
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+def repository_folders(path: Path) -> list[ModelFolder]:
+    """Every model folder of a repository: its sub-folders but hidden ones (``.git``)."""
+    return [
+        ModelFolder(folder.name, folder, source=str(path))
+        for folder in sorted(p for p in path.iterdir() if p.is_dir())
+        if not folder.name.startswith(".")
+    ]
+
+
+def read_model_folder(folder: ModelFolder) -> ModelLayout | None:
+    """Read one model folder's config and pick its versions (blocking: it reads files).
+
+    Returns None, having logged why, when the folder serves nothing.
+    """
+    path = folder.path
+    if not path.is_dir():
+        logger.error("model %s: %s is not a folder%s", folder.name, path, _named_in(folder))
+        return None
+    numbered: dict[int, Path] = {}
+    for entry in sorted(path.iterdir()):
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        if not entry.name.isdigit():
+            logger.warning(
+                "model %s: folder %s is not a version (version folders are numbers)",
+                folder.name,
+                entry,
+            )
+            continue
+        number = int(entry.name)
+        if number in numbered:
+            logger.warning(
+                "model %s: folders %s and %s are both version %d; serving %s",
+                folder.name,
+                numbered[number].name,
+                entry.name,
+                number,
+                numbered[number].name,
+            )
+            continue
+        numbered[number] = entry
+    config = _config(folder, numbered)
+    if config is None:
+        return None
+    if folder.versions is not None:
+        config = dataclasses.replace(config, versions=folder.versions)
+    chosen = config.versions.select(list(numbered))
+    if not chosen:
+        logger.error(
+            "model %s: no version folders to serve in %s (policy %s; found %s)",
+            folder.name,
+            path,
+            config.versions.policy,
+            ", ".join(str(v) for v in sorted(numbered)) or "none",
+        )
+        return None
+    versions = {str(v): numbered[v] for v in chosen}
+    labels = {}
+    for label, version in sorted(folder.version_labels.items()):
+        if str(version) in versions:
+            labels[label] = str(version)
+        else:
+            logger.error(
+                "model %s: version label %r names version %d, which is not served (serving %s)",
+                folder.name,
+                label,
+                version,
+                ", ".join(versions),
+            )
+    return ModelLayout(config, versions, labels)
+
+
+def _config(folder: ModelFolder, numbered: Mapping[int, Path]) -> ModelConfig | None:
+    path = folder.path
+    toml = path / "config.toml"
+    if toml.is_file():
+        try:
+            config = ModelConfig.load(toml, name=folder.name)
+        except ConfigError as error:
+            logger.error("%s", error)
+            return None
+        return config
+    if any(_is_saved_model(v) for v in numbered.values()):
+        # TensorFlow Serving's layout: every version folder is a SavedModel.
+        return ModelConfig(
+            name=folder.name,
+            platform="tensorflow_savedmodel",
+            filename=".",
+            batching=folder.batching or BatchingConfig(),
+        )
+    logger.warning(
+        "folder %s: not served: it has no config.toml, and no version folder holds a "
+        "saved_model.pb (TensorFlow Serving's layout)%s",
+        path,
+        _named_in(folder),
+    )
+    return None
+
+
+def _is_saved_model(version: Path) -> bool:
+    return any((version / name).is_file() for name in _SAVED_MODEL_FILES)
+
+
+def _named_in(folder: ModelFolder) -> str:
+    return f" (named in {folder.source})" if folder.source else ""
