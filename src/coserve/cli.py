@@ -124,8 +124,37 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="the name --model-base-path's model is served by (default: its folder's name)",
     )
+    serve.add_argument(
+        "--model-control-mode",
+        choices=["none", "poll", "explicit"],
+        default="none",
+        help="Triton's: none loads the repository once; poll also reloads it every "
+        "--repository-poll-secs (added, changed and removed models and versions, without "
+        "dropping a request); explicit loads only the --load-model models (default: none)",
+    )
+    serve.add_argument(
+        "--repository-poll-secs",
+        type=_positive_seconds,
+        default=15.0,
+        metavar="SECONDS",
+        help="how often --model-control-mode poll looks at the repository (default: 15)",
+    )
+    serve.add_argument(
+        "--load-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --model-control-mode explicit, a model to load (repeatable; '*': all)",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-    serve.add_argument("--port", type=int, default=8000, help="port to bind (default: %(default)s)")
+    serve.add_argument(
+        "--port",
+        "--http-port",
+        dest="port",
+        type=int,
+        default=8000,
+        help="HTTP port to bind; --http-port is Triton's spelling (default: %(default)s)",
+    )
     serve.add_argument(
         "--grpc-port",
         type=int,
@@ -265,13 +294,19 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from coserve.server import ServeOptions, serve
     from coserve.server._limits import ServerLimits
 
+    log = logging.getLogger("coserve")
     if args.model_name is not None and args.model_base_path is None:
-        logging.getLogger("coserve").error("--model-name needs --model-base-path")
+        log.error("--model-name needs --model-base-path")
+        return 2
+    if args.load_model and args.model_control_mode != "explicit":
+        log.error("--load-model needs --model-control-mode explicit (as in Triton)")
         return 2
     options = ServeOptions(
         model_repository=args.model_repository,
         model_base_path=args.model_base_path,
         model_name=args.model_name,
+        poll_interval=args.repository_poll_secs if args.model_control_mode == "poll" else 0.0,
+        load_models=tuple(args.load_model) if args.model_control_mode == "explicit" else None,
         host=args.host,
         port=args.port,
         limits=ServerLimits(

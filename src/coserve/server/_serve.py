@@ -50,6 +50,9 @@ class ServeOptions:
     """Re-read ``model_config_file`` this often, in seconds (0: read it once)."""
     poll_interval: float = 0.0
     """Look for added and removed version folders this often, in seconds (0: never)."""
+    load_models: tuple[str, ...] | None = None
+    """Triton's explicit model control: serve only these of the repository's models (``*``:
+    all); None: every model."""
     default_batching: BatchingConfig | None = None
     """The batching policy of models whose folder has no coserve config (TF Serving's
     batching flags); None: coserve's default."""
@@ -249,16 +252,29 @@ def _repository(options: ServeOptions) -> ModelRepository:
             options.model_name or base.name, base, batching=batching, source="--model-base-path"
         )
         return ModelRepository(folders=lambda: [model], description=f"{base} ({model.name})")
-    if batching is not None and options.model_repository is not None:
+    wanted = options.load_models
+    if (batching is not None or wanted is not None) and options.model_repository is not None:
         path = options.model_repository
+        if not path.is_dir():
+            raise ConfigError(f"model repository {path} is not a folder")
+        if wanted is not None and "*" not in wanted:
+            present = {folder.name for folder in repository_folders(path)}
+            missing = sorted(set(wanted) - present)
+            if missing:
+                raise ConfigError(
+                    f"--load-model {', '.join(missing)}: no such model folder in {path}"
+                )
 
         def folders() -> list[ModelFolder]:
             return [
-                dataclasses.replace(folder, batching=batching)
+                folder if batching is None else dataclasses.replace(folder, batching=batching)
                 for folder in repository_folders(path)
+                if wanted is None or "*" in wanted or folder.name in wanted
             ]
 
         return ModelRepository(folders=folders, description=str(path))
+    if wanted is not None and options.model_repository is None:
+        raise ConfigError("--model-control-mode explicit needs --model-repository")
     return ModelRepository(options.model_repository)
 
 

@@ -1,0 +1,97 @@
+"""Triton's model control flags on ``coserve serve``: explicit loading and repository polling.
+
+Two real server processes over Python models (no TensorFlow, so each starts in about a second):
+``--model-control-mode explicit --load-model`` serves only the models named, and ``poll``
+serves a model folder added while it runs and drops one removed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from helpers import ServerProcess
+from server_models import SLOW_CONFIG, SLOW_MODEL, TYPES_CONFIG, TYPES_MODEL, add_model
+
+pytestmark = pytest.mark.slow
+
+
+def served(server: ServerProcess) -> list[str]:
+    return [m["name"] for m in httpx.get(f"{server.url}/", timeout=10).json()["models"]]
+
+
+def test_explicit_mode_loads_only_the_models_named(tmp_path: Path) -> None:
+    add_model(tmp_path, "types", TYPES_CONFIG, TYPES_MODEL)
+    add_model(tmp_path, "slow", SLOW_CONFIG, SLOW_MODEL)
+    server = ServerProcess(
+        "--model-repository",
+        str(tmp_path),
+        "--model-control-mode",
+        "explicit",
+        "--load-model",
+        "slow",
+    )
+    try:
+        server.wait_ready()
+        assert served(server) == ["slow"]
+        assert httpx.get(f"{server.url}/v2/models/types/ready").status_code == 400
+    finally:
+        server.close()
+
+
+def test_explicit_mode_refuses_a_model_that_is_not_there(tmp_path: Path) -> None:
+    """--load-model naming no folder stops the server at start, naming it (exit 2)."""
+    add_model(tmp_path, "types", TYPES_CONFIG, TYPES_MODEL)
+    server = ServerProcess(
+        "--model-repository",
+        str(tmp_path),
+        "--model-control-mode=explicit",
+        "--load-model=nope",
+    )
+    try:
+        assert server.process.wait(timeout=60) == 2
+        assert "--load-model nope: no such model folder" in server.output()
+    finally:
+        server.close()
+
+
+def test_poll_mode_follows_the_repository(tmp_path: Path) -> None:
+    add_model(tmp_path, "types", TYPES_CONFIG, TYPES_MODEL)
+    server = ServerProcess(
+        "--model-repository",
+        str(tmp_path),
+        "--model-control-mode",
+        "poll",
+        "--repository-poll-secs",
+        "0.2",
+    )
+    try:
+        server.wait_ready()
+        assert served(server) == ["types"]
+        add_model(tmp_path, "slow", SLOW_CONFIG, SLOW_MODEL)
+        shutil.rmtree(tmp_path / "types")
+        deadline = time.monotonic() + 60
+        while served(server) != ["slow"]:
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.1)
+        answer = httpx.post(
+            f"{server.url}/v2/models/slow/infer",
+            json={"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [0.0]}]},
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
+    finally:
+        server.close()
+
+
+def test_load_model_needs_explicit_mode() -> None:
+    server = ServerProcess("--load-model", "types")
+    try:
+        assert server.process.wait(timeout=60) == 2
+        assert "--load-model needs --model-control-mode explicit" in server.output()
+    finally:
+        server.close()
