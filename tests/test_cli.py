@@ -146,3 +146,24 @@ def test_serve_model_name_needs_a_model_base_path() -> None:
     result = run_cli("serve", "--model-name", "m")
     assert result.returncode == 2
     assert "--model-name needs --model-base-path" in result.stderr
+
+
+def test_tfserving_flags_it_does_not_apply_are_named_in_any_spelling() -> None:
+    """Bare, =value and --no forms of TF Serving's other flags parse, each one warned."""
+    result = run_cli(
+        "tfserving",
+        "--port=0",
+        "--enable_model_warmup",
+        "--noflush_filesystem_caches",
+        "--tensorflow_intra_op_parallelism=2",
+        "--model_base_path=/nonexistent/model",
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2
+    assert "is not a folder" in output  # got as far as the model path
+    for flag in (
+        "enable_model_warmup",
+        "flush_filesystem_caches",
+        "tensorflow_intra_op_parallelism",
+    ):
+        assert f"--{flag} is TensorFlow Serving's; coserve does not apply it" in output

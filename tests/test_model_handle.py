@@ -187,3 +187,58 @@ async def test_warm_up_runs_every_batch_size() -> None:
     finally:
         await handle.aclose()
     assert [shape[0] for shape in model.calls] == [1, 2, 4, 8, 12]
+
+
+async def test_no_signature_handle_is_made_once_closing_began() -> None:
+    """for_signature after aclose began is refused, so no batcher escapes the close."""
+    from coserve import BatcherClosed
+    from coserve.models import Backend
+    from coserve.models._signatures import Signature
+
+    class TwoSignatures(PythonModel):
+        signature_name = "main"
+        signatures = {  # noqa: RUF012 - a test double
+            "main": Signature("main", "tensorflow/serving/predict", {}, {}),
+            "other": Signature("other", "tensorflow/serving/predict", {}, {}),
+        }
+
+        def for_signature(self, name: str) -> Backend:
+            if name in ("", "main"):
+                return self
+            return PythonModel(
+                lambda inputs: {"y": inputs["x"]},
+                name="two",
+                inputs=(TensorSpec.of("x", "FP32", [-1]),),
+                outputs=(TensorSpec.of("y", "FP32", [-1]),),
+            )
+
+    backend = TwoSignatures(
+        lambda inputs: {"y": inputs["x"]},
+        name="two",
+        inputs=(TensorSpec.of("x", "FP32", [-1]),),
+        outputs=(TensorSpec.of("y", "FP32", [-1]),),
+    )
+    handle = ModelHandle(backend, BatchingConfig())
+    other = handle.for_signature("other")
+    assert handle.for_signature("other") is other  # made once
+    assert (await other.infer({"x": [1.0]}))["y"].tolist() == [1.0]
+    closing = asyncio.create_task(handle.aclose())
+    await asyncio.sleep(0)  # aclose has begun, its batchers not yet closed
+    with pytest.raises(BatcherClosed):
+        handle.for_signature("late")
+    await closing
+    assert other.closed
+
+
+def test_lenient_shapes_need_only_rows() -> None:
+    """strict_shapes=False (a TF1 graph's inputs): rank and sizes are the model's to check."""
+    from coserve.models._validation import check_inputs
+
+    spec = (TensorSpec.of("x", "FP32", [-1, 1]),)
+    arrays, rows = check_inputs("m", spec, {"x": [1.0, 2.0, 5.0]}, max_rows=8, strict_shapes=False)
+    assert rows == 3
+    assert arrays["x"].shape == (3,)
+    with pytest.raises(InvalidInput, match="rank"):
+        check_inputs("m", spec, {"x": [1.0, 2.0]}, max_rows=8)
+    with pytest.raises(InvalidInput, match="scalar"):
+        check_inputs("m", spec, {"x": 1.0}, max_rows=8, strict_shapes=False)

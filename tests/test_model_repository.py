@@ -248,3 +248,28 @@ async def test_a_folder_of_folders_that_are_no_saved_models_is_named(
     assert any(
         "empty" in r.getMessage() and "saved_model.pb" in r.getMessage() for r in caplog.records
     )
+
+
+async def test_a_version_that_fails_leaves_the_others_serving(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Versions load one by one: a broken one is skipped, retried once its files change."""
+    add_model(tmp_path, "m", 1, add=1, extra='[versions]\npolicy = "all"')
+    add_model(tmp_path, "m", 2, add=2, extra='[versions]\npolicy = "all"')
+    broken = tmp_path / "m" / "2" / "model.py"
+    good = broken.read_text()
+    broken.write_text("this is not python\n")
+    with caplog.at_level(logging.ERROR, logger="coserve.models"):
+        async with ModelRepository(tmp_path) as repository:
+            assert [m.version for m in repository.models()] == ["1"]
+            caplog.clear()
+            await repository.reload()  # unchanged: not tried again, so nothing logged
+            assert not [r for r in caplog.records if "m v2" in r.getMessage()]
+            broken.write_text(good)
+            import os
+
+            stat = broken.stat()  # make sure the change is seen on coarse-mtime filesystems
+            os.utime(broken, (stat.st_atime, stat.st_mtime + 5))
+            await repository.reload()
+            assert [m.version for m in repository.models()] == ["1", "2"]
+            assert await infer_one(repository, "m", 1) == 3  # the latest, v2

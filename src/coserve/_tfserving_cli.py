@@ -147,20 +147,24 @@ def tfserving_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="log level (coserve; default: info)",
     )
-    for flag in IGNORED_FLAGS:
-        parser.add_argument(f"--{flag}", default=None, help=argparse.SUPPRESS)
+    for flag in IGNORED_FLAGS:  # booleans among them may come bare (--flag), hence the const
+        parser.add_argument(
+            f"--{flag}", nargs="?", const="true", default=None, help=argparse.SUPPRESS
+        )
     return parser
+
+
+_BOOLEAN_FLAGS = frozenset({"enable_batching", *IGNORED_FLAGS})
 
 
 def _normalise(argv: Sequence[str]) -> list[str]:
     """The absl boolean spelling argparse lacks: ``--noflag`` is ``--flag=false``."""
-    normalised = []
-    for arg in argv:
-        if arg.startswith("--no") and "=" not in arg and arg[4:] == "enable_batching":
-            normalised.append("--enable_batching=false")
-        else:
-            normalised.append(arg)
-    return normalised
+    return [
+        f"--{arg[4:]}=false"
+        if arg.startswith("--no") and "=" not in arg and arg[4:] in _BOOLEAN_FLAGS
+        else arg
+        for arg in argv
+    ]
 
 
 def run_tfserving(argv: Sequence[str]) -> int:
@@ -194,12 +198,19 @@ def run_tfserving(argv: Sequence[str]) -> int:
         return 2
     if args.model_config_file is not None and args.model_base_path is not None:
         log.warning("--model_config_file is given: --model_name and --model_base_path are unused")
+    # TF Serving polls the folders and the config file on their own clocks; coserve re-reads the
+    # config file (at most as often as asked) on each reload, so reload at the faster of the two.
+    intervals = [
+        s
+        for s in (args.file_system_poll_wait_seconds, args.model_config_file_poll_wait_seconds)
+        if s
+    ]
     options = ServeOptions(
         model_base_path=None if args.model_config_file else args.model_base_path,
         model_name=args.model_name,
         model_config_file=args.model_config_file,
         model_config_poll=args.model_config_file_poll_wait_seconds,
-        poll_interval=args.file_system_poll_wait_seconds,
+        poll_interval=min(intervals, default=0.0),
         default_batching=batching,
         host=args.host,
         port=args.rest_api_port or None,

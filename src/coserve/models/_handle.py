@@ -63,6 +63,7 @@ class ModelHandle:
         self.chunk_window = max(1, batching.max_queue_size // 16)
         """The most chunks of one large request queued or running at once (1/16 of the queue)."""
         self._signature_handles: dict[str, ModelHandle] = {}
+        self._closing = False
         self._batcher: Batcher[Request, Response] = Batcher(
             self._run_batch,
             max_batch_size=batching.max_batch_size,
@@ -115,7 +116,7 @@ class ModelHandle:
             return self
         handle = self._signature_handles.get(name)
         if handle is None:
-            if self.closed:
+            if self._closing or self.closed:
                 raise BatcherClosed(f"model {self.name!r} v{self.version} is being unloaded")
             handle = ModelHandle(backend, self.batching, labels=self.labels)
             self._signature_handles[name] = handle
@@ -312,6 +313,7 @@ class ModelHandle:
 
     async def aclose(self, *, grace_period: float | None = None) -> None:
         """Stop taking requests, drain the queued and running ones, then release the model."""
+        self._closing = True  # before the gather: no signature handle may be made after it
         await asyncio.gather(
             self._batcher.aclose(grace_period=grace_period),
             *(h.aclose(grace_period=grace_period) for h in self._signature_handles.values()),
@@ -336,25 +338,29 @@ class ModelHandle:
             try:
                 self._run_group([requests[i] for i in members], members, results)
             except Exception as error:  # this group fails; other shape groups are unaffected
-                if len(members) > 1:
-                    logger.warning(
-                        "model %s v%s failed on a batch of %d requests (%r); running each alone",
-                        self.name,
-                        self.version,
-                        len(members),
-                        error,
-                    )
-                    for i in members:
-                        self._run_alone(requests[i], i, results)
-                else:
+                if len(members) == 1:
                     results[members[0]] = self._failure(error)
+                    continue
+                # One traceback for the batch; each request's own outcome then follows.
+                logger.error(
+                    "model %s v%s failed on a batch of %d requests; running each alone",
+                    self.name,
+                    self.version,
+                    len(members),
+                    exc_info=error,
+                )
+                for i in members:
+                    self._run_alone(requests[i], i, results)
         return results
 
     def _run_alone(self, request: Request, index: int, results: list[Response | Exception]) -> None:
         try:
             self._run_group([request], [index], results)
-        except Exception as error:
-            results[index] = self._failure(error)
+        except Exception as error:  # logged with its batch's; this request's outcome only
+            logger.debug(
+                "model %s v%s failed on a request alone: %r", self.name, self.version, error
+            )
+            results[index] = self._as_failure(error)
 
     def _failure(self, error: Exception) -> Exception:
         """What a request whose run (alone) failed is told, logged.
@@ -364,8 +370,15 @@ class ModelHandle:
         """
         if isinstance(error, InvalidInput):
             logger.debug("model %s v%s refused a request: %s", self.name, self.version, error)
+        else:
+            logger.error(
+                "model %s v%s failed on a request", self.name, self.version, exc_info=error
+            )
+        return self._as_failure(error)
+
+    def _as_failure(self, error: Exception) -> Exception:
+        if isinstance(error, InvalidInput):
             return error
-        logger.error("model %s v%s failed on a request", self.name, self.version, exc_info=error)
         return BatchFailed.caused_by(f"model {self.name!r} failed: {error!r}", error)
 
     def _run_group(

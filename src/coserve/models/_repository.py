@@ -13,7 +13,9 @@ old version finish on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -109,6 +111,19 @@ def load_backend(config: ModelConfig, version_dir: Path, version: str | None = N
     )
 
 
+def _newest_change(folder: Path) -> float:
+    """The newest modification time under a version folder (0 if it cannot be read)."""
+    try:
+        newest = folder.stat().st_mtime
+        for root, dirs, files in os.walk(folder):
+            for entry in (*dirs, *files):
+                with contextlib.suppress(OSError):  # removed while walking
+                    newest = max(newest, os.stat(os.path.join(root, entry)).st_mtime)
+    except OSError:
+        return 0.0
+    return newest
+
+
 @dataclass(frozen=True, slots=True)
 class ModelStatus:
     """One loaded model version, as listings report it."""
@@ -155,6 +170,8 @@ class ModelRepository:
         self._configs: dict[str, ModelConfig] = {}
         self._handles: dict[str, dict[str, ModelHandle]] = {}
         self._labels: dict[str, dict[str, str]] = {}
+        # Versions that failed to load, with the config and files they failed with.
+        self._failed: dict[tuple[str, str], tuple[ModelConfig, float]] = {}
         self._reload_lock = asyncio.Lock()
 
     async def __aenter__(self) -> Self:
@@ -239,8 +256,10 @@ class ModelRepository:
         Added, changed and new-version models are loaded first; then the routing table is
         swapped; then removed and replaced versions are unloaded once their requests finish.
 
-        A model whose folder fails to load is logged and skipped (the others still load); if it
-        was loaded before, its old versions keep serving.
+        A model whose folder cannot be read is logged and skipped (the others still load); a
+        version that fails to load is logged and skipped (its model's other versions still
+        load), and is not tried again until its files change. If none of a model's wanted
+        versions loads, the versions it served before keep serving.
 
         Raises:
             ModelLoadError: The repository folder does not exist.
@@ -259,28 +278,41 @@ class ModelRepository:
             new_handles: dict[str, dict[str, ModelHandle]] = {}
             new_configs: dict[str, ModelConfig] = {}
             new_labels: dict[str, dict[str, str]] = {}
-            for name, layout in sorted(wanted.items()):
+            for name, (layout, stamps) in sorted(wanted.items()):
                 config = layout.config
                 old = self._handles.get(name, {})
                 same_config = self._configs.get(name) == config
                 kept = {v: h for v, h in old.items() if v in layout.versions and same_config}
-                try:
-                    for version, folder in layout.versions.items():
-                        if version not in kept:
-                            kept[version] = await self._load(config, version, folder)
-                except Exception as error:
-                    logger.error("model %s: not loaded: %s", name, error, exc_info=error)
-                    loaded_now = [h for v, h in kept.items() if old.get(v) is not h]
-                    for handle in loaded_now:
-                        await handle.aclose()
-                    if old:  # keep serving what was there
+                # Each version on its own: one that fails (a half-copied folder) leaves the
+                # others serving, and is tried again only once its files change.
+                for version, folder in layout.versions.items():
+                    if version in kept:
+                        continue
+                    key, stamp = (name, version), (config, stamps[version])
+                    if self._failed.get(key) == stamp:
+                        continue
+                    try:
+                        kept[version] = await self._load(config, version, folder)
+                    except Exception as error:
+                        self._failed[key] = stamp
+                        logger.error(
+                            "model %s v%s: not loaded (tried again when its files change): %s",
+                            name,
+                            version,
+                            error,
+                            exc_info=error,
+                        )
+                    else:
+                        self._failed.pop(key, None)
+                if not kept:
+                    if old:  # nothing new would serve: keep serving what was there
                         new_handles[name] = old
                         new_configs[name] = self._configs[name]
                         new_labels[name] = self._labels.get(name, {})
                     continue
                 new_handles[name] = kept
                 new_configs[name] = config
-                new_labels[name] = dict(layout.labels)
+                new_labels[name] = {label: v for label, v in layout.labels.items() if v in kept}
             retired = [
                 handle
                 for name, versions in self._handles.items()
@@ -294,8 +326,10 @@ class ModelRepository:
                 )
                 await handle.aclose()
 
-    def _scan(self) -> dict[str, ModelLayout]:
+    def _scan(self) -> dict[str, tuple[ModelLayout, dict[str, float]]]:
         """Read every model folder's config and pick its versions (runs in a thread).
+
+        Each layout comes with each version's stamp: the newest modification time of its files.
 
         Raises:
             ConfigError: The list of folders cannot be read (a server config file).
@@ -303,7 +337,7 @@ class ModelRepository:
         folders = repository_folders(self.path) if self.path is not None else []
         if self._folders is not None:
             folders = list(self._folders())
-        found: dict[str, ModelLayout] = {}
+        found: dict[str, tuple[ModelLayout, dict[str, float]]] = {}
         seen: dict[str, Path] = {}
         for folder in folders:
             if folder.name in seen:
@@ -317,7 +351,8 @@ class ModelRepository:
             seen[folder.name] = folder.path
             layout = read_model_folder(folder)
             if layout is not None:
-                found[folder.name] = layout
+                stamps = {v: _newest_change(path) for v, path in layout.versions.items()}
+                found[folder.name] = (layout, stamps)
         return found
 
     async def _load(self, config: ModelConfig, version: str, folder: Path) -> ModelHandle:

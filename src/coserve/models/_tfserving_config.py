@@ -164,9 +164,15 @@ class ModelServerConfigFile:
         configs: list[Decoded] = [] if listed is None else listed.get("config", [])
         if not configs:
             logger.warning("%s: model_config_list names no models", self.path)
+        # A bad entry for a model served from an earlier read keeps that model as it was (TF
+        # Serving refuses the whole edit); a bad new one is skipped, the others still load.
+        previous = {folder.name: folder for folder in self._folders}
         folders: list[ModelFolder] = []
         for config in configs:
             folder = self._folder(config)
+            if folder is None and config.get("name") in previous:
+                folder = previous[config["name"]]
+                logger.error("model %s: kept as it was configured before", folder.name)
             if folder is not None:
                 folders.append(folder)
         return folders

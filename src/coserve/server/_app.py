@@ -59,7 +59,9 @@ async def _poll(repository: ModelRepository, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            await repository.reload()
+            # Shielded: a shutdown cancelling the poll mid-reload must not strand the versions
+            # it loaded or retired; aclose waits for the reload (it takes the same lock).
+            await asyncio.shield(repository.reload())
         except Exception as error:  # the folder vanished, say: keep serving what is loaded
             logger.error("reloading the models from %s failed: %s", repository.description, error)
 

@@ -262,7 +262,6 @@ class TFServingServicer:
         handle: ModelHandle | None = None
         try:
             handle = self._handle(request.model_spec, serving=True)
-            service.admit(handle)
             examples = serialized_examples(request.input)
             signature, results = await classify(
                 service,
@@ -295,7 +294,6 @@ class TFServingServicer:
         handle: ModelHandle | None = None
         try:
             handle = self._handle(request.model_spec, serving=True)
-            service.admit(handle)
             examples = serialized_examples(request.input)
             signature, values = await regress(
                 service,

@@ -367,7 +367,8 @@ async def _classify_or_regress(
 ) -> Response:
     """One ``:classify`` or ``:regress``: JSON examples as ``tf.Example``s, run, answered."""
     body = await _json_body(service, handle, request)
-    signature, examples = decode_examples(body, method)
+    decoding = decode_soon(len(body), decode_examples, body, method)  # big ones off the loop
+    signature, examples = await decoding if isinstance(decoding, Future) else decoding
     if method == "classify":
         _, classes = await classify(service, handle, signature, examples)
         return json_response({"results": [[list(pair) for pair in row] for row in classes]})

@@ -67,6 +67,8 @@ def handle_for(
         BatcherClosed: ``serving``, and the server is not accepting work.
     """
     repository = service.state.repository
+    if version is not None and version.isascii() and version.isdigit():
+        version = str(int(version))  # TF Serving parses the number: /versions/00000123 is 123
     if label is not None:
         repository.get(name)  # an unknown model is NOT_FOUND, as in TF Serving
         try:
@@ -94,13 +96,18 @@ def signatures(handle: ModelHandle) -> dict[str, Signature]:
     return {name: Signature(name, PREDICT, tensors(handle.inputs), tensors(handle.outputs))}
 
 
-def signature_handle(handle: ModelHandle, name: str) -> ModelHandle:
-    """The handle that runs the signature a request names (``""``: ``serving_default``).
+def signature_handle(handle: ModelHandle, name: str, *, empty: str | None = None) -> ModelHandle:
+    """The handle that runs the signature a request names.
+
+    ``""`` is ``empty`` when given (TF Serving's Classify and Regress say ``serving_default``),
+    else the signature the model serves (its config's ``signature``), as Predict takes it.
 
     Raises:
         InvalidInput: The model has no such signature.
     """
-    wanted = name or DEFAULT_SIGNATURE
+    if not name and empty is None:
+        return handle
+    wanted = name or empty or DEFAULT_SIGNATURE
     try:
         return handle.for_signature(wanted)
     except InvalidInput:
@@ -146,9 +153,11 @@ async def classify(
 
     Raises:
         InvalidInput: No such signature, or one that does not classify; no examples.
+        QueueFull: The signature's queue is full.
         ModelError: The signature's outputs are not a classifier's.
     """
-    runner = signature_handle(handle, signature_name)
+    runner = signature_handle(handle, signature_name, empty=DEFAULT_SIGNATURE)
+    service.admit(runner)
     outputs = [spec.name for spec in runner.outputs]
     if not 1 <= len(outputs) <= 2:
         raise InvalidInput(f"Expected one or two output Tensors, found {len(outputs)}")
@@ -206,9 +215,11 @@ async def regress(
 
     Raises:
         InvalidInput: No such signature, or one that does not regress; no examples.
+        QueueFull: The signature's queue is full.
         ModelError: The signature's output is not a regressor's.
     """
-    runner = signature_handle(handle, signature_name)
+    runner = signature_handle(handle, signature_name, empty=DEFAULT_SIGNATURE)
+    service.admit(runner)
     outputs = [spec.name for spec in runner.outputs]
     if len(outputs) != 1:
         raise InvalidInput("Expected one output Tensor.")

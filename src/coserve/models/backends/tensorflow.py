@@ -323,7 +323,7 @@ class TensorFlowSavedModel(Backend):
         main = self.signatures[signature]
         for tensors, configured in ((main.inputs, inputs), (main.outputs, outputs)):
             unknown = [key for key, tensor in tensors.items() if tensor.shape is None]
-            if unknown and configured is None:
+            if unknown and configured is None and self.strict_shapes:  # a TF1 graph checks
                 raise ModelLoadError(
                     f"model {name!r}: tensor {unknown[0]!r} of signature {signature!r} has "
                     "unknown rank; give its shape in config.toml"
