@@ -273,3 +273,12 @@ async def test_a_version_that_fails_leaves_the_others_serving(
             await repository.reload()
             assert [m.version for m in repository.models()] == ["1", "2"]
             assert await infer_one(repository, "m", 1) == 3  # the latest, v2
+
+
+async def test_a_folder_of_non_ascii_digits_is_no_version(tmp_path: Path) -> None:
+    """'²' and full-width digits pass str.isdigit but are not version numbers: skipped."""
+    add_model(tmp_path, "plus_one", 1, add=1)
+    (tmp_path / "plus_one" / "²").mkdir()
+    (tmp_path / "plus_one" / "\uff11\uff12").mkdir()  # full-width 12
+    async with ModelRepository(tmp_path) as repository:
+        assert [m.version for m in repository.models()] == ["1"]

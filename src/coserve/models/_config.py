@@ -138,6 +138,16 @@ class ModelConfig:
     versions: VersionPolicy = field(default_factory=VersionPolicy)
     inputs: tuple[TensorSpec, ...] | None = None
     outputs: tuple[TensorSpec, ...] | None = None
+    batched: bool = True
+    """False: the tensors have no batch dimension (Triton's ``max_batch_size: 0``), so each
+    request runs alone and whole, its tensors' first dimension standing in for the rows."""
+    reshape: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    """Tensors the model takes or gives in another shape than the API shows (Triton's
+    ``reshape``): each tensor's name and the model's shape (after the batch dimension, if
+    batched)."""
+    triton: Mapping[str, Any] | None = field(default=None, hash=False, repr=False)
+    """The completed Triton config (``config.pbtxt`` with what Triton's auto-complete adds), as
+    plain values, for ``GET /v2/models/{m}/config``; None for a model from ``config.toml``."""
 
     @classmethod
     def load(cls, path: Path, *, name: str | None = None) -> ModelConfig:

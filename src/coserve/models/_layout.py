@@ -1,11 +1,17 @@
 """What a model folder holds: its configuration and its version folders, in the layouts in use.
 
-A model folder is ``<model>/<version>/...`` with numbered version folders, and one of:
+A model folder is ``<model>/<version>/...`` with numbered version folders, and the first of:
 
-- ``config.toml``: coserve's own configuration (``_config``);
+- ``config.toml``: coserve's own configuration (``_config``), which wins over a
+  ``config.pbtxt`` beside it;
+- ``config.pbtxt``: Triton's (``_triton_config``), completed from the model file where it lacks
+  inputs or outputs;
 - nothing but version folders that hold a SavedModel (``<version>/saved_model.pb``): TensorFlow
   Serving's layout, served with its signature ``serving_default``. Version folders may be
-  zero-padded (``00000123`` is version 123), as TF Serving's own test models are.
+  zero-padded (``00000123`` is version 123), as TF Serving's own test models are;
+- nothing but version folders that hold one of Triton's model files (``<version>/model.onnx``,
+  ``model.savedmodel``, ``model.pt``...): Triton's layout with no config, which Triton
+  auto-completes from the file, and so does coserve.
 
 A folder that serves nothing says why in the log; it is never skipped silently.
 """
@@ -18,8 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coserve._exceptions import ConfigError
+from coserve._exceptions import ConfigError, ModelError
 from coserve.models._config import BatchingConfig, ModelConfig, VersionPolicy
+from coserve.models._triton_config import TRITON_FILES, holds_triton_model, read_triton_config
 
 __all__ = ["ModelFolder", "ModelLayout", "read_model_folder", "repository_folders"]
 
@@ -88,7 +95,7 @@ def read_model_folder(folder: ModelFolder) -> ModelLayout | None:
     for entry in sorted(path.iterdir()):
         if not entry.is_dir() or entry.name.startswith("."):
             continue
-        if not entry.name.isdigit():
+        if not (entry.name.isascii() and entry.name.isdigit()):
             logger.warning(
                 "model %s: folder %s is not a version (version folders are numbers)",
                 folder.name,
@@ -141,13 +148,20 @@ def read_model_folder(folder: ModelFolder) -> ModelLayout | None:
 def _config(folder: ModelFolder, numbered: Mapping[int, Path]) -> ModelConfig | None:
     path = folder.path
     toml = path / "config.toml"
+    pbtxt = path / "config.pbtxt"
     if toml.is_file():
+        if pbtxt.is_file():
+            logger.debug(
+                "model %s: reading config.toml; config.pbtxt beside it is not read", folder.name
+            )
         try:
             config = ModelConfig.load(toml, name=folder.name)
         except ConfigError as error:
             logger.error("%s", error)
             return None
         return config
+    if pbtxt.is_file():
+        return _triton(folder, numbered)
     if any(_is_saved_model(v) for v in numbered.values()):
         # TensorFlow Serving's layout: every version folder is a SavedModel.
         return ModelConfig(
@@ -155,14 +169,31 @@ def _config(folder: ModelFolder, numbered: Mapping[int, Path]) -> ModelConfig | 
             platform="tensorflow_savedmodel",
             filename=".",
             batching=folder.batching or BatchingConfig(),
+            # As TF Serving: no warm-up without a warm-up file. Zeros or empty strings are no
+            # input for a graph that parses tf.Examples with required features.
+            warm_up=False,
         )
+    if holds_triton_model(numbered.values()):
+        return _triton(folder, numbered)  # Triton's layout with no config: auto-completed
     logger.warning(
-        "folder %s: not served: it has no config.toml, and no version folder holds a "
-        "saved_model.pb (TensorFlow Serving's layout)%s",
+        "folder %s: not served: it has no config.toml or config.pbtxt, and no version folder "
+        "holds a model file to serve without one: %s (Triton's layout) or saved_model.pb "
+        "(TensorFlow Serving's)%s",
         path,
+        ", ".join(TRITON_FILES),
         _named_in(folder),
     )
     return None
+
+
+def _triton(folder: ModelFolder, numbered: Mapping[int, Path]) -> ModelConfig | None:
+    try:
+        return read_triton_config(
+            folder.path, name=folder.name, versions=numbered, policy=folder.versions
+        )
+    except ModelError as error:  # a bad config, an unreadable or unsupported model file
+        logger.error("model %s: not served: %s", folder.name, error)
+        return None
 
 
 def _is_saved_model(version: Path) -> bool:

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from coserve._exceptions import ConfigError, ModelLoadError, ModelNotFound
+from coserve.models._adapted import AdaptedBackend, check_unbatched, model_specs, needs_adapting
 from coserve.models._backend import Backend
 from coserve.models._config import ModelConfig
 from coserve.models._handle import ModelHandle
@@ -74,41 +75,43 @@ def load_backend(config: ModelConfig, version_dir: Path, version: str | None = N
         path = version_dir  # the version folder is the SavedModel, as in TF Serving's layout
     if not path.exists():
         raise ModelLoadError(f"model {config.name!r}: {path} does not exist")
-    common = {
+    if not config.batched:  # before loading: the config alone says it cannot be served
+        check_unbatched(config.name, (*(config.inputs or ()), *(config.outputs or ())))
+    common: dict[str, Any] = {
         "name": config.name,
         "version": version or str(int(version_dir.name)),
-        "inputs": config.inputs,
-        "outputs": config.outputs,
+        # As the model file has them: a reshape is undone by the AdaptedBackend around it.
+        "inputs": model_specs(config, config.inputs),
+        "outputs": model_specs(config, config.outputs),
     }
+    backend: Backend
     if config.platform == "python":
         from coserve.models.backends.python import load_python_model
 
-        return load_python_model(path, **common)  # type: ignore[arg-type]
-    if config.platform == "tensorflow_savedmodel":
+        backend = load_python_model(path, **common)
+    elif config.platform == "tensorflow_savedmodel":
         from coserve.models.backends.tensorflow import TensorFlowSavedModel
 
-        return TensorFlowSavedModel(
-            path,
-            signature=config.signature,
-            threads=config.threads,
-            **common,  # type: ignore[arg-type]
+        backend = TensorFlowSavedModel(
+            path, signature=config.signature, threads=config.threads, **common
         )
-    if config.platform == "tensorflow_keras":
+    elif config.platform == "tensorflow_keras":
         from coserve.models.backends.tensorflow import TensorFlowKeras
 
-        return TensorFlowKeras(path, threads=config.threads, **common)  # type: ignore[arg-type]
-    if config.platform == "onnx_onnxv1":
+        backend = TensorFlowKeras(path, threads=config.threads, **common)
+    elif config.platform == "onnx_onnxv1":
         from coserve.models.backends.onnx import OnnxModel
 
-        return OnnxModel(path, threads=config.threads, **common)  # type: ignore[arg-type]
-    from coserve.models.backends.torch import TorchModel
+        backend = OnnxModel(path, threads=config.threads, **common)
+    else:
+        from coserve.models.backends.torch import TorchModel
 
-    return TorchModel(
-        path,
-        exported=config.platform == "pytorch_export",
-        threads=config.threads,
-        **common,  # type: ignore[arg-type]
-    )
+        backend = TorchModel(
+            path, exported=config.platform == "pytorch_export", threads=config.threads, **common
+        )
+    if needs_adapting(config, backend):
+        return AdaptedBackend(backend, config)
+    return backend
 
 
 def _newest_change(folder: Path) -> float:

@@ -28,6 +28,7 @@ from starlette.routing import Route, WebSocketRoute
 from coserve import __version__
 from coserve._exceptions import ModelNotFound
 from coserve.models import ModelHandle, ModelRepository
+from coserve.models._triton_config import triton_model_config
 from coserve.server._decoding import serving
 from coserve.server._limits import ServerLimits
 from coserve.server._metrics import Metrics
@@ -206,6 +207,12 @@ def create_app(
             }
         )
 
+    async def model_config(request: Request) -> Response:
+        """The model's config as Triton's JSON (tritonclient's ``get_model_config``)."""
+        handle = _handle(state, request)
+        config = repository.config(handle.name)
+        return json_response(triton_model_config(config, handle.inputs, handle.outputs))
+
     async def metrics_endpoint(request: Request) -> Response:
         text = metrics.render()
         if worker is not None and worker.count > 1 and request.query_params.get("local") != "1":
@@ -223,6 +230,10 @@ def create_app(
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route("/v2/models/{model}", endpoint(model_metadata), methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}", endpoint(model_metadata), methods=["GET"]),
+        Route("/v2/models/{model}/config", endpoint(model_config), methods=["GET"]),
+        Route(
+            "/v2/models/{model}/versions/{version}/config", endpoint(model_config), methods=["GET"]
+        ),
         Route("/v2/models/{model}/ready", model_ready, methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}/ready", model_ready, methods=["GET"]),
         WebSocketRoute("/v2/models/{model}/infer/ws", websocket_endpoint(service)),
