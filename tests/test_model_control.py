@@ -95,3 +95,40 @@ def test_load_model_needs_explicit_mode() -> None:
         assert "--load-model needs --model-control-mode explicit" in server.output()
     finally:
         server.close()
+
+
+def test_exit_on_error_stops_the_server_naming_what_failed(tmp_path: Path) -> None:
+    """--exit-on-error: a folder that cannot be served fails the start (non-zero), named."""
+    add_model(tmp_path, "types", TYPES_CONFIG, TYPES_MODEL)
+    (tmp_path / "broken" / "1").mkdir(parents=True)
+    (tmp_path / "broken" / "config.toml").write_text('platform = "nope"\n')
+    server = ServerProcess("--model-repository", str(tmp_path), "--exit-on-error")
+    try:
+        assert server.process.wait(timeout=60) != 0
+        output = server.output()
+        assert "--exit-on-error: not served: broken" in output
+        assert "'nope' is not one of" in output  # and the log says why
+    finally:
+        server.close()
+    # Without the flag the same repository serves what it can.
+    server = ServerProcess("--model-repository", str(tmp_path))
+    try:
+        server.wait_ready()
+        assert served(server) == ["types"]
+    finally:
+        server.close()
+
+
+def test_strict_model_config_refuses_to_auto_complete(tmp_path: Path) -> None:
+    """--strict-model-config: a Triton folder with no config.pbtxt is not served."""
+    shutil.copytree(
+        Path(__file__).parent / "data" / "triton" / "simple_no_config", tmp_path / "simple"
+    )
+    server = ServerProcess(
+        "--model-repository", str(tmp_path), "--strict-model-config", "--exit-on-error"
+    )
+    try:
+        assert server.process.wait(timeout=60) != 0
+        assert "--strict-model-config allows no auto-complete" in server.output()
+    finally:
+        server.close()

@@ -140,6 +140,18 @@ def _parser() -> argparse.ArgumentParser:
         help="how often --model-control-mode poll looks at the repository (default: 15)",
     )
     serve.add_argument(
+        "--exit-on-error",
+        action="store_true",
+        help="Triton's: a model folder or version that cannot be served stops the server at "
+        "start (default: it is logged, and the other models are served)",
+    )
+    serve.add_argument(
+        "--strict-model-config",
+        action="store_true",
+        help="Triton's: a config.pbtxt must be there and list its inputs and outputs (no "
+        "auto-complete from the model file)",
+    )
+    serve.add_argument(
         "--load-model",
         action="append",
         default=[],
@@ -307,6 +319,8 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
         model_name=args.model_name,
         poll_interval=args.repository_poll_secs if args.model_control_mode == "poll" else 0.0,
         load_models=tuple(args.load_model) if args.model_control_mode == "explicit" else None,
+        exit_on_error=args.exit_on_error,
+        strict_model_config=args.strict_model_config,
         host=args.host,
         port=args.port,
         limits=ServerLimits(

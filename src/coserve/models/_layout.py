@@ -48,6 +48,8 @@ class ModelFolder:
         batching: A batching policy for models whose folder has no coserve config (TF Serving's
             ``--enable_batching`` and batching parameters file); None: coserve's default.
         source: Where the folder was named, for messages (a config file, a flag).
+        auto_complete: Complete a Triton config from the model file where it lacks inputs or
+            outputs, or is missing (off: Triton's ``--strict-model-config``).
     """
 
     name: str
@@ -56,6 +58,7 @@ class ModelFolder:
     version_labels: Mapping[str, int] = field(default_factory=dict)
     batching: BatchingConfig | None = None
     source: str = ""
+    auto_complete: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +192,11 @@ def _config(folder: ModelFolder, numbered: Mapping[int, Path]) -> ModelConfig | 
 def _triton(folder: ModelFolder, numbered: Mapping[int, Path]) -> ModelConfig | None:
     try:
         return read_triton_config(
-            folder.path, name=folder.name, versions=numbered, policy=folder.versions
+            folder.path,
+            name=folder.name,
+            versions=numbered,
+            policy=folder.versions,
+            auto_complete=folder.auto_complete,
         )
     except ModelError as error:  # a bad config, an unreadable or unsupported model file
         logger.error("model %s: not served: %s", folder.name, error)

@@ -175,6 +175,7 @@ class ModelRepository:
         self._labels: dict[str, dict[str, str]] = {}
         # Versions that failed to load, with the config and files they failed with.
         self._failed: dict[tuple[str, str], tuple[ModelConfig, float]] = {}
+        self._unserved: list[str] = []
         self._reload_lock = asyncio.Lock()
 
     async def __aenter__(self) -> Self:
@@ -228,6 +229,13 @@ class ModelRepository:
         """A model's version labels and the versions they name."""
         return dict(self._labels.get(name, {}))
 
+    def unserved(self) -> list[str]:
+        """What the last reload could not serve, each logged with its reason.
+
+        Folders by model name, versions as ``name vN``; Triton's ``--exit-on-error`` reads it.
+        """
+        return list(self._unserved)
+
     def config(self, name: str) -> ModelConfig:
         """The configuration a loaded model was read with.
 
@@ -271,8 +279,9 @@ class ModelRepository:
             path = self.path
             if path is not None and not path.is_dir():
                 raise ModelLoadError(f"model repository {path} is not a folder")
+            unserved: list[str] = []
             try:
-                wanted = await asyncio.to_thread(self._scan)
+                wanted = await asyncio.to_thread(self._scan, unserved)
             except ConfigError as error:
                 if not self._handles and not self._configs:
                     raise
@@ -293,11 +302,13 @@ class ModelRepository:
                         continue
                     key, stamp = (name, version), (config, stamps[version])
                     if self._failed.get(key) == stamp:
+                        unserved.append(f"{name} v{version}")
                         continue
                     try:
                         kept[version] = await self._load(config, version, folder)
                     except Exception as error:
                         self._failed[key] = stamp
+                        unserved.append(f"{name} v{version}")
                         logger.error(
                             "model %s v%s: not loaded (tried again when its files change): %s",
                             name,
@@ -323,14 +334,17 @@ class ModelRepository:
                 if new_handles.get(name, {}).get(version) is not handle
             ]
             self._handles, self._configs, self._labels = new_handles, new_configs, new_labels
+            self._unserved = unserved
             for handle in retired:
                 logger.info(
                     "model %s v%s: unloading after its requests finish", handle.name, handle.version
                 )
                 await handle.aclose()
 
-    def _scan(self) -> dict[str, tuple[ModelLayout, dict[str, float]]]:
+    def _scan(self, unserved: list[str]) -> dict[str, tuple[ModelLayout, dict[str, float]]]:
         """Read every model folder's config and pick its versions (runs in a thread).
+
+        The names of folders that serve nothing (logged, with why) are added to ``unserved``.
 
         Each layout comes with each version's stamp: the newest modification time of its files.
 
@@ -350,10 +364,13 @@ class ModelRepository:
                     seen[folder.name],
                     folder.path,
                 )
+                unserved.append(f"{folder.name} ({folder.path})")
                 continue
             seen[folder.name] = folder.path
             layout = read_model_folder(folder)
-            if layout is not None:
+            if layout is None:
+                unserved.append(folder.name)
+            else:
                 stamps = {v: _newest_change(path) for v, path in layout.versions.items()}
                 found[folder.name] = (layout, stamps)
         return found

@@ -186,10 +186,13 @@ def read_triton_config(
     name: str,
     versions: Mapping[int, Path],
     policy: VersionPolicy | None = None,
+    auto_complete: bool = True,
 ) -> ModelConfig:
     """Read ``<folder>/config.pbtxt`` (or, if there is none, Triton's defaults) into a config.
 
-    The config is completed from the model file where it lacks inputs or outputs.
+    The config is completed from the model file where it lacks inputs or outputs, unless
+    ``auto_complete`` is off (Triton's ``--strict-model-config``): then the file must be there
+    and list them.
 
     Args:
         folder: The model folder.
@@ -197,6 +200,7 @@ def read_triton_config(
         versions: The version folders by number.
         policy: Which versions will be served, where the caller overrides the config's; the
             newest of them is the one read to complete the config.
+        auto_complete: Complete a missing or partial config from the model file.
 
     Raises:
         ConfigError: The file cannot be read or parsed, or says what coserve cannot serve
@@ -205,8 +209,12 @@ def read_triton_config(
         MissingDependency: Reading it needs an extra that is not installed.
     """
     path = folder / "config.pbtxt"
+    if not auto_complete and not path.is_file():
+        raise ConfigError(
+            f"{folder}: no config.pbtxt, and --strict-model-config allows no auto-complete"
+        )
     decoded = load(path, TRITON_MODEL_CONFIG) if path.is_file() else Decoded(str(folder))
-    return _Reader(decoded, name, folder).read(versions, policy)
+    return _Reader(decoded, name, folder, auto_complete=auto_complete).read(versions, policy)
 
 
 def triton_model_config(
@@ -247,10 +255,13 @@ class _Tensor:
 class _Reader:
     """Maps one decoded config.pbtxt, naming the file, line and column in every message."""
 
-    def __init__(self, decoded: Decoded, name: str, folder: Path) -> None:
+    def __init__(
+        self, decoded: Decoded, name: str, folder: Path, *, auto_complete: bool = True
+    ) -> None:
         self.decoded = decoded
         self.name = name
         self.folder = folder
+        self.auto_complete = auto_complete
 
     def where(self, message: Decoded, key: Any) -> str:
         return message.where(key) if key in message.positions else self.decoded.path
@@ -281,6 +292,13 @@ class _Reader:
         outputs = self._tensors("output", max_batch_size)
         values = _plain(d)
         dynamic = "dynamic_batching" in d
+        if (not inputs or not outputs) and not self.auto_complete:
+            raise self.fail(
+                d,
+                "input" if not inputs else "output",
+                "the config lists no input or no output, and --strict-model-config allows no "
+                "auto-complete from the model file",
+            )
         if not inputs or not outputs:
             chosen = (override or policy).select(list(versions))
             if not chosen:

@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from coserve import __version__
-from coserve._exceptions import ModelNotFound
+from coserve._exceptions import ModelLoadError, ModelNotFound
 from coserve.models import ModelHandle, ModelRepository
 from coserve.models._triton_config import triton_model_config
 from coserve.server._decoding import serving
@@ -77,6 +77,7 @@ def create_app(
     worker: WorkerInfo | None = None,
     grpc: GrpcOptions | None = None,
     poll_interval: float | None = None,
+    exit_on_error: bool = False,
 ) -> InferenceRoute:
     """The ASGI app serving ``repository``.
 
@@ -91,6 +92,8 @@ def create_app(
     returned route's ``grpc``); it needs the ``grpc`` extra. ``poll_interval`` reloads the
     repository that often (seconds), so versions added to a folder load, and removed ones
     unload, as they appear (TensorFlow Serving's ``--file_system_poll_wait_seconds``).
+    ``exit_on_error`` fails the startup if a model folder or version could not be served
+    (Triton's ``--exit-on-error``).
     """
     limits = limits if limits is not None else ServerLimits()
     if max_request_size is not None:
@@ -109,6 +112,12 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         start = time.perf_counter()
         await repository.reload()
+        unserved = repository.unserved()
+        if exit_on_error and unserved:
+            await repository.aclose()
+            raise ModelLoadError(
+                f"--exit-on-error: not served: {', '.join(unserved)} (the log above says why)"
+            )
         # TensorFlow leaves ~10^5 objects for the collector to scan: freezing them after loading
         # keeps full collections (and their 100+ ms pauses) out of the request path (DESIGN §7).
         gc.collect()

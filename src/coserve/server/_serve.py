@@ -50,6 +50,11 @@ class ServeOptions:
     """Re-read ``model_config_file`` this often, in seconds (0: read it once)."""
     poll_interval: float = 0.0
     """Look for added and removed version folders this often, in seconds (0: never)."""
+    exit_on_error: bool = False
+    """Triton's ``--exit-on-error``: a model folder or version that cannot be served stops the
+    server at start (else it is logged and the others are served)."""
+    strict_model_config: bool = False
+    """Triton's ``--strict-model-config``: no auto-complete of ``config.pbtxt``."""
     load_models: tuple[str, ...] | None = None
     """Triton's explicit model control: serve only these of the repository's models (``*``:
     all); None: every model."""
@@ -147,6 +152,7 @@ def serve(options: ServeOptions, argv: Sequence[str]) -> int:
         worker=worker,
         grpc=grpc,
         poll_interval=options.poll_interval or None,
+        exit_on_error=options.exit_on_error,
     )
     state = app.state
     grace = options.graceful_timeout
@@ -253,7 +259,9 @@ def _repository(options: ServeOptions) -> ModelRepository:
         )
         return ModelRepository(folders=lambda: [model], description=f"{base} ({model.name})")
     wanted = options.load_models
-    if (batching is not None or wanted is not None) and options.model_repository is not None:
+    strict = options.strict_model_config
+    adjusted = batching is not None or wanted is not None or strict
+    if adjusted and options.model_repository is not None:
         path = options.model_repository
         if not path.is_dir():
             raise ConfigError(f"model repository {path} is not a folder")
@@ -267,7 +275,7 @@ def _repository(options: ServeOptions) -> ModelRepository:
 
         def folders() -> list[ModelFolder]:
             return [
-                folder if batching is None else dataclasses.replace(folder, batching=batching)
+                dataclasses.replace(folder, batching=batching, auto_complete=not strict)
                 for folder in repository_folders(path)
                 if wanted is None or "*" in wanted or folder.name in wanted
             ]
