@@ -1,8 +1,9 @@
 """Talk to the digit assistant session app of a running ``coserve serve`` (``make serve``).
 
 Each WebSocket connection to ``/sessions/digits`` gets its own graph on the server, which holds
-this session's number, history and mode. This client draws a few digits from scikit-learn's
-dataset, corrects one, switches to careful mode (the server inserts a node into this session's
+this session's number, history and mode. This client draws three digits (from scikit-learn's
+8x8 digits dataset, copied in below so that it needs only what ``make serve`` installs),
+corrects one, switches to careful mode (the server inserts a node into this session's
 pipeline) and back. Run it::
 
     python examples/digit_session_client.py --url ws://127.0.0.1:8000/sessions/digits
@@ -16,7 +17,34 @@ import json
 from typing import Any
 
 import websockets
-from sklearn.datasets import load_digits
+
+# Images 4, 2 and 7 of scikit-learn's load_digits() (pixels 0-16), with their true digits.
+DIGITS = [
+    (
+        4,
+        [
+            [0, 0, 0, 1, 11, 0, 0, 0], [0, 0, 0, 7, 8, 0, 0, 0], [0, 0, 1, 13, 6, 2, 2, 0],
+            [0, 0, 7, 15, 0, 9, 8, 0], [0, 5, 16, 10, 0, 16, 6, 0], [0, 4, 15, 16, 13, 16, 1, 0],
+            [0, 0, 0, 3, 15, 10, 0, 0], [0, 0, 0, 2, 16, 4, 0, 0],
+        ],
+    ),
+    (
+        2,
+        [
+            [0, 0, 0, 4, 15, 12, 0, 0], [0, 0, 3, 16, 15, 14, 0, 0], [0, 0, 8, 13, 8, 16, 0, 0],
+            [0, 0, 1, 6, 15, 11, 0, 0], [0, 1, 8, 13, 15, 1, 0, 0], [0, 9, 16, 16, 5, 0, 0, 0],
+            [0, 3, 13, 16, 16, 11, 5, 0], [0, 0, 0, 3, 11, 16, 9, 0],
+        ],
+    ),
+    (
+        7,
+        [
+            [0, 0, 7, 8, 13, 16, 15, 1], [0, 0, 7, 7, 4, 11, 12, 0], [0, 0, 0, 0, 8, 13, 1, 0],
+            [0, 4, 8, 8, 15, 15, 6, 0], [0, 2, 11, 15, 15, 4, 0, 0], [0, 0, 0, 16, 5, 0, 0, 0],
+            [0, 0, 9, 15, 1, 0, 0, 0], [0, 0, 13, 5, 0, 0, 0, 0],
+        ],
+    ),
+]  # fmt: skip
 
 
 async def ask(socket: Any, message: dict[str, Any]) -> dict[str, Any]:
@@ -28,16 +56,11 @@ async def ask(socket: Any, message: dict[str, Any]) -> dict[str, Any]:
 
 async def main(url: str) -> None:
     """One short session."""
-    digits = load_digits()
     async with websockets.connect(url) as socket:
         print("session:", json.loads(await socket.recv())["session"])
-        for index in (4, 2, 7):
-            answer = await ask(
-                socket, {"id": f"img{index}", "image": digits.images[index].tolist()}
-            )
-            print(
-                f"drew a {digits.target[index]}: read {answer['digit']}, number {answer['number']}"
-            )
+        for index, (digit, image) in enumerate(DIGITS):
+            answer = await ask(socket, {"id": f"img{index}", "image": image})
+            print(f"drew a {digit}: read {answer['digit']}, number {answer['number']}")
         print("correct to 5:", (await ask(socket, {"command": "correct", "digit": 5}))["number"])
         careful = await ask(socket, {"command": "mode", "mode": "careful", "threshold": 0.5})
         print(careful["message"])

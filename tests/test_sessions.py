@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import socket
 import sys
@@ -300,9 +301,14 @@ async def test_many_sessions_share_the_models_batcher(
     assert completed() == before + 5 * MAX_SESSIONS
 
 
-async def test_the_example_client_runs_a_session(server: ServerProcess) -> None:
-    """examples/digit_session_client.py talks to the server as documented."""
+async def test_the_example_client_runs_a_session(server: ServerProcess, tmp_path: Path) -> None:
+    """examples/digit_session_client.py talks to the server as documented.
+
+    With only what ``make serve`` installs: scikit-learn (a dev extra here) is made unimportable.
+    """
     example = EXAMPLES / "digit_session_client.py"
+    (tmp_path / "sklearn.py").write_text("raise ImportError('make serve does not install it')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-W",
@@ -312,6 +318,7 @@ async def test_the_example_client_runs_a_session(server: ServerProcess) -> None:
         ws_url(server, "digits"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env=env,
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode == 0, stderr.decode()
