@@ -172,13 +172,7 @@ class ModelHandle:
             BatchFailed: The model failed on this request's batch.
         """
         wanted = self.check_outputs(outputs)
-        arrays, rows = check_inputs(
-            self.name,
-            self.inputs,
-            inputs,
-            max_rows=self._max_rows,
-            strict_shapes=self.backend.strict_shapes,
-        )
+        arrays, rows = self._checked(inputs)
         limit = self.batching.max_batch_size
         if rows <= limit:
             result = await self._batcher.submit(
@@ -205,19 +199,23 @@ class ModelHandle:
         withdraw the request: rows that have not run yet never run. Pick outputs from the result
         with names that :meth:`check_outputs` accepted.
         """
-        arrays, rows = check_inputs(
-            self.name,
-            self.inputs,
-            inputs,
-            max_rows=self._max_rows,
-            strict_shapes=self.backend.strict_shapes,
-        )
+        arrays, rows = self._checked(inputs)
         limit = self.batching.max_batch_size
         if rows <= limit:
             return self._batcher.submit_nowait(
                 arrays, timeout=timeout, priority=priority, size=rows
             )
         return asyncio.ensure_future(self._infer_in_chunks(arrays, rows, limit, timeout, priority))
+
+    def _checked(self, inputs: Mapping[str, Any]) -> tuple[Request, int]:
+        """The request's arrays checked against the model's inputs, and its rows."""
+        return check_inputs(
+            self.name,
+            self.inputs,
+            inputs,
+            max_rows=self._max_rows,
+            strict_shapes=self.backend.strict_shapes,
+        )
 
     async def _infer_in_chunks(
         self,

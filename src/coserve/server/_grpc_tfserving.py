@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
@@ -253,17 +254,24 @@ class TFServingServicer:
         service.observe(PROTOCOL, handle, "OK", time.perf_counter() - started)
         return response
 
-    async def classify(
-        self, request: ClassificationRequest, context: Context
-    ) -> ClassificationResponse:
-        """One Classify: the examples run through the classify signature, classes answered."""
+    async def _on_examples(
+        self,
+        method: str,
+        request: ClassificationRequest | RegressionRequest,
+        context: Context,
+        run: Callable[..., Awaitable[tuple[str, Any]]],
+    ) -> tuple[ModelHandle, str, Any]:
+        """One Classify or Regress up to its results: the model, the signature and the results.
+
+        Its latency is observed whatever the outcome; a failure is answered with its status.
+        """
         started = time.perf_counter()
         service = self._service
         handle: ModelHandle | None = None
         try:
             handle = self._handle(request.model_spec, serving=True)
             examples = serialized_examples(request.input)
-            signature, results = await classify(
+            signature, results = await run(
                 service,
                 handle,
                 request.model_spec.signature_name,
@@ -274,47 +282,33 @@ class TFServingServicer:
             service.observe(PROTOCOL, handle, "CANCELLED", time.perf_counter() - started)
             raise
         except Exception as error:
-            failure = report(error, f"TF Serving gRPC classify on {request.model_spec.name}")
+            failure = report(error, f"TF Serving gRPC {method} on {request.model_spec.name}")
             service.observe(PROTOCOL, handle, failure.grpc_code, time.perf_counter() - started)
             await abort(context, failure, limit=_MESSAGE_LIMIT)
             raise  # not reached: abort raises
+        service.observe(PROTOCOL, handle, "OK", time.perf_counter() - started)
+        return handle, signature, results
+
+    async def classify(
+        self, request: ClassificationRequest, context: Context
+    ) -> ClassificationResponse:
+        """One Classify: the examples run through the classify signature, classes answered."""
+        handle, signature, results = await self._on_examples("classify", request, context, classify)
         response = ClassificationResponse()
         _model_spec(response.model_spec, handle, signature)
         for row in results:
             classes = response.result.classifications.add().classes
             for label, score in row:
                 classes.add(label=label, score=score)
-        service.observe(PROTOCOL, handle, "OK", time.perf_counter() - started)
         return response
 
     async def regress(self, request: RegressionRequest, context: Context) -> RegressionResponse:
         """One Regress: the examples run through the regress signature, one value each."""
-        started = time.perf_counter()
-        service = self._service
-        handle: ModelHandle | None = None
-        try:
-            handle = self._handle(request.model_spec, serving=True)
-            examples = serialized_examples(request.input)
-            signature, values = await regress(
-                service,
-                handle,
-                request.model_spec.signature_name,
-                examples,
-                timeout=context.time_remaining(),
-            )
-        except asyncio.CancelledError:
-            service.observe(PROTOCOL, handle, "CANCELLED", time.perf_counter() - started)
-            raise
-        except Exception as error:
-            failure = report(error, f"TF Serving gRPC regress on {request.model_spec.name}")
-            service.observe(PROTOCOL, handle, failure.grpc_code, time.perf_counter() - started)
-            await abort(context, failure, limit=_MESSAGE_LIMIT)
-            raise  # not reached: abort raises
+        handle, signature, values = await self._on_examples("regress", request, context, regress)
         response = RegressionResponse()
         _model_spec(response.model_spec, handle, signature)
         for value in values:
             response.result.regressions.add(value=value)
-        service.observe(PROTOCOL, handle, "OK", time.perf_counter() - started)
         return response
 
     async def get_model_metadata(

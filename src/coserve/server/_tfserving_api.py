@@ -119,6 +119,18 @@ def versions(repository: ModelRepository, name: str) -> list[str]:
     return sorted((m.version for m in repository.models() if m.name == name), key=int, reverse=True)
 
 
+def _runner(
+    service: InferenceService, handle: ModelHandle, name: str
+) -> tuple[ModelHandle, list[str]]:
+    """The signature Classify or Regress names, admitted to its queue, and its outputs' names.
+
+    ``""`` names ``serving_default``, as in TF Serving.
+    """
+    runner = signature_handle(handle, name, empty=DEFAULT_SIGNATURE)
+    service.admit(runner)
+    return runner, [spec.name for spec in runner.outputs]
+
+
 def _examples_input(
     handle: ModelHandle, kind: str, examples: Sequence[bytes]
 ) -> dict[str, np.ndarray]:
@@ -156,9 +168,7 @@ async def classify(
         QueueFull: The signature's queue is full.
         ModelError: The signature's outputs are not a classifier's.
     """
-    runner = signature_handle(handle, signature_name, empty=DEFAULT_SIGNATURE)
-    service.admit(runner)
-    outputs = [spec.name for spec in runner.outputs]
+    runner, outputs = _runner(service, handle, signature_name)
     if not 1 <= len(outputs) <= 2:
         raise InvalidInput(f"Expected one or two output Tensors, found {len(outputs)}")
     if not {"classes", "scores"} & set(outputs):
@@ -218,9 +228,7 @@ async def regress(
         QueueFull: The signature's queue is full.
         ModelError: The signature's output is not a regressor's.
     """
-    runner = signature_handle(handle, signature_name, empty=DEFAULT_SIGNATURE)
-    service.admit(runner)
-    outputs = [spec.name for spec in runner.outputs]
+    runner, outputs = _runner(service, handle, signature_name)
     if len(outputs) != 1:
         raise InvalidInput("Expected one output Tensor.")
     if outputs != ["outputs"]:
