@@ -711,3 +711,62 @@ class TestConfiguration:
         for error in (QueueFull, BatcherClosed, BatchFailed, DeadlineExceeded):
             assert issubclass(error, CoserveError)
         assert issubclass(DeadlineExceeded, TimeoutError)
+
+
+class TestCumulativeDurations:
+    """The sums behind Triton's statistics extension (``coserve.server._statistics``)."""
+
+    @pytest.mark.looptime
+    async def test_completed_requests_sum_their_rows_times_and_batch_time(self) -> None:
+        """Each completed request adds its rows, its submit-to-answer time and its batch's time."""
+
+        async def fn(items: list[int]) -> list[int]:
+            await asyncio.sleep(1.0)  # virtual time: every batch takes exactly 1 s
+            return items
+
+        async with Batcher(fn, max_batch_size=4) as batcher:
+            first = asyncio.create_task(batcher.submit(0))
+            await settle()  # the first runs alone, from t=0 to t=1
+            rest = [
+                asyncio.create_task(batcher.submit(1, size=2)),
+                asyncio.create_task(batcher.submit(2)),
+            ]  # queued together until t=1, then one batch of 3 rows to t=2
+            await asyncio.gather(first, *rest)
+        stats = batcher.statistics()
+        assert stats.completed == 3
+        assert stats.completed_rows == 4
+        assert stats.completed_seconds == pytest.approx(1 + 2 + 2)
+        assert stats.completed_execution_seconds == pytest.approx(1 + 1 + 1)
+        assert stats.queue_time.mean * stats.queue_time.count == pytest.approx(0 + 1 + 1)
+        assert dict(stats.batch_execution_seconds) == pytest.approx({1: 1.0, 3: 1.0})
+        assert stats.error_seconds == 0.0
+        assert stats.last_batch_end > 0  # wall clock, seconds since the epoch
+
+    @pytest.mark.looptime
+    async def test_errors_sum_their_time_and_not_the_completed_ones(self) -> None:
+        """Failed, raised-on and expired requests add to error_seconds, not completed_seconds."""
+
+        async def fn(items: list[int]) -> list[int | Exception]:
+            await asyncio.sleep(1.0)
+            if 9 in items:
+                raise RuntimeError("the whole batch fails")
+            return [ValueError("bad") if i == 2 else i for i in items]
+
+        async with Batcher(fn, max_batch_size=2) as batcher:
+            outcomes = await asyncio.gather(
+                batcher.submit(1), batcher.submit(2), return_exceptions=True
+            )  # one batch, t=0..1: 1 completes, 2 fails on its own
+            raised = await asyncio.gather(batcher.submit(9), return_exceptions=True)  # t=1..2
+            blocker = asyncio.create_task(batcher.submit(3))  # t=2..3
+            await settle()
+            late = await asyncio.gather(batcher.submit(4, timeout=0.5), return_exceptions=True)
+            await blocker
+        assert outcomes[0] == 1
+        assert isinstance(outcomes[1], ValueError)
+        assert isinstance(raised[0], BatchFailed)
+        assert isinstance(late[0], DeadlineExceeded)
+        stats = batcher.statistics()
+        assert (stats.completed, stats.failed, stats.expired) == (2, 2, 1)
+        assert stats.completed_seconds == pytest.approx(1 + 1)
+        assert stats.error_seconds == pytest.approx(1 + 1 + 0.5)
+        assert stats.batch_execution_seconds == {1: pytest.approx(2.0), 2: pytest.approx(1.0)}

@@ -19,6 +19,7 @@ import functools
 import inspect
 import logging
 import sys
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -583,7 +584,7 @@ class Batcher(Generic[T, R]):
             future = loop.create_future()
             future.set_exception(exc)
         self._running[future] = batch
-        future.add_done_callback(functools.partial(self._finish_batch, batch, now))
+        future.add_done_callback(functools.partial(self._finish_batch, batch, rows, now))
 
     def _drop_withdrawn(self, batch: list[QueuedRequest[T]]) -> tuple[list[QueuedRequest[T]], int]:
         """Drop requests whose futures were cancelled while queued (``submit_nowait``)."""
@@ -598,15 +599,20 @@ class Batcher(Generic[T, R]):
     def _finish_batch(
         self,
         batch: list[QueuedRequest[T]],
+        rows: int,
         started_at: float,
         future: asyncio.Future[Sequence[R | Exception]],
     ) -> None:
         loop = self._loop
         assert loop is not None
         del self._running[future]
-        self._counters.execution_time.record(loop.time() - started_at)
+        now = loop.time()
+        counters = self._counters
+        counters.execution_time.record(now - started_at)
+        counters.batch_seconds[rows] += now - started_at
+        counters.last_batch_end = time.time()  # wall clock: Triton's last_inference is epoch ms
         try:
-            self._deliver(batch, future)
+            self._deliver(batch, future, started_at, now)
         except Exception:  # never let a delivery bug leave callers waiting
             logger.exception("batcher %r: failed to deliver a batch's results", self._name)
             for request in batch:
@@ -615,7 +621,11 @@ class Batcher(Generic[T, R]):
             self._wake()
 
     def _deliver(
-        self, batch: list[QueuedRequest[T]], future: asyncio.Future[Sequence[R | Exception]]
+        self,
+        batch: list[QueuedRequest[T]],
+        future: asyncio.Future[Sequence[R | Exception]],
+        started_at: float,
+        now: float,
     ) -> None:
         if future.cancelled():  # only _abort cancels a batch, and it already failed its callers
             for request in batch:
@@ -649,7 +659,10 @@ class Batcher(Generic[T, R]):
         # The hot loop of the batcher: keep it to what every item needs.
         item_errors: list[Exception] = []
         delivered = 0
+        delivered_rows = 0
         cancelled = 0
+        answered = 0.0  # summed submit-to-answer seconds of the delivered requests
+        errored = 0.0  # the same for the items answered with their own error
         done = RequestState.DONE
         for request, result in zip(batch, results, strict=False):  # lengths checked above
             if request.state is done:  # its outcome came first: cancelled or expired
@@ -665,12 +678,20 @@ class Batcher(Generic[T, R]):
             if isinstance(result, Exception):
                 caller.set_exception(result)
                 item_errors.append(result)
+                errored += now - request.enqueued_at
             else:
                 caller.set_result(result)
                 delivered += 1
+                delivered_rows += request.size
+                answered += now - request.enqueued_at
         counters = self._counters
         counters.completed += delivered
+        counters.completed_rows += delivered_rows
+        counters.completed_seconds += answered
+        # Each delivered request waited for its whole batch: charge it the batch's wall time.
+        counters.completed_execution_seconds += delivered * (now - started_at)
         counters.failed += len(item_errors)
+        counters.error_seconds += errored
         counters.cancelled += cancelled
         if item_errors:
             logger.warning(
@@ -696,6 +717,8 @@ class Batcher(Generic[T, R]):
         request.state = RequestState.DONE
         request.future.on_cancel = None
         request.future.set_exception(error)
+        if self._loop is not None:  # an error path: one clock read per request is cheap enough
+            self._counters.error_seconds += self._loop.time() - request.enqueued_at
         if isinstance(error, BatcherClosed):
             self._counters.aborted += 1
         else:
@@ -742,6 +765,8 @@ class Batcher(Generic[T, R]):
             DeadlineExceeded(f"the deadline of {timeout:g}s passed while the request was {where}")
         )
         self._counters.expired += 1
+        if self._loop is not None:
+            self._counters.error_seconds += self._loop.time() - request.enqueued_at
         logger.debug("batcher %r: a request expired while %s", self._name, where)
 
     def _abandon(self, request: QueuedRequest[T]) -> None:

@@ -120,6 +120,16 @@ class BatcherStatistics:
         close_reasons: How many batches closed for each :class:`CloseReason` value.
         queue_time: Time from submit to the start of the request's batch.
         execution_time: Wall time of each batch function call.
+        completed_rows: Rows (sizes) of the completed requests.
+        completed_seconds: Summed time from submit to answer of the completed requests.
+        completed_execution_seconds: Summed execution time of the completed requests' batches,
+            each request charged its whole batch's wall time (it waited all of it).
+        error_seconds: Summed time from submit to answer of the requests that ended with an
+            error: ``failed``, ``expired`` and ``aborted``.
+        batch_execution_seconds: Summed wall time of the finished batches of each size, in rows
+            (a batch still running is in ``batch_sizes`` but not here yet).
+        last_batch_end: When the last batch finished, in seconds since the epoch (0.0 before the
+            first).
     """
 
     queued: int
@@ -140,6 +150,12 @@ class BatcherStatistics:
     close_reasons: Mapping[str, int] = field(default_factory=dict)
     queue_time: DurationSummary = DurationSummary()
     execution_time: DurationSummary = DurationSummary()
+    completed_rows: int = 0
+    completed_seconds: float = 0.0
+    completed_execution_seconds: float = 0.0
+    error_seconds: float = 0.0
+    batch_execution_seconds: Mapping[int, float] = field(default_factory=dict)
+    last_batch_end: float = 0.0
 
     @property
     def mean_batch_size(self) -> float:
@@ -153,14 +169,20 @@ class Counters:
 
     __slots__ = (
         "aborted",
+        "batch_seconds",
         "batch_sizes",
         "batches",
         "cancelled",
         "close_reasons",
         "completed",
+        "completed_execution_seconds",
+        "completed_rows",
+        "completed_seconds",
+        "error_seconds",
         "execution_time",
         "expired",
         "failed",
+        "last_batch_end",
         "queue_time",
         "rejected_closed",
         "rejected_queue_full",
@@ -181,6 +203,14 @@ class Counters:
         self.close_reasons = dict.fromkeys(CloseReason, 0)
         self.queue_time = DurationRecorder()
         self.execution_time = DurationRecorder()
+        # Sums kept beside the recorders for Triton's statistics extension, which reports
+        # cumulative durations per outcome and per batch size, not percentiles.
+        self.completed_rows = 0
+        self.completed_seconds = 0.0
+        self.completed_execution_seconds = 0.0
+        self.error_seconds = 0.0
+        self.batch_seconds = [0.0] * (max_batch_size + 1)
+        self.last_batch_end = 0.0
 
     def snapshot(
         self, *, queued: int, queued_rows: int, running_batches: int, in_flight: int
@@ -205,4 +235,12 @@ class Counters:
             close_reasons=MappingProxyType({r.value: n for r, n in self.close_reasons.items()}),
             queue_time=self.queue_time.summary(),
             execution_time=self.execution_time.summary(),
+            completed_rows=self.completed_rows,
+            completed_seconds=self.completed_seconds,
+            completed_execution_seconds=self.completed_execution_seconds,
+            error_seconds=self.error_seconds,
+            batch_execution_seconds=MappingProxyType(
+                {s: t for s, t in enumerate(self.batch_seconds) if self.batch_sizes[s]}
+            ),
+            last_batch_end=self.last_batch_end,
         )

@@ -36,6 +36,7 @@ from coserve.server._responses import endpoint, error_response, json_response
 from coserve.server._service import EXTENSIONS, InferenceService
 from coserve.server._sessions import SessionManager
 from coserve.server._state import ServerState
+from coserve.server._statistics import model_statistics, select_handles
 from coserve.server._tfserving import tfserving_endpoint
 from coserve.server._v2_rest import InferenceRoute
 from coserve.server._websocket import websocket_endpoint
@@ -222,6 +223,18 @@ def create_app(
         config = repository.config(handle.name)
         return json_response(triton_model_config(config, handle.inputs, handle.outputs))
 
+    async def model_stats(request: Request) -> Response:
+        """Triton's statistics extension (tritonclient's ``get_inference_statistics``)."""
+        name = request.path_params.get("model")
+        version = request.path_params.get("version")
+        try:
+            handles = select_handles(repository, name, version)
+        except ModelNotFound as error:
+            # Triton answers an unknown model or version here with 400 (INVALID_ARG), not the
+            # 404 of coserve's other endpoints: tritonclient users may test for it.
+            return error_response(str(error), 400)
+        return json_response(model_statistics(handles))
+
     async def metrics_endpoint(request: Request) -> Response:
         text = metrics.render()
         if worker is not None and worker.count > 1 and request.query_params.get("local") != "1":
@@ -237,6 +250,12 @@ def create_app(
         Route("/v2", endpoint(server_metadata), methods=["GET"]),
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
+        # Before /v2/models/{model}, which would take "stats" for a model's name.
+        Route("/v2/models/stats", endpoint(model_stats), methods=["GET"]),
+        Route("/v2/models/{model}/stats", endpoint(model_stats), methods=["GET"]),
+        Route(
+            "/v2/models/{model}/versions/{version}/stats", endpoint(model_stats), methods=["GET"]
+        ),
         Route("/v2/models/{model}", endpoint(model_metadata), methods=["GET"]),
         Route("/v2/models/{model}/versions/{version}", endpoint(model_metadata), methods=["GET"]),
         Route("/v2/models/{model}/config", endpoint(model_config), methods=["GET"]),

@@ -30,6 +30,7 @@ import numpy as np
 from coserve import __version__
 from coserve._exceptions import DeadlineExceeded, InvalidInput, ModelNotFound
 from coserve.models import ModelHandle, dtype_of
+from coserve.server._classification import check_classifiable, class_count, classify
 from coserve.server._errors import Failure, report
 from coserve.server._grpc_handlers import Undecodable, abort, parser, unary, unimplemented
 from coserve.server._protos import (
@@ -202,10 +203,13 @@ def decode_inputs(request: ModelInferRequest) -> dict[str, np.ndarray]:
 
 
 def encode_outputs(
-    response: ModelInferResponse, handle: ModelHandle, outputs: Mapping[str, np.ndarray]
+    response: ModelInferResponse,
+    handle: ModelHandle,
+    outputs: Mapping[str, np.ndarray],
+    datatypes: Mapping[str, str] | None = None,
 ) -> None:
     """Every output into ``response``, always as ``raw_output_contents``."""
-    datatypes = handle.output_datatypes
+    datatypes = handle.output_datatypes if datatypes is None else datatypes
     for name, array in outputs.items():
         datatype = datatypes.get(name, "BYTES")
         tensor = response.outputs.add()
@@ -229,6 +233,7 @@ def submit(
     service.admit(handle)
     inputs = decode_inputs(request)
     outputs = [tensor.name for tensor in request.outputs] or None
+    check_classifiable(handle.output_datatypes, _class_counts(request))
     future = service.submit(
         handle,
         inputs,
@@ -249,8 +254,26 @@ def answer(
     response = ModelInferResponse(
         model_name=handle.name, model_version=handle.version, id=request.id
     )
-    encode_outputs(response, handle, InferenceService.select(result, outputs))
+    selected, datatypes = classify(
+        InferenceService.select(result, outputs),
+        handle.output_datatypes,
+        _class_counts(request),
+        handle.labels,
+    )
+    encode_outputs(response, handle, selected, datatypes)
     return response
+
+
+def _class_counts(request: ModelInferRequest) -> dict[str, int]:
+    """The requested outputs asked for as their top classes (Triton's classification)."""
+    counts = {}
+    for tensor in request.outputs:
+        parameter = tensor.parameters.get("classification")
+        if parameter is not None:
+            choice = parameter.WhichOneof("parameter_choice")
+            value = getattr(parameter, choice) if choice else None
+            counts[tensor.name] = class_count(tensor.name, value)
+    return counts
 
 
 # -- the servicer ---------------------------------------------------------------------------------

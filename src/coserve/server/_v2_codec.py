@@ -27,6 +27,7 @@ import orjson
 
 from coserve._exceptions import InvalidInput, RequestTooLarge
 from coserve.models import dtype_of
+from coserve.server._classification import class_count
 from coserve.server._decoding import LARGE_JSON, decode_soon
 
 __all__ = [
@@ -58,6 +59,8 @@ class DecodedRequest:
     outputs: list[str] | None = None
     binary_outputs: set[str] = field(default_factory=set)
     all_outputs_binary: bool = False
+    classification: dict[str, int] = field(default_factory=dict)
+    """Outputs asked for as their top classes, and how many (``_classification``)."""
 
 
 def _fail(message: str) -> InvalidInput:
@@ -323,7 +326,7 @@ def _decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
     if offset != len(binary):
         raise _fail(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
 
-    outputs, binary_outputs = _requested_outputs(request.get("outputs"))
+    outputs, binary_outputs, classification = _requested_outputs(request.get("outputs"))
     return DecodedRequest(
         arrays,
         request_id,
@@ -331,6 +334,7 @@ def _decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
         outputs,
         binary_outputs,
         parameters.get("binary_data_output") is True,
+        classification,
     )
 
 
@@ -365,13 +369,14 @@ async def decode_request_async(
     return await decoding if isinstance(decoding, asyncio.Future) else decoding
 
 
-def _requested_outputs(raw: Any) -> tuple[list[str] | None, set[str]]:
+def _requested_outputs(raw: Any) -> tuple[list[str] | None, set[str], dict[str, int]]:
     if raw is None:
-        return None, set()
+        return None, set(), {}
     if not isinstance(raw, list):
         raise _fail("'outputs' must be a list")
     names: list[str] = []
     binary: set[str] = set()
+    classes: dict[str, int] = {}
     for index, entry in enumerate(raw):
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise _fail(f"outputs[{index}] needs a string 'name'")
@@ -383,7 +388,9 @@ def _requested_outputs(raw: Any) -> tuple[list[str] | None, set[str]]:
             check_nesting(parameters, MAX_NESTING, f"outputs[{index}]: 'parameters'")
         if parameters.get("binary_data") is True:
             binary.add(entry["name"])
-    return names, binary
+        if "classification" in parameters:
+            classes[entry["name"]] = class_count(entry["name"], parameters["classification"])
+    return names, binary, classes
 
 
 def binary_tensor(array: np.ndarray, datatype: str) -> bytes:

@@ -29,6 +29,7 @@ import orjson
 
 from coserve._exceptions import BatcherClosed, InvalidInput, QueueFull, RequestTooLarge
 from coserve.models import ModelHandle
+from coserve.server._classification import check_classifiable, classify
 from coserve.server._errors import CLIENT_GONE_STATUS, report
 from coserve.server._service import InferenceService
 from coserve.server._state import ServerState
@@ -107,6 +108,7 @@ def _number(key: bytes, value: bytes) -> int:
 def _submit(
     service: InferenceService, handle: ModelHandle, decoded: DecodedRequest
 ) -> asyncio.Future[dict[str, np.ndarray]]:
+    check_classifiable(handle.output_datatypes, decoded.classification)
     return service.submit(
         handle, decoded.inputs, outputs=decoded.outputs, parameters=decoded.parameters
     )
@@ -116,12 +118,18 @@ def answer(
     handle: ModelHandle, decoded: DecodedRequest, outputs: dict[str, np.ndarray]
 ) -> tuple[int, bytes, Headers]:
     """The 200 response to a request: status, body and headers (not Content-Length)."""
+    selected, datatypes = classify(
+        InferenceService.select(outputs, decoded.outputs),
+        handle.output_datatypes,
+        decoded.classification,
+        handle.labels,
+    )
     body, json_length = encode_response(
         model=handle.name,
         version=handle.version,
         request=decoded,
-        outputs=InferenceService.select(outputs, decoded.outputs),
-        datatypes=handle.output_datatypes,
+        outputs=selected,
+        datatypes=datatypes,
     )
     if json_length is None:
         return 200, body, JSON_HEADERS

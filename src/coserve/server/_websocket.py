@@ -28,6 +28,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from coserve._exceptions import ChannelError, CoserveError, InvalidInput, ModelNotFound
 from coserve.channels import open_channel
 from coserve.models import ModelHandle
+from coserve.server._classification import classify
 from coserve.server._decoding import decode_soon
 from coserve.server._errors import report
 from coserve.server._service import InferenceService
@@ -72,12 +73,15 @@ async def _answer(
         outputs = await service.infer(
             handle, decoded.inputs, outputs=decoded.outputs, parameters=decoded.parameters
         )
+        outputs, datatypes = classify(
+            outputs, handle.output_datatypes, decoded.classification, handle.labels
+        )
         answer, _ = encode_response(
             model=handle.name,
             version=handle.version,
             request=decoded,
             outputs=outputs,
-            datatypes=handle.output_datatypes,
+            datatypes=datatypes,
         )
         service.observe(PROTOCOL, handle, 200, time.perf_counter() - started)
         return answer
