@@ -132,3 +132,51 @@ def test_strict_model_config_refuses_to_auto_complete(tmp_path: Path) -> None:
         assert "--strict-model-config allows no auto-complete" in server.output()
     finally:
         server.close()
+
+
+def test_the_repository_api_loads_and_unloads_in_explicit_mode(tmp_path: Path) -> None:
+    """The load_model, unload_model and get_model_repository_index of tritonclient work."""
+    import tritonclient.http as triton_http
+    from tritonclient.utils import InferenceServerException
+
+    add_model(tmp_path, "types", TYPES_CONFIG, TYPES_MODEL)
+    add_model(tmp_path, "slow", SLOW_CONFIG, SLOW_MODEL)
+    server = ServerProcess(
+        "--model-repository", str(tmp_path), "--model-control-mode=explicit", "--load-model=types"
+    )
+    try:
+        server.wait_ready()
+        client = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
+        index = {entry["name"]: entry for entry in client.get_model_repository_index()}
+        assert index["types"]["state"] == "READY"
+        assert index["slow"] == {"name": "slow", "state": "UNAVAILABLE", "reason": "unloaded"}
+        ready = httpx.post(f"{server.url}/v2/repository/index", json={"ready": True}).json()
+        assert [e["name"] for e in ready] == ["types"]
+        client.load_model("slow")
+        assert client.is_model_ready("slow")
+        client.unload_model("types")
+        assert not client.is_model_ready("types")
+        assert served(server) == ["slow"]
+        with pytest.raises(InferenceServerException, match="no such model folder"):
+            client.load_model("nope")
+        with pytest.raises(InferenceServerException, match="config or files override"):
+            client.load_model("types", config='{"max_batch_size": 4}')
+        client.close()
+    finally:
+        server.close()
+
+
+def test_load_and_unload_need_explicit_mode(tmp_path: Path) -> None:
+    """In the default mode the index answers, and a load is refused saying which mode allows it."""
+    add_model(tmp_path, "types", TYPES_CONFIG, TYPES_MODEL)
+    server = ServerProcess("--model-repository", str(tmp_path))
+    try:
+        server.wait_ready()
+        index = httpx.post(f"{server.url}/v2/repository/index", timeout=10)
+        assert index.json() == [{"name": "types", "version": "1", "state": "READY"}]
+        refused = httpx.post(f"{server.url}/v2/repository/models/types/unload", timeout=10)
+        assert refused.status_code == 501
+        assert "--model-control-mode explicit" in refused.json()["error"]
+        assert served(server) == ["types"]
+    finally:
+        server.close()

@@ -319,6 +319,7 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
         model_name=args.model_name,
         poll_interval=args.repository_poll_secs if args.model_control_mode == "poll" else 0.0,
         load_models=tuple(args.load_model) if args.model_control_mode == "explicit" else None,
+        model_control_mode=args.model_control_mode,
         exit_on_error=args.exit_on_error,
         strict_model_config=args.strict_model_config,
         host=args.host,

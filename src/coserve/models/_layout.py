@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +28,13 @@ from coserve._exceptions import ConfigError, ModelError
 from coserve.models._config import BatchingConfig, ModelConfig, VersionPolicy
 from coserve.models._triton_config import TRITON_FILES, holds_triton_model, read_triton_config
 
-__all__ = ["ModelFolder", "ModelLayout", "read_model_folder", "repository_folders"]
+__all__ = [
+    "ModelFolder",
+    "ModelLayout",
+    "RepositoryFolders",
+    "read_model_folder",
+    "repository_folders",
+]
 
 logger = logging.getLogger("coserve.models")
 
@@ -83,6 +89,48 @@ def repository_folders(path: Path) -> list[ModelFolder]:
         for folder in sorted(p for p in path.iterdir() if p.is_dir())
         if not folder.name.startswith(".")
     ]
+
+
+class RepositoryFolders:
+    """A repository's model folders as a server serves them: a ``ModelRepository``'s ``folders``.
+
+    Args:
+        path: The repository folder.
+        batching: The batching policy of folders without a coserve config (TF Serving's flags).
+        auto_complete: Complete Triton configs from the model files (off:
+            ``--strict-model-config``).
+        wanted: Serve only these models (Triton's explicit model control; ``*``: all those
+            there now); None: every folder, as it comes and goes. :attr:`wanted` may change
+            while serving (the repository API's load and unload); the next reload follows it.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        batching: BatchingConfig | None = None,
+        auto_complete: bool = True,
+        wanted: Iterable[str] | None = None,
+    ) -> None:
+        self.path = path
+        self._batching = batching
+        self._auto_complete = auto_complete
+        chosen = None if wanted is None else set(wanted)
+        if chosen is not None and "*" in chosen:  # all there is now; later ones by load
+            chosen = set(self.names())
+        self.wanted: set[str] | None = chosen
+
+    def names(self) -> list[str]:
+        """Every model folder's name, wanted or not (blocking: it lists the folder)."""
+        return [folder.name for folder in repository_folders(self.path)]
+
+    def __call__(self) -> list[ModelFolder]:
+        """The folders to serve now (blocking: it lists the folder)."""
+        return [
+            dataclasses.replace(folder, batching=self._batching, auto_complete=self._auto_complete)
+            for folder in repository_folders(self.path)
+            if self.wanted is None or folder.name in self.wanted
+        ]
 
 
 def read_model_folder(folder: ModelFolder) -> ModelLayout | None:

@@ -190,6 +190,11 @@ class ModelRepository:
     ) -> None:
         await self.aclose()
 
+    @property
+    def folders(self) -> Callable[[], Sequence[ModelFolder]] | None:
+        """What lists the model folders, if given (a :class:`RepositoryFolders`, say)."""
+        return self._folders
+
     # -- lookups -----------------------------------------------------------------------------
 
     def get(self, name: str, version: str | None = None) -> ModelHandle:

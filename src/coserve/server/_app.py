@@ -32,6 +32,7 @@ from coserve.models._triton_config import triton_model_config
 from coserve.server._decoding import serving
 from coserve.server._limits import ServerLimits
 from coserve.server._metrics import Metrics
+from coserve.server._model_control import ModelControl
 from coserve.server._responses import endpoint, error_response, json_response
 from coserve.server._service import EXTENSIONS, InferenceService
 from coserve.server._sessions import SessionManager
@@ -79,6 +80,7 @@ def create_app(
     grpc: GrpcOptions | None = None,
     poll_interval: float | None = None,
     exit_on_error: bool = False,
+    model_control: ModelControl | None = None,
 ) -> InferenceRoute:
     """The ASGI app serving ``repository``.
 
@@ -94,7 +96,8 @@ def create_app(
     repository that often (seconds), so versions added to a folder load, and removed ones
     unload, as they appear (TensorFlow Serving's ``--file_system_poll_wait_seconds``).
     ``exit_on_error`` fails the startup if a model folder or version could not be served
-    (Triton's ``--exit-on-error``).
+    (Triton's ``--exit-on-error``). ``model_control`` serves Triton's repository API (default:
+    an index of what is served, and no loading or unloading).
     """
     limits = limits if limits is not None else ServerLimits()
     if max_request_size is not None:
@@ -102,6 +105,7 @@ def create_app(
     state = ServerState(repository, limits=limits, graceful_timeout=graceful_timeout)
     sessions = sessions if sessions is not None else SessionManager(repository, {})
     metrics = Metrics(repository, sessions)
+    control = model_control or ModelControl(repository, None, "none")
     service = InferenceService(state, metrics.observe_request)
     grpc_server = None
     if grpc is not None:
@@ -263,6 +267,9 @@ def create_app(
             "/v2/models/{model}/versions/{version}/config", endpoint(model_config), methods=["GET"]
         ),
         Route("/v2/models/{model}/ready", model_ready, methods=["GET"]),
+        Route("/v2/repository/index", endpoint(control.index), methods=["POST"]),
+        Route("/v2/repository/models/{model}/load", endpoint(control.load), methods=["POST"]),
+        Route("/v2/repository/models/{model}/unload", endpoint(control.unload), methods=["POST"]),
         Route("/v2/models/{model}/versions/{version}/ready", model_ready, methods=["GET"]),
         WebSocketRoute("/v2/models/{model}/infer/ws", websocket_endpoint(service)),
         WebSocketRoute(

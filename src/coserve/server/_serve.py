@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import signal
 import socket
@@ -50,6 +49,9 @@ class ServeOptions:
     """Re-read ``model_config_file`` this often, in seconds (0: read it once)."""
     poll_interval: float = 0.0
     """Look for added and removed version folders this often, in seconds (0: never)."""
+    model_control_mode: str = "none"
+    """Triton's ``--model-control-mode``: ``explicit`` allows the repository API's load and
+    unload (``poll`` is ``poll_interval``)."""
     exit_on_error: bool = False
     """Triton's ``--exit-on-error``: a model folder or version that cannot be served stops the
     server at start (else it is logged and the others are served)."""
@@ -104,13 +106,18 @@ def serve(options: ServeOptions, argv: Sequence[str]) -> int:
     import uvicorn
 
     from coserve.models import bundled_repository
+    from coserve.models._layout import RepositoryFolders
     from coserve.server._app import create_app
     from coserve.server._limits import connection_budget, raise_descriptor_limit
+    from coserve.server._model_control import ModelControl
     from coserve.server._native_http import CoserveHttpProtocol
     from coserve.server._sessions import SessionFactory, SessionManager, load_factory
     from coserve.server._workers import bind, bind_unix
 
     raise_descriptor_limit()
+    servable, grpc_port = _grpc_port(options)
+    if not servable:
+        return 2
     try:
         repository = _repository(options)
     except ConfigError as error:
@@ -136,9 +143,6 @@ def serve(options: ServeOptions, argv: Sequence[str]) -> int:
     limits = options.limits.replace(
         max_connections=options.limit_connections or connection_budget()
     )
-    servable, grpc_port = _grpc_port(options)
-    if not servable:
-        return 2
     grpc = None
     if grpc_port is not None:
         from coserve.server._grpc_server import GrpcOptions
@@ -153,6 +157,11 @@ def serve(options: ServeOptions, argv: Sequence[str]) -> int:
         grpc=grpc,
         poll_interval=options.poll_interval or None,
         exit_on_error=options.exit_on_error,
+        model_control=ModelControl(
+            repository,
+            repository.folders if isinstance(repository.folders, RepositoryFolders) else None,
+            options.model_control_mode,
+        ),
     )
     state = app.state
     grace = options.graceful_timeout
@@ -228,7 +237,7 @@ def _repository(options: ServeOptions) -> ModelRepository:
         ConfigError: The options name the models in two ways, or a folder that is not there.
     """
     from coserve.models import ModelRepository
-    from coserve.models._layout import ModelFolder, repository_folders
+    from coserve.models._layout import ModelFolder, RepositoryFolders
 
     named = [
         flag
@@ -259,31 +268,23 @@ def _repository(options: ServeOptions) -> ModelRepository:
         )
         return ModelRepository(folders=lambda: [model], description=f"{base} ({model.name})")
     wanted = options.load_models
-    strict = options.strict_model_config
-    adjusted = batching is not None or wanted is not None or strict
-    if adjusted and options.model_repository is not None:
+    if options.model_repository is not None:
         path = options.model_repository
         if not path.is_dir():
             raise ConfigError(f"model repository {path} is not a folder")
-        if wanted is not None and "*" not in wanted:
-            present = {folder.name for folder in repository_folders(path)}
-            missing = sorted(set(wanted) - present)
+        folders = RepositoryFolders(
+            path, batching=batching, auto_complete=not options.strict_model_config, wanted=wanted
+        )
+        if folders.wanted is not None:
+            missing = sorted(folders.wanted - set(folders.names()))
             if missing:
                 raise ConfigError(
                     f"--load-model {', '.join(missing)}: no such model folder in {path}"
                 )
-
-        def folders() -> list[ModelFolder]:
-            return [
-                dataclasses.replace(folder, batching=batching, auto_complete=not strict)
-                for folder in repository_folders(path)
-                if wanted is None or "*" in wanted or folder.name in wanted
-            ]
-
         return ModelRepository(folders=folders, description=str(path))
-    if wanted is not None and options.model_repository is None:
+    if wanted is not None:
         raise ConfigError("--model-control-mode explicit needs --model-repository")
-    return ModelRepository(options.model_repository)
+    return ModelRepository()
 
 
 def _grpc_port(options: ServeOptions) -> tuple[bool, int | None]:

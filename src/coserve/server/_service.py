@@ -28,7 +28,13 @@ from coserve.server._state import ServerState
 
 __all__ = ["EXTENSIONS", "InferenceService", "Observe", "schedule"]
 
-EXTENSIONS = ["binary_tensor_data", "classification", "schedule_policy", "statistics"]
+EXTENSIONS = [
+    "binary_tensor_data",
+    "classification",
+    "model_repository",
+    "schedule_policy",
+    "statistics",
+]
 """The Open Inference Protocol extensions served, as every protocol's server metadata says."""
 
 Observe = Callable[[str, str, str, int | str, float], None]

@@ -1,0 +1,123 @@
+"""Triton's model repository extension: the repository's index, and loading and unloading.
+
+``POST /v2/repository/index`` lists every model folder of the repository with its state
+(``READY`` for each version served; ``UNAVAILABLE`` with a reason otherwise), or only the ready
+ones with ``{"ready": true}``. ``POST /v2/repository/models/{m}/load`` and ``.../unload`` change
+which models are served, in Triton's explicit model control mode
+(``--model-control-mode explicit``) only, as in Triton: the repository reloads, which loads a
+model before routing to it and drains one before unloading it, so no request is lost. A load
+that fails is a 400 naming the model (the log says why). A load with a config override
+(``"parameters": {"config": ...}``) is refused: coserve reads a model's config from its folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from coserve._exceptions import InvalidInput, ModelNotFound, Unsupported
+from coserve.models import ModelRepository
+from coserve.models._layout import RepositoryFolders
+from coserve.server._responses import json_response, read_body
+from coserve.server._v2_codec import load_json_object
+
+__all__ = ["ModelControl"]
+
+_MAX_BODY = 64 * 1024  # a load, an unload or an index request is a small JSON object
+
+
+class ModelControl:
+    """The repository API over one repository, in the server's model control mode.
+
+    Args:
+        repository: The served repository.
+        folders: Its folders (None: the repository was not named as a folder, so there is no
+            index to give and nothing to load).
+        mode: Triton's model control mode: ``none``, ``poll`` or ``explicit``.
+    """
+
+    def __init__(
+        self, repository: ModelRepository, folders: RepositoryFolders | None, mode: str
+    ) -> None:
+        self._repository = repository
+        self._folders = folders
+        self._mode = mode
+
+    async def index(self, request: Request) -> Response:
+        """``POST /v2/repository/index``: every model folder and its state."""
+        body = await self._body(request)
+        ready_only = body.get("ready") is True
+        names = (
+            await asyncio.to_thread(self._folders.names)
+            if self._folders is not None
+            else sorted({m.name for m in self._repository.models()})
+        )
+        served: dict[str, list[str]] = {}
+        for model in self._repository.models():
+            served.setdefault(model.name, []).append(model.version)
+        wanted = None if self._folders is None else self._folders.wanted
+        entries: list[dict[str, Any]] = []
+        for name in names:
+            versions = served.get(name)
+            if versions:
+                entries += [{"name": name, "version": v, "state": "READY"} for v in versions]
+            elif not ready_only:
+                reason = (
+                    "unloaded"
+                    if wanted is not None and name not in wanted
+                    else "not served (the server's log says why)"
+                )
+                entries.append({"name": name, "state": "UNAVAILABLE", "reason": reason})
+        return json_response(entries)
+
+    async def load(self, request: Request) -> Response:
+        """``POST /v2/repository/models/{m}/load``: serve the model (or reload it)."""
+        name = request.path_params["model"]
+        body = await self._body(request)
+        parameters = body.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise InvalidInput("'parameters' must be an object")
+        if "config" in parameters or any(key.startswith("file:") for key in parameters):
+            raise Unsupported(
+                "a load with a config or files override is not supported: coserve reads a "
+                "model's config and files from its folder"
+            )
+        folders = self._explicit("load")
+        if name not in await asyncio.to_thread(folders.names):
+            raise InvalidInput(f"failed to load '{name}': no such model folder in {folders.path}")
+        assert folders.wanted is not None  # explicit mode keeps a set
+        folders.wanted.add(name)
+        await self._repository.reload()
+        if not any(m.name == name for m in self._repository.models()):
+            folders.wanted.discard(name)
+            raise InvalidInput(f"failed to load '{name}' (the server's log says why)")
+        return json_response({})
+
+    async def unload(self, request: Request) -> Response:
+        """``POST /v2/repository/models/{m}/unload``: drain the model's requests, then unload it."""
+        name = request.path_params["model"]
+        await self._body(request)  # parameters such as unload_dependents: nothing to unload
+        folders = self._explicit("unload")
+        assert folders.wanted is not None
+        if name not in folders.wanted and not any(
+            m.name == name for m in self._repository.models()
+        ):
+            raise ModelNotFound(f"failed to unload '{name}': it is not loaded")
+        folders.wanted.discard(name)
+        await self._repository.reload()
+        return json_response({})
+
+    def _explicit(self, what: str) -> RepositoryFolders:
+        if self._mode != "explicit" or self._folders is None or self._folders.wanted is None:
+            raise Unsupported(
+                f"explicit model {what} is not allowed in model control mode {self._mode}: "
+                "start the server with --model-control-mode explicit"
+            )
+        return self._folders
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        body = await read_body(request, _MAX_BODY)
+        return load_json_object(body) if body.strip() else {}
