@@ -337,7 +337,6 @@ def test_platforms_and_backends(tmp_path: Path, header: str, platform: str, trit
 @pytest.mark.parametrize(
     ("header", "at", "message"),
     [
-        ('backend: "python"', "backend", "Triton Python models"),
         ('platform: "ensemble"', "platform", "Triton ensembles"),
         ('platform: "tensorrt_plan"', "platform", "TensorRT plans (tensorrt_plan)"),
         ('backend: "tensorrt"', "backend", "TensorRT"),
@@ -368,7 +367,7 @@ def test_what_coserve_cannot_serve_is_an_error_naming_it(
         ("model.onnx", "onnx_onnxv1", None),
         ("model.savedmodel", "tensorflow_savedmodel", None),
         ("model.pt", "pytorch_torchscript", None),
-        ("model.py", None, "Triton Python models"),
+        ("model.py", "triton_python", None),
         ("model.plan", None, "TensorRT"),
         ("model.graphdef", None, "GraphDef"),
         ("notes.txt", None, "no platform or backend"),

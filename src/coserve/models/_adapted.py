@@ -98,7 +98,12 @@ class AdaptedBackend(Backend):
         inputs = config.inputs if config.inputs is not None else inner.inputs
         outputs = config.outputs if config.outputs is not None else inner.outputs
         super().__init__(inner.name, inner.version, inputs, outputs)
-        self.platform = str(config.triton["platform"]) if config.triton else inner.platform
+        # Triton names a backend-only model (a Python one) by its backend in metadata.
+        self.platform = (
+            str(config.triton.get("platform") or config.triton.get("backend"))
+            if config.triton
+            else inner.platform
+        )
         self.strict_shapes = inner.strict_shapes
         self.signature_name = inner.signature_name
         self.signatures = inner.signatures

@@ -3,7 +3,8 @@
 The format, with every key (all optional but ``platform``)::
 
     platform = "tensorflow_savedmodel"  # or tensorflow_keras, onnx_onnxv1,
-                                        # pytorch_torchscript, pytorch_export, python
+                                        # pytorch_torchscript, pytorch_export, python,
+                                        # triton_python (a Triton TritonPythonModel)
     signature = "serving_default"       # TensorFlow SavedModel only
     filename = "model.onnx"             # the file or folder inside each version folder
     labels = "labels.txt"               # class labels, one per line, for classifiers
@@ -61,6 +62,7 @@ PLATFORMS = (
     "pytorch_torchscript",
     "pytorch_export",
     "python",
+    "triton_python",
 )
 
 

@@ -48,6 +48,7 @@ DEFAULT_FILENAMES = {
     "pytorch_torchscript": "model.pt",
     "pytorch_export": "model.pt2",
     "python": "model.py",
+    "triton_python": "model.py",
 }
 
 
@@ -89,6 +90,10 @@ def load_backend(config: ModelConfig, version_dir: Path, version: str | None = N
         from coserve.models.backends.python import load_python_model
 
         backend = load_python_model(path, **common)
+    elif config.platform == "triton_python":
+        from coserve.models.backends.triton_python import TritonPythonModelBackend
+
+        backend = TritonPythonModelBackend(path, config=config, **common)
     elif config.platform == "tensorflow_savedmodel":
         from coserve.models.backends.tensorflow import TensorFlowSavedModel
 

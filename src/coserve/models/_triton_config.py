@@ -16,8 +16,10 @@ what would serve the model wrongly is a :class:`ConfigError` for that model alon
 - ``name`` (optional) must be the folder's name. ``platform``/``backend``: ``onnxruntime_onnx``
   (``onnxruntime``) is ``onnx_onnxv1``, ``tensorflow_savedmodel`` (``tensorflow``) is
   ``tensorflow_savedmodel``, ``pytorch_libtorch`` (``pytorch``) is ``pytorch_torchscript``; with
-  neither, the file in the first version folder decides, as in Triton. Python models
-  (``TritonPythonModel``), ensembles, TensorRT, GraphDef, OpenVINO... are errors naming them.
+  neither, the file in the first version folder decides, as in Triton. ``backend: "python"``
+  (a ``TritonPythonModel`` in ``model.py``) is ``triton_python``: its inputs and outputs come
+  from the config, or from the model's ``auto_complete_config``, as it has no file to read them
+  from; it is not warmed up. Ensembles, TensorRT, GraphDef, OpenVINO... are errors naming them.
   ``default_model_filename`` is ``filename``.
 - ``max_batch_size`` > 0: shapes are ``[-1, *dims]`` and batches hold at most that many rows
   (a larger request is split, where Triton refuses it). 0: the tensors have no batch
@@ -55,6 +57,7 @@ and Triton warms up only when ``model_warmup`` asks.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import math
 import threading
@@ -93,6 +96,9 @@ _SERVED = {
     "onnxruntime_onnx": ("onnxruntime", "onnx_onnxv1", "model.onnx"),
     "tensorflow_savedmodel": ("tensorflow", "tensorflow_savedmodel", "model.savedmodel"),
     "pytorch_libtorch": ("pytorch", "pytorch_torchscript", "model.pt"),
+    # Not a Triton platform: a Python model names only its backend, and its config's platform
+    # stays empty (``_complete_values``).
+    "python": ("python", "triton_python", "model.py"),
 }
 _TRITON_PLATFORM = {coserve: triton for triton, (_, coserve, _) in _SERVED.items()}
 
@@ -109,8 +115,6 @@ TRITON_FILES = {
 """Triton's default file names and what each means (``core:src/constants.h``)."""
 
 _NOT_SERVED = {
-    "python": "Triton Python models (backend 'python', a TritonPythonModel in model.py) are "
-    "not supported yet",
     "ensemble": "Triton ensembles (platform 'ensemble') are not supported yet",
     "tensorrt_plan": "TensorRT plans (tensorrt_plan) are not supported: coserve has no TensorRT",
     "tensorrt": "TensorRT plans (backend 'tensorrt') are not supported: coserve has no TensorRT",
@@ -120,7 +124,10 @@ _NOT_SERVED = {
     "takes torch.export programs, with a config.toml",
     "openvino": "OpenVINO models are not supported",
 }
-_SERVED_WORDS = "coserve serves onnxruntime_onnx, tensorflow_savedmodel and pytorch_libtorch"
+_SERVED_WORDS = (
+    "coserve serves onnxruntime_onnx, tensorflow_savedmodel, pytorch_libtorch and Python models "
+    "(backend 'python')"
+)
 
 _DATATYPES = {
     "TYPE_BOOL": "BOOL",
@@ -299,7 +306,11 @@ class _Reader:
                 "the config lists no input or no output, and --strict-model-config allows no "
                 "auto-complete from the model file",
             )
-        if not inputs or not outputs:
+        if coserve_platform == "triton_python":
+            max_batch_size, inputs, outputs, dynamic = self._complete_python(
+                versions, override or policy, filename, max_batch_size, inputs, outputs, values
+            )
+        elif not inputs or not outputs:
             chosen = (override or policy).select(list(versions))
             if not chosen:
                 raise self.fail(
@@ -321,8 +332,12 @@ class _Reader:
         except ValueError as error:  # dims were checked; this is a safety net
             raise ConfigError(f"{d.path}: {error}") from error
         batching = self._batching(max_batch_size, dynamic)
-        warm_up = not any(spec.datatype == "BYTES" for spec in api_inputs)
-        if not warm_up:
+        # A Python model is not warmed up either: Triton warms up only when model_warmup asks,
+        # and zeros may be no input to it (or have effects).
+        warm_up = coserve_platform != "triton_python" and not any(
+            spec.datatype == "BYTES" for spec in api_inputs
+        )
+        if not warm_up and coserve_platform != "triton_python":
             logger.debug(
                 "model %s: BYTES inputs: no warm-up (empty strings may not suit it)", self.name
             )
@@ -405,8 +420,10 @@ class _Reader:
                 return platform
             reason = _NOT_SERVED.get(platform, f"platform {platform!r} is not supported")
             raise self.fail(d, "platform", f"{reason}; {_SERVED_WORDS}")
-        if backend in ("onnxruntime", "pytorch"):
-            return "onnxruntime_onnx" if backend == "onnxruntime" else "pytorch_libtorch"
+        if backend in ("onnxruntime", "pytorch", "python"):
+            return {"onnxruntime": "onnxruntime_onnx", "pytorch": "pytorch_libtorch"}.get(
+                backend, backend
+            )
         if backend and backend != "tensorflow":
             reason = _NOT_SERVED.get(backend, f"backend {backend!r} is not supported")
             raise self.fail(d, "backend", f"{reason}; {_SERVED_WORDS}")
@@ -620,6 +637,86 @@ class _Reader:
                 values.setdefault(kind, []).append(_tensor_values(tensor))
         return max_batch_size, inputs, outputs, dynamic
 
+    def _complete_python(
+        self,
+        versions: Mapping[int, Path],
+        policy: VersionPolicy,
+        filename: str,
+        max_batch_size: int,
+        inputs: list[_Tensor],
+        outputs: list[_Tensor],
+        values: dict[str, Any],
+    ) -> tuple[int, list[_Tensor], list[_Tensor], bool]:
+        """A Python model's ``auto_complete_config``, if it has one; its tensors, if not.
+
+        A Python model has no file to read tensors from: the config lists them, or the model's
+        ``TritonPythonModel.auto_complete_config`` adds them (run, as in Triton, unless
+        auto-complete is off, and only for a file that names it, so serving a model imports it
+        at config time only when it asks to be).
+        """
+        d = self.decoded
+        dynamic = "dynamic_batching" in values
+        chosen = policy.select(list(versions))
+        model_file = versions[chosen[-1]] / filename if chosen else None
+        if self.auto_complete and model_file is not None:
+            current = {**values, "name": self.name, "backend": "python"}
+            current["max_batch_size"] = max_batch_size
+            completed = _auto_completed(model_file, self.name, to_triton_json(current))
+            if completed is not None:
+                max_batch_size = completed.get("max_batch_size", max_batch_size)
+                if not isinstance(max_batch_size, int) or max_batch_size < 0:
+                    raise ConfigError(
+                        f"{model_file}: auto_complete_config set max_batch_size "
+                        f"{max_batch_size!r}; it must be a whole number >= 0"
+                    )
+                if completed.get("model_transaction_policy", {}).get("decoupled"):
+                    raise ConfigError(
+                        f"{model_file}: auto_complete_config makes the model decoupled (any "
+                        "number of responses to a request), which is not supported yet"
+                    )
+                if "dynamic_batching" in completed and not dynamic:
+                    values["dynamic_batching"] = {}
+                    dynamic = True
+                rendered = to_triton_json(current)
+                inputs = self._completed_python("input", completed, rendered, inputs, values)
+                outputs = self._completed_python("output", completed, rendered, outputs, values)
+        if not inputs or not outputs:
+            raise self.fail(
+                d,
+                "backend" if "backend" in d.positions else ("input" if not inputs else "output"),
+                "Triton Python models (backend 'python') need input and output in config.pbtxt "
+                "(or a TritonPythonModel.auto_complete_config that adds them): a model.py has "
+                "no tensors to complete them from",
+            )
+        return max_batch_size, inputs, outputs, dynamic
+
+    def _completed_python(
+        self,
+        kind: str,
+        completed: Mapping[str, Any],
+        rendered: Mapping[str, Any],
+        tensors: list[_Tensor],
+        values: dict[str, Any],
+    ) -> list[_Tensor]:
+        """The ``input`` or ``output`` list as ``auto_complete_config`` left it, checked."""
+        entries = completed.get(kind, [])
+        if entries == rendered.get(kind, []):
+            return tensors  # unchanged: already read (and warned about) from config.pbtxt
+        known = {entry.get("name"): entry for entry in values.get(kind, [])}
+        checked: list[_Tensor] = []
+        kept = []
+        max_batch_size: int = completed.get("max_batch_size", 0)
+        for index, entry in enumerate(entries):
+            decoded = Decoded(self.decoded.path)  # no positions: messages name the file
+            decoded.update(entry)
+            tensor = self._tensor(decoded, kind, index, max_batch_size)
+            if any(t.name == tensor.name for t in checked):
+                raise self.fail(decoded, "name", f"{kind} {tensor.name!r} is given twice")
+            checked.append(tensor)
+            kept.append({**known.get(tensor.name, {}), **_tensor_values(tensor)})
+        values[kind] = kept
+        return checked
+
     # -- batching, instances, parameters, labels --------------------------------------------
 
     def _batching(self, max_batch_size: int, dynamic: bool) -> BatchingConfig:
@@ -811,7 +908,7 @@ class _Reader:
     ) -> None:
         """Add what Triton's normalization adds (``NormalizeModelConfig``)."""
         values["name"] = self.name
-        values["platform"] = platform
+        values["platform"] = "" if platform == "python" else platform  # Triton's: backend only
         values["backend"] = backend
         values.setdefault("version_policy", {"latest": {"num_versions": 1}})
         values["max_batch_size"] = max_batch_size
@@ -920,6 +1017,55 @@ def _file_specs(
     return specs
 
 
+_AUTO_COMPLETED: dict[tuple[str, int, int, str], dict[str, Any] | None] = {}
+
+
+def _auto_completed(path: Path, name: str, config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What a Python model's ``auto_complete_config`` makes of ``config`` (Triton's JSON).
+
+    None if the file defines no such hook. Only a file that names ``auto_complete_config`` is
+    imported (a model's imports can take seconds), and what it said is kept until the file or
+    the config changes, so repository polls do not import it again.
+
+    Raises:
+        ModelLoadError: The file cannot be read or imported.
+        ConfigError: The hook raised, or returned something else than the config it was given.
+    """
+    try:
+        stat = path.stat()
+        text = path.read_bytes()
+    except OSError as error:
+        raise ModelLoadError(f"model {name!r}: cannot read {path}: {error}") from error
+    if b"auto_complete_config" not in text:
+        return None
+    key = (str(path), stat.st_mtime_ns, stat.st_size, json.dumps(config, sort_keys=True))
+    with _SPECS_LOCK:
+        if key in _AUTO_COMPLETED:
+            return _AUTO_COMPLETED[key]
+    # Imported here: the backend imports this module.
+    from coserve.models.backends import triton_python_utils as pb_utils
+    from coserve.models.backends.triton_python import import_model_file
+
+    module = import_model_file(path, name=name, version="auto-complete")
+    hook = getattr(getattr(module, "TritonPythonModel", None), "auto_complete_config", None)
+    completed: dict[str, Any] | None = None
+    if callable(hook):
+        given = pb_utils.ModelConfig(config)
+        try:
+            returned = hook(given)
+        except Exception as error:
+            raise ConfigError(f"{path}: auto_complete_config failed: {error!r}") from error
+        if not isinstance(returned, pb_utils.ModelConfig):
+            raise ConfigError(
+                f"{path}: auto_complete_config must return the config it was given, got "
+                f"{type(returned).__name__}"
+            )
+        completed = returned.as_dict()
+    with _SPECS_LOCK:
+        _AUTO_COMPLETED[key] = completed
+    return completed
+
+
 # -- a coserve config in Triton's terms -------------------------------------------------------
 
 
@@ -932,6 +1078,8 @@ def _from_coserve(
     batching = config.batching
     platform = _TRITON_PLATFORM.get(config.platform, config.platform)
     backend = _SERVED[platform][0] if platform in _SERVED else ""
+    if platform == "python":
+        platform = ""  # as Triton shows a Python model: its backend only
     lead = 1 if config.batched else 0
 
     def tensor(spec: TensorSpec) -> dict[str, Any]:

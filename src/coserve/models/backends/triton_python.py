@@ -1,0 +1,389 @@
+"""Triton's Python backend: a ``model.py`` defining ``class TritonPythonModel``, served unmodified.
+
+The model folder is Triton's (``config.pbtxt`` with ``backend: "python"``, ``<version>/model.py``
+or the config's ``default_model_filename``), or coserve's (``config.toml`` with ``platform =
+"triton_python"`` and ``[[inputs]]``/``[[outputs]]``). The model's file is imported as a module of
+its own, with ``triton_python_backend_utils`` (coserve's :mod:`.triton_python_utils`) registered
+in ``sys.modules`` for its ``import triton_python_backend_utils as pb_utils``, and the version
+folder on ``sys.path`` while it is imported, so the model's own imports of the files beside it
+work (Triton leaves it there; coserve serves many models in one process, so it is taken off
+again).
+
+As in Triton, each instance of the config's ``instance_group`` (their ``count`` summed: coserve's
+``max_concurrent_batches``) is a ``TritonPythonModel`` of its own, ``initialize(args)`` called
+with Triton's ``args`` (``model_config``, the completed config as JSON; ``model_instance_kind``
+``"CPU"``; ``model_instance_name``; ``model_instance_device_id`` ``"0"``; ``model_repository``,
+the model folder; ``model_version``; ``model_name``), and a batch runs on an idle instance, so a
+model's ``execute`` never runs in two threads at once. ``finalize()`` is called on unload.
+``initialize``, ``execute`` and ``finalize`` may be ``async def``: they then run on an event loop
+of the instance's own, in a thread of its own, kept for the model's lifetime (so what a model
+binds to its loop in ``initialize`` still works in ``execute``); never on the server's loop.
+
+Requests and batches (the decision). Triton hands ``execute`` one ``InferenceRequest`` per client
+request; coserve's :class:`~coserve.models.ModelHandle` hands a backend one batch, the rows of
+the requests it combined concatenated, and nothing in ``predict`` tells where one request ends.
+So ``execute`` gets a list of **one** request holding the whole batch, and returns one response:
+
+- Without ``dynamic_batching`` (or with ``max_batch_size: 0``) coserve runs each request alone,
+  so the one request is the client's, exactly as in Triton (a request over ``max_batch_size``
+  rows, which Triton refuses, arrives in chunks of at most ``max_batch_size`` rows).
+- With ``dynamic_batching``, the one request holds the rows of several client requests (at most
+  ``max_batch_size``). That is a request Triton could have been sent, so a model whose rows are
+  independent of each other (what batching already assumes) answers it as Triton would; a model
+  that computes across the rows of a request (a per-request sum, say) would mix requests, and
+  should not enable ``dynamic_batching``.
+- ``request_id()`` is ``""``, ``parameters()`` is ``"{}"`` and ``requested_output_names()`` is
+  every output of the config (coserve returns what each client asked for).
+
+A response's ``TritonError`` fails the batch; the handle then runs each of its requests alone,
+so only the requests the model refuses fail. The status follows Triton's for the error's code:
+``INVALID_ARG``, ``UNKNOWN``, ``ALREADY_EXISTS`` and ``CANCELLED`` are the request's fault
+(:class:`~coserve.InvalidInput`, 400); the others, ``INTERNAL`` by default, are a 500 (Triton gives
+``NOT_FOUND`` 404, ``UNAVAILABLE`` 503 and ``UNSUPPORTED`` 501; coserve's handle reports every
+model failure but a refused input as a 500). An exception from ``execute`` is a
+:class:`~coserve.ModelError` (500) with its message, as in Triton. Outputs must be named in the
+config and have its data type (a BYTES output may hold ``bytes`` or ``str``, sent as UTF-8);
+tensors the config does not name are dropped, as Triton drops outputs nobody asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import inspect
+import json
+import logging
+import queue
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from coserve._exceptions import InvalidInput, ModelError, ModelLoadError
+from coserve.models._backend import Backend, Tensors
+from coserve.models._config import ModelConfig
+from coserve.models._specs import TensorSpec
+from coserve.models._triton_config import triton_model_config
+from coserve.models.backends import triton_python_utils as pb_utils
+
+__all__ = ["TritonPythonModelBackend", "import_model_file", "register_utils"]
+
+logger = logging.getLogger("coserve.models")
+
+_REQUEST_FAULTS = frozenset(
+    {
+        pb_utils.TritonError.INVALID_ARG,
+        pb_utils.TritonError.UNKNOWN,
+        pb_utils.TritonError.ALREADY_EXISTS,
+        pb_utils.TritonError.CANCELLED,
+    }
+)
+"""The error codes Triton answers with a 400: the request's fault, not the model's."""
+
+_imports = threading.Lock()
+"""Imports change sys.path and sys.modules: one model file is imported at a time."""
+
+
+def register_utils() -> None:
+    """Make ``import triton_python_backend_utils`` find coserve's module."""
+    known = sys.modules.get(pb_utils.MODULE_NAME)
+    if known is not pb_utils:
+        if known is not None:
+            logger.warning(
+                "replacing the module %s imported from %s by coserve's",
+                pb_utils.MODULE_NAME,
+                getattr(known, "__file__", "?"),
+            )
+        sys.modules[pb_utils.MODULE_NAME] = pb_utils
+
+
+@contextlib.contextmanager
+def _on_path(folder: Path) -> Iterator[None]:
+    """The model's folder first on ``sys.path``, so a model can import the files beside it."""
+    entry = str(folder)
+    sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(entry)
+
+
+def import_model_file(path: Path, *, name: str, version: str) -> ModuleType:
+    """Import a Triton ``model.py`` as a module of its own (blocking).
+
+    Raises:
+        ModelLoadError: The file is not a Python file, or importing it failed.
+    """
+    register_utils()
+    spec = importlib.util.spec_from_file_location(f"coserve_triton_model_{name}_{version}", path)
+    if spec is None or spec.loader is None or not path.is_file():
+        raise ModelLoadError(f"model {name!r}: {path} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    with _imports, _on_path(path.parent):
+        try:
+            spec.loader.exec_module(module)
+        except Exception as error:
+            raise ModelLoadError(f"model {name!r}: importing {path} failed: {error!r}") from error
+    return module
+
+
+class _Instance:
+    """One ``TritonPythonModel``, with the event loop its coroutines run on (made on first use)."""
+
+    def __init__(self, model: Any, name: str) -> None:
+        self.model = model
+        self.name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def call(self, method: Callable[..., Any], *args: Any) -> Any:
+        """Call one of the model's methods; a coroutine it returns runs on the instance's loop."""
+        result = method(*args)
+        if not inspect.isawaitable(result):
+            return result
+        return asyncio.run_coroutine_threadsafe(_awaited(result), self._event_loop()).result()
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(
+                target=_run_loop, args=(loop,), name=f"triton-python {self.name}", daemon=True
+            )
+            thread.start()
+            self._loop, self._thread = loop, thread
+        return self._loop
+
+    def stop(self) -> None:
+        """Stop the instance's loop, if it has one, cancelling what the model left running."""
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop = self._thread = None
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        left = asyncio.all_tasks(loop)
+        for task in left:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def _instance_names(config: ModelConfig) -> list[str]:
+    """Triton's instance names: ``<group name>_<index>`` for each instance of each group."""
+    groups = (config.triton or {}).get("instance_group") or []
+    names = [
+        f"{group.get('name') or config.name}_{index}"
+        for group in groups
+        for index in range(max(int(group.get("count", 1)), 1))
+    ]
+    return names or [f"{config.name}_0_{i}" for i in range(config.batching.max_concurrent_batches)]
+
+
+class TritonPythonModelBackend(Backend):
+    """A Triton Python model: its ``TritonPythonModel`` instances, ``execute`` run per batch.
+
+    Args:
+        path: The model file (``<version>/model.py``).
+        config: The model's config (its Triton JSON is what ``initialize`` gets).
+        name: The model's name.
+        version: The version string.
+        inputs: The input specs (a Python model carries none: they come from the config).
+        outputs: The output specs.
+
+    Raises:
+        ModelLoadError: The config gives no inputs or outputs, the file fails to import, has no
+            ``TritonPythonModel`` with an ``execute``, or ``initialize`` raises.
+    """
+
+    platform = "triton_python"
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        config: ModelConfig,
+        name: str,
+        version: str,
+        inputs: tuple[TensorSpec, ...] | None,
+        outputs: tuple[TensorSpec, ...] | None,
+    ) -> None:
+        if inputs is None or outputs is None:
+            raise ModelLoadError(
+                f"model {name!r}: a Triton Python model needs its inputs and outputs in its "
+                "config (input and output in config.pbtxt, [[inputs]] and [[outputs]] in "
+                "config.toml)"
+            )
+        super().__init__(name, version, inputs, outputs)
+        module = import_model_file(path, name=name, version=version)
+        model_class = getattr(module, "TritonPythonModel", None)
+        if not inspect.isclass(model_class):
+            raise ModelLoadError(f"model {name!r}: {path} defines no class TritonPythonModel")
+        if not callable(getattr(model_class, "execute", None)):
+            raise ModelLoadError(
+                f"model {name!r}: {path}: TritonPythonModel does not implement execute(requests)"
+            )
+        self._input_names = [spec.name for spec in inputs]
+        self._output_names = [spec.name for spec in outputs]
+        self._specs = {spec.name: spec for spec in outputs}
+        args = {
+            "model_config": json.dumps(
+                triton_model_config(config, config.inputs or inputs, config.outputs or outputs)
+            ),
+            "model_instance_kind": "CPU",
+            "model_instance_device_id": "0",
+            "model_repository": str(path.parent.parent),
+            "model_version": version,
+            "model_name": name,
+        }
+        self._instances: list[_Instance] = []
+        self._idle: queue.SimpleQueue[_Instance] = queue.SimpleQueue()
+        try:
+            for instance_name in _instance_names(config):
+                self._instances.append(self._start(model_class, instance_name, args))
+        except BaseException:
+            self.close()
+            raise
+        for instance in self._instances:
+            self._idle.put(instance)
+
+    def _start(self, model_class: type, instance_name: str, args: dict[str, str]) -> _Instance:
+        try:
+            instance = _Instance(model_class(), instance_name)
+        except Exception as error:
+            raise ModelLoadError(
+                f"model {self.name!r}: TritonPythonModel() failed: {error!r}"
+            ) from error
+        initialize = getattr(instance.model, "initialize", None)
+        if callable(initialize):
+            try:
+                instance.call(initialize, {**args, "model_instance_name": instance_name})
+            except Exception as error:
+                instance.stop()
+                raise ModelLoadError(
+                    f"model {self.name!r}: initialize() failed: {error!r}"
+                ) from error
+        return instance
+
+    def predict(self, inputs: Tensors) -> dict[str, np.ndarray]:
+        """Run ``execute`` on an idle instance with the batch as one request; check its answer.
+
+        Raises:
+            InvalidInput: The response's error has a code Triton answers with a 400.
+            ModelError: ``execute`` raised, returned something else than one response, the
+                response's error has another code, or an output is missing or of the wrong type.
+        """
+        request = pb_utils.InferenceRequest(
+            inputs=[pb_utils.Tensor(name, inputs[name]) for name in self._input_names],
+            requested_output_names=self._output_names,
+            model_name=self.name,
+        )
+        instance = self._idle.get()
+        try:
+            responses = instance.call(instance.model.execute, [request])
+        except Exception as error:
+            raise ModelError(f"model {self.name!r}: execute raised {error!r}") from error
+        finally:
+            self._idle.put(instance)
+        return self._outputs(self._response(responses))
+
+    def _response(self, responses: Any) -> pb_utils.InferenceResponse:
+        if responses is None:
+            raise ModelError(
+                f"model {self.name!r}: execute returned None (decoupled mode is not supported): "
+                "it must return a list of one InferenceResponse per request"
+            )
+        if not isinstance(responses, Sequence) or isinstance(responses, (str, bytes)):
+            raise ModelError(
+                f"model {self.name!r}: execute must return a list of InferenceResponse, "
+                f"got {type(responses).__name__}"
+            )
+        if len(responses) != 1:
+            raise ModelError(
+                f"model {self.name!r}: execute got 1 request and returned {len(responses)} "
+                "responses; it must return one InferenceResponse per request"
+            )
+        [response] = responses
+        if not isinstance(response, pb_utils.InferenceResponse):
+            raise ModelError(
+                f"model {self.name!r}: execute must return InferenceResponse objects, "
+                f"got {type(response).__name__}"
+            )
+        error = response.error()
+        if error is not None:
+            message = error.message() if isinstance(error, pb_utils.TritonError) else str(error)
+            code = error.code() if isinstance(error, pb_utils.TritonError) else None
+            if code in _REQUEST_FAULTS:
+                raise InvalidInput(f"model {self.name!r} refused the request: {message}")
+            raise ModelError(f"model {self.name!r} returned an error: {message}")
+        return response
+
+    def _outputs(self, response: pb_utils.InferenceResponse) -> dict[str, np.ndarray]:
+        tensors = {}
+        for tensor in response.output_tensors():
+            if not isinstance(tensor, pb_utils.Tensor):
+                raise ModelError(
+                    f"model {self.name!r}: an InferenceResponse holds a "
+                    f"{type(tensor).__name__}, not a pb_utils.Tensor"
+                )
+            tensors[tensor.name()] = tensor.as_numpy()
+        outputs = {}
+        for name in self._output_names:
+            array = tensors.get(name)
+            if array is None:
+                raise ModelError(
+                    f"model {self.name!r}: the response has no output {name!r} (it has: "
+                    f"{', '.join(tensors) or 'none'})"
+                )
+            outputs[name] = self._checked(name, array)
+        return outputs
+
+    def _checked(self, name: str, array: np.ndarray) -> np.ndarray:
+        spec = self._specs[name]
+        if spec.dtype == np.object_:
+            if array.dtype.kind not in "OS":
+                raise ModelError(
+                    f"model {self.name!r}: output {name!r} is BYTES in the config, the model "
+                    f"gave {array.dtype}"
+                )
+            items = [
+                item if isinstance(item, bytes) else str(item).encode("utf-8")
+                for item in array.ravel()
+            ]
+            return np.array(items, dtype=object).reshape(array.shape)
+        if array.dtype != spec.dtype:
+            raise ModelError(
+                f"model {self.name!r}: output {name!r} is {spec.datatype} in the config, the "
+                f"model gave {array.dtype}"
+            )
+        return array
+
+    def close(self) -> None:
+        """Call every instance's ``finalize()`` (errors are logged, as Triton logs them)."""
+        for instance in self._instances:
+            finalize = getattr(instance.model, "finalize", None)
+            try:
+                if callable(finalize):
+                    instance.call(finalize)
+            except Exception:
+                logger.exception(
+                    "model %s v%s: finalize() of %s failed", self.name, self.version, instance.name
+                )
+            finally:
+                instance.stop()
+        self._instances = []

@@ -1,0 +1,5 @@
+"""A module beside model.py, which it imports as Triton lets it."""
+
+
+def double(array):
+    return array * 2

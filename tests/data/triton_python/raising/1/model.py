@@ -1,0 +1,6 @@
+"""An execute that raises."""
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        raise ValueError("boom")
