@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 import tritonclient.grpc.aio as triton_aio
+from google.protobuf import json_format
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -244,7 +245,85 @@ class TestHealthAndMetadata:
             client.get_model_config("digits")
         assert raised.value.status() == "StatusCode.UNIMPLEMENTED"
         assert "ModelInfer" in str(raised.value.message())
-        assert status_of(lambda: client.get_inference_statistics()) == "StatusCode.UNIMPLEMENTED"
+        assert "RepositoryIndex" in str(raised.value.message())
+        status = status_of(lambda: client.get_system_shared_memory_status())
+        assert status == "StatusCode.UNIMPLEMENTED"
+
+
+class TestStatisticsAndRepository:
+    """Triton's statistics and model repository RPCs: the HTTP endpoints' answers and errors."""
+
+    def test_statistics_count_the_inferences(
+        self, server: ServerProcess, client: triton.InferenceServerClient
+    ) -> None:
+        before = client.get_inference_statistics("digits").model_stats[0]
+        for _ in range(3):
+            client.infer("digits", [image_input(images(2))])
+        answer = client.get_inference_statistics("digits")
+        assert len(answer.model_stats) == 1
+        after = answer.model_stats[0]
+        assert (after.name, after.version) == ("digits", "1")
+        assert after.inference_count - before.inference_count == 6  # rows
+        assert after.execution_count - before.execution_count == 3  # one batch each
+        stats, was = after.inference_stats, before.inference_stats
+        assert stats.success.count - was.success.count == 3
+        assert stats.success.ns > was.success.ns
+        assert stats.queue.count - was.queue.count == 3
+        assert stats.compute_infer.count - was.compute_infer.count == 3
+        assert stats.fail.count == was.fail.count
+        assert after.last_inference >= max(before.last_inference, 1)
+        pairs = {b.batch_size: b.compute_infer.count for b in after.batch_stats}
+        old = {b.batch_size: b.compute_infer.count for b in before.batch_stats}
+        assert pairs[2] - old.get(2, 0) == 3
+        # The same numbers as the HTTP endpoint's (one implementation; nothing ran between).
+        http = httpx.get(f"{server.url}/v2/models/digits/stats", timeout=30).json()
+        (rest,) = http["model_stats"]
+        assert rest["inference_count"] == after.inference_count
+        assert rest["execution_count"] == after.execution_count
+        assert rest["last_inference"] == after.last_inference
+        assert rest["inference_stats"]["success"] == {
+            "count": stats.success.count,
+            "ns": stats.success.ns,
+        }
+        assert len(rest["batch_stats"]) == len(after.batch_stats)
+
+    def test_statistics_of_every_model_and_of_one_version(
+        self, client: triton.InferenceServerClient
+    ) -> None:
+        every = client.get_inference_statistics().model_stats
+        assert {"digits", "echo", "types", "slow"} <= {s.name for s in every}
+        (one,) = client.get_inference_statistics("digits", "1").model_stats
+        assert (one.name, one.version) == ("digits", "1")
+
+    def test_statistics_of_an_unknown_model_or_version_is_invalid_argument(
+        self, client: triton.InferenceServerClient
+    ) -> None:
+        """As Triton (and the HTTP endpoint's 400): INVALID_ARGUMENT, naming the model."""
+        with pytest.raises(InferenceServerException) as raised:
+            client.get_inference_statistics("nope")
+        assert raised.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "nope" in str(raised.value.message())
+        status = status_of(lambda: client.get_inference_statistics("digits", "7"))
+        assert status == "StatusCode.INVALID_ARGUMENT"
+
+    def test_repository_index_lists_the_served_models(
+        self, server: ServerProcess, client: triton.InferenceServerClient
+    ) -> None:
+        models = client.get_model_repository_index().models
+        # Unset (empty) fields left out, as the HTTP answer leaves them out.
+        entries = [json_format.MessageToDict(m, preserving_proto_field_name=True) for m in models]
+        http = httpx.post(f"{server.url}/v2/repository/index", timeout=30).json()
+        assert entries == http
+        assert {"name": "digits", "version": "1", "state": "READY"} in entries
+
+    def test_load_and_unload_need_explicit_mode(self, client: triton.InferenceServerClient) -> None:
+        """Outside explicit mode: UNIMPLEMENTED (HTTP's 501), saying which mode allows it."""
+        for call in (lambda: client.load_model("echo"), lambda: client.unload_model("echo")):
+            with pytest.raises(InferenceServerException) as raised:
+                call()
+            assert raised.value.status() == "StatusCode.UNIMPLEMENTED"
+            assert "--model-control-mode explicit" in str(raised.value.message())
+        assert client.is_model_ready("echo")
 
 
 class TestInfer:

@@ -143,6 +143,15 @@ def test_inference_schema_matches_triton(triton: ModuleType) -> None:
     for name, message in protos.inference_pb2.DESCRIPTOR.message_types_by_name.items():
         assert_same_message(message, theirs.message_types_by_name[name], seen)
     assert "inference.ModelInferRequest.InferInputTensor.ParametersEntry" in seen
+    assert {
+        "inference.ModelStatistics.ResponseStatsEntry",
+        "inference.InferResponseStatistics",
+        "inference.MemoryUsage",
+        "inference.RepositoryIndexResponse.ModelIndex",
+        "inference.RepositoryModelLoadRequest.ParametersEntry",
+        "inference.ModelRepositoryParameter",
+        "inference.RepositoryModelUnloadResponse",
+    } <= seen
 
 
 def test_tensorflow_schemas_match(serving: ModuleType) -> None:
@@ -171,6 +180,8 @@ def test_services_match_the_real_ones(triton: ModuleType, serving: ModuleType) -
         protos.SERVER_LIVE, protos.SERVER_READY, protos.MODEL_READY, protos.SERVER_METADATA,
         protos.MODEL_METADATA, protos.MODEL_INFER, protos.MODEL_STREAM_INFER, protos.PREDICT,
         protos.GET_MODEL_METADATA, protos.GET_MODEL_STATUS, protos.CLASSIFY, protos.REGRESS,
+        protos.MODEL_STATISTICS, protos.REPOSITORY_INDEX, protos.REPOSITORY_MODEL_LOAD,
+        protos.REPOSITORY_MODEL_UNLOAD,
     }  # fmt: skip
     paths = set()
     for service_name in (protos.INFERENCE_SERVICE, protos.PREDICTION_SERVICE, protos.MODEL_SERVICE):
@@ -210,6 +221,11 @@ def test_services_match_the_real_ones(triton: ModuleType, serving: ModuleType) -
         ("ServerMetadataRequest", {}),
         ("ServerMetadataResponse", {"name": "coserve", "version": "0.1", "extensions": ["x", "y"]}),
         ("ModelMetadataRequest", {"name": "digits", "version": ""}),
+        ("ModelStatisticsRequest", {"name": "digits", "version": "1"}),
+        ("RepositoryIndexRequest", {"repository_name": "", "ready": True}),
+        ("RepositoryModelLoadResponse", {}),
+        ("RepositoryModelUnloadRequest", {"repository_name": "r", "model_name": "digits"}),
+        ("RepositoryModelUnloadResponse", {}),
     ],
 )
 def test_health_and_metadata_messages_both_ways(
@@ -410,6 +426,60 @@ def test_stream_response_both_ways(triton: ModuleType) -> None:
         "model 'x' is not ready"
     )
     cross(theirs, protos.ModelStreamInferResponse)
+
+
+def test_statistics_response_both_ways(triton: ModuleType) -> None:
+    duration = protos.inference_pb2.StatisticDuration
+    ours = protos.ModelStatisticsResponse(
+        model_stats=[
+            protos.ModelStatistics(
+                name="digits",
+                version="1",
+                last_inference=1_700_000_000_000,
+                inference_count=2**64 - 1,
+                execution_count=3,
+                inference_stats=protos.inference_pb2.InferStatistics(
+                    success=duration(count=3, ns=12_345), queue=duration(count=3, ns=99)
+                ),
+                batch_stats=[
+                    protos.inference_pb2.InferBatchStatistics(
+                        batch_size=2, compute_infer=duration(count=1, ns=7)
+                    )
+                ],
+            )
+        ]
+    )
+    ours.model_stats[0].response_stats["0"].success.count = 1
+    ours.model_stats[0].memory_usage.add(type="CPU", id=-1, byte_size=8)
+    theirs = cross(ours, triton.service_pb2.ModelStatisticsResponse)
+    stats = theirs.model_stats[0]
+    assert stats.inference_count == 2**64 - 1
+    assert stats.inference_stats.success.ns == 12_345
+    assert stats.batch_stats[0].compute_infer.ns == 7
+    cross(theirs, protos.ModelStatisticsResponse)
+
+
+def test_repository_messages_both_ways(triton: ModuleType) -> None:
+    index = protos.RepositoryIndexResponse.ModelIndex
+    ours_index = protos.RepositoryIndexResponse(
+        models=[
+            index(name="digits", version="1", state="READY"),
+            index(name="slow", state="UNAVAILABLE", reason="unloaded"),
+        ]
+    )
+    theirs_index = cross(ours_index, triton.service_pb2.RepositoryIndexResponse)
+    assert [m.state for m in theirs_index.models] == ["READY", "UNAVAILABLE"]
+    cross(theirs_index, protos.RepositoryIndexResponse)
+
+    theirs = triton.service_pb2.RepositoryModelLoadRequest(model_name="digits")
+    theirs.parameters["config"].string_param = "{}"
+    theirs.parameters["file:1/model.py"].bytes_param = b"\x00"
+    theirs.parameters["n"].int64_param = -1
+    theirs.parameters["b"].bool_param = True
+    ours = cross(theirs, protos.RepositoryModelLoadRequest)
+    assert ours.parameters["file:1/model.py"].WhichOneof("parameter_choice") == "bytes_param"
+    assert set(ours.parameters) == {"config", "file:1/model.py", "n", "b"}
+    cross(ours, triton.service_pb2.RepositoryModelLoadRequest)
 
 
 # TensorFlow

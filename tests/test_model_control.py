@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -178,5 +179,58 @@ def test_load_and_unload_need_explicit_mode(tmp_path: Path) -> None:
         assert refused.status_code == 501
         assert "--model-control-mode explicit" in refused.json()["error"]
         assert served(server) == ["types"]
+    finally:
+        server.close()
+
+
+def test_the_grpc_repository_rpcs_load_and_unload_in_explicit_mode(tmp_path: Path) -> None:
+    """tritonclient.grpc's load_model, unload_model and index: HTTP's semantics and errors."""
+    import tritonclient.grpc as triton_grpc
+    from tritonclient.utils import InferenceServerException
+
+    def status(call: Callable[[], object], text: str) -> str:
+        with pytest.raises(InferenceServerException) as raised:
+            call()
+        assert text in str(raised.value.message())
+        return str(raised.value.status())
+
+    add_model(tmp_path, "types", TYPES_CONFIG, TYPES_MODEL)
+    add_model(tmp_path, "slow", SLOW_CONFIG, SLOW_MODEL)
+    server = ServerProcess(
+        "--model-repository",
+        str(tmp_path),
+        "--model-control-mode=explicit",
+        "--load-model=types",
+        grpc=True,
+    )
+    try:
+        server.wait_ready()
+        with triton_grpc.InferenceServerClient(server.grpc_target) as client:
+            index = {m.name: m for m in client.get_model_repository_index().models}
+            assert (index["types"].version, index["types"].state) == ("1", "READY")
+            slow = index["slow"]
+            assert (slow.version, slow.state, slow.reason) == ("", "UNAVAILABLE", "unloaded")
+            client.load_model("slow")
+            assert client.is_model_ready("slow")
+            assert sorted(served(server)) == ["slow", "types"]
+            client.unload_model("types")
+            assert not client.is_model_ready("types")
+            assert served(server) == ["slow"]
+            assert [m.name for m in client.get_model_repository_index().models] == [
+                "slow",
+                "types",
+            ]
+            assert status(lambda: client.load_model("nope"), "no such model folder") == (
+                "StatusCode.INVALID_ARGUMENT"
+            )
+
+            def override() -> None:
+                client.load_model("types", config='{"max_batch_size": 4}')
+
+            assert status(override, "config or files override") == "StatusCode.UNIMPLEMENTED"
+            assert status(lambda: client.unload_model("types"), "it is not loaded") == (
+                "StatusCode.NOT_FOUND"
+            )
+            assert served(server) == ["slow"]
     finally:
         server.close()

@@ -111,7 +111,7 @@ def create_app(
     if grpc is not None:
         from coserve.server._grpc_server import GrpcServer
 
-        grpc_server = GrpcServer(service, grpc)
+        grpc_server = GrpcServer(service, grpc, control)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

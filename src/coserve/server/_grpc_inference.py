@@ -1,7 +1,10 @@
 """The Open Inference Protocol over gRPC: ``inference.GRPCInferenceService``, Triton's flavour.
 
 The driver between gRPC messages (``_protos``) and the inference service (``_service``): health,
-metadata, ``ModelInfer``, and Triton's ``ModelStreamInfer``, the talk's actor pattern over one
+metadata, ``ModelInfer``, Triton's statistics and model repository RPCs (``ModelStatistics``,
+``RepositoryIndex``, ``RepositoryModelLoad``, ``RepositoryModelUnload``: the HTTP endpoints'
+implementations, ``_statistics`` and ``_model_control``, with their semantics and errors), and
+Triton's ``ModelStreamInfer``, the talk's actor pattern over one
 bidirectional stream: every request on it is its own child coroutine, answered as soon as it is
 ready, tagged with its id, in any order, at most ``max_in_flight`` at once per stream (reading
 pauses at the bound). A stream that the client cancels drops its work that has not run; one that
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 
 from coserve import __version__
 from coserve._exceptions import DeadlineExceeded, InvalidInput, ModelNotFound
@@ -33,6 +37,7 @@ from coserve.models import ModelHandle, dtype_of
 from coserve.server._classification import check_classifiable, class_count, classify
 from coserve.server._errors import Failure, report
 from coserve.server._grpc_handlers import Undecodable, abort, parser, unary, unimplemented
+from coserve.server._model_control import ModelControl
 from coserve.server._protos import (
     InferParameter,
     ModelInferRequest,
@@ -41,7 +46,15 @@ from coserve.server._protos import (
     ModelMetadataResponse,
     ModelReadyRequest,
     ModelReadyResponse,
+    ModelStatisticsRequest,
+    ModelStatisticsResponse,
     ModelStreamInferResponse,
+    RepositoryIndexRequest,
+    RepositoryIndexResponse,
+    RepositoryModelLoadRequest,
+    RepositoryModelLoadResponse,
+    RepositoryModelUnloadRequest,
+    RepositoryModelUnloadResponse,
     ServerLiveRequest,
     ServerLiveResponse,
     ServerMetadataRequest,
@@ -50,6 +63,7 @@ from coserve.server._protos import (
     ServerReadyResponse,
 )
 from coserve.server._service import EXTENSIONS, InferenceService
+from coserve.server._statistics import model_statistics, select_handles
 from coserve.server._v2_codec import MAX_DIMENSIONS, binary_tensor, reshape, tensor_from_binary
 
 if TYPE_CHECKING:
@@ -66,10 +80,6 @@ STREAM_PROTOCOL = "grpc-stream"
 # Triton's RPCs that coserve does not serve: answered UNIMPLEMENTED, with what it does serve.
 UNIMPLEMENTED = (
     "ModelConfig",
-    "ModelStatistics",
-    "RepositoryIndex",
-    "RepositoryModelLoad",
-    "RepositoryModelUnload",
     "SystemSharedMemoryStatus",
     "SystemSharedMemoryRegister",
     "SystemSharedMemoryUnregister",
@@ -288,6 +298,8 @@ class InferenceServicer:
             they accepted, and end with ``UNAVAILABLE``.
         max_streams: Streams open at once; one more is refused with ``RESOURCE_EXHAUSTED``.
         max_in_flight: Requests in flight on one stream at once; reading pauses at the bound.
+        control: The repository API (the same one HTTP serves); None: an index of what is
+            served, and no loading or unloading.
     """
 
     def __init__(
@@ -297,8 +309,10 @@ class InferenceServicer:
         *,
         max_streams: int = 1000,
         max_in_flight: int = 256,
+        control: ModelControl | None = None,
     ) -> None:
         self._service = service
+        self._control = control or ModelControl(service.state.repository, None, "none")
         self._draining = draining
         self._max_streams = max_streams
         self._max_in_flight = max_in_flight
@@ -322,13 +336,25 @@ class InferenceServicer:
                 request_deserializer=parser(ModelInferRequest),
                 response_serializer=ModelStreamInferResponse.SerializeToString,
             ),
+            "ModelStatistics": unary(
+                self.model_statistics, ModelStatisticsRequest, ModelStatisticsResponse
+            ),
+            "RepositoryIndex": unary(
+                self.repository_index, RepositoryIndexRequest, RepositoryIndexResponse
+            ),
+            "RepositoryModelLoad": unary(
+                self.repository_model_load, RepositoryModelLoadRequest, RepositoryModelLoadResponse
+            ),
+            "RepositoryModelUnload": unary(
+                self.repository_model_unload,
+                RepositoryModelUnloadRequest,
+                RepositoryModelUnloadResponse,
+            ),
         }
+        *others, last = methods
+        served = f"{', '.join(others)} and {last}"
         for name in UNIMPLEMENTED:
-            methods[name] = unimplemented(
-                f"{SERVICE}/{name}",
-                "ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer "
-                "and ModelStreamInfer",
-            )
+            methods[name] = unimplemented(f"{SERVICE}/{name}", served)
         return SERVICE, methods
 
     # -- health and metadata -----------------------------------------------------------------
@@ -380,6 +406,62 @@ class InferenceServicer:
             for spec in specs:
                 tensors.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
         return response
+
+    # -- statistics and the model repository -------------------------------------------------
+
+    async def model_statistics(
+        self, request: ModelStatisticsRequest, context: Context
+    ) -> ModelStatisticsResponse:
+        """Triton's statistics of every model, every version of one, or one version.
+
+        An unknown model or version is ``INVALID_ARGUMENT``, as in Triton (HTTP: 400).
+        """
+        repository = self._service.state.repository
+        try:
+            handles = select_handles(repository, request.name or None, request.version or None)
+        except Exception as error:
+            if isinstance(error, ModelNotFound):  # Triton's INVALID_ARG, not NOT_FOUND
+                error = InvalidInput(str(error))
+            await abort(context, report(error, f"statistics of {request.name or 'every model'}"))
+            raise  # not reached: abort raises
+        # The JSON answer's field names are the message's: one implementation for both.
+        return json_format.ParseDict(model_statistics(handles), ModelStatisticsResponse())
+
+    async def repository_index(
+        self, request: RepositoryIndexRequest, context: Context
+    ) -> RepositoryIndexResponse:
+        """Every model folder and its state (only the ready ones with ``ready``)."""
+        try:
+            entries = await self._control.repository_index(request.ready)
+        except Exception as error:
+            await abort(context, report(error, "repository index"))
+            raise  # not reached: abort raises
+        response = RepositoryIndexResponse()
+        for entry in entries:
+            response.models.add(**entry)
+        return response
+
+    async def repository_model_load(
+        self, request: RepositoryModelLoadRequest, context: Context
+    ) -> RepositoryModelLoadResponse:
+        """Serve a model (explicit mode only; a config or files override is refused)."""
+        try:
+            await self._control.load_model(request.model_name, request.parameters.keys())
+        except Exception as error:
+            await abort(context, report(error, f"load of {request.model_name!r}"))
+            raise  # not reached: abort raises
+        return RepositoryModelLoadResponse()
+
+    async def repository_model_unload(
+        self, request: RepositoryModelUnloadRequest, context: Context
+    ) -> RepositoryModelUnloadResponse:
+        """Drain a model's requests, then unload it (explicit mode only)."""
+        try:
+            await self._control.unload_model(request.model_name)
+        except Exception as error:
+            await abort(context, report(error, f"unload of {request.model_name!r}"))
+            raise  # not reached: abort raises
+        return RepositoryModelUnloadResponse()
 
     # -- inference ---------------------------------------------------------------------------
 

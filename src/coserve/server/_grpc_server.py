@@ -31,6 +31,7 @@ from coserve.server._grpc_inference import SERVICE as INFERENCE_SERVICE
 from coserve.server._grpc_inference import InferenceServicer
 from coserve.server._grpc_tfserving import SERVICES as TFSERVING_SERVICES
 from coserve.server._grpc_tfserving import TFServingServicer
+from coserve.server._model_control import ModelControl
 from coserve.server._service import InferenceService
 
 __all__ = ["GrpcOptions", "GrpcServer"]
@@ -54,11 +55,21 @@ class GrpcOptions:
 
 
 class GrpcServer:
-    """The gRPC server of one process; started once the models are loaded."""
+    """The gRPC server of one process; started once the models are loaded.
 
-    def __init__(self, service: InferenceService, options: GrpcOptions) -> None:
+    ``control`` serves Triton's repository RPCs, the same one HTTP serves (None: an index of
+    what is served, and no loading or unloading).
+    """
+
+    def __init__(
+        self,
+        service: InferenceService,
+        options: GrpcOptions,
+        control: ModelControl | None = None,
+    ) -> None:
         self._service = service
         self._options = options
+        self._control = control
         self._draining = asyncio.Event()
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -95,6 +106,7 @@ class GrpcServer:
             self._draining,
             max_streams=options.max_streams,
             max_in_flight=options.max_in_flight,
+            control=self._control,
         )
         # Registered, not generic: C-core matches the method path itself, without a Python
         # lookup per call.

@@ -8,11 +8,17 @@ which models are served, in Triton's explicit model control mode
 model before routing to it and drains one before unloading it, so no request is lost. A load
 that fails is a 400 naming the model (the log says why). A load with a config override
 (``"parameters": {"config": ...}``) is refused: coserve reads a model's config from its folder.
+
+gRPC's ``RepositoryIndex``, ``RepositoryModelLoad`` and ``RepositoryModelUnload``
+(``_grpc_inference``) call the same methods (:meth:`ModelControl.repository_index`,
+:meth:`~ModelControl.load_model`, :meth:`~ModelControl.unload_model`), so both protocols have
+one behaviour and the same errors.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 from starlette.requests import Request
@@ -46,10 +52,14 @@ class ModelControl:
         self._folders = folders
         self._mode = mode
 
-    async def index(self, request: Request) -> Response:
-        """``POST /v2/repository/index``: every model folder and its state."""
-        body = await self._body(request)
-        ready_only = body.get("ready") is True
+    # -- the one implementation, shared by HTTP and gRPC -----------------------------------
+
+    async def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """Every model folder and its state, as Triton's index entries.
+
+        Each served version is ``{"name", "version", "state": "READY"}``; a folder not served
+        is ``{"name", "state": "UNAVAILABLE", "reason"}``, left out when ``ready_only``.
+        """
         names = (
             await asyncio.to_thread(self._folders.names)
             if self._folders is not None
@@ -59,7 +69,7 @@ class ModelControl:
         for model in self._repository.models():
             served.setdefault(model.name, []).append(model.version)
         wanted = None if self._folders is None else self._folders.wanted
-        entries: list[dict[str, Any]] = []
+        entries: list[dict[str, str]] = []
         for name in names:
             versions = served.get(name)
             if versions:
@@ -71,16 +81,16 @@ class ModelControl:
                     else "not served (the server's log says why)"
                 )
                 entries.append({"name": name, "state": "UNAVAILABLE", "reason": reason})
-        return json_response(entries)
+        return entries
 
-    async def load(self, request: Request) -> Response:
-        """``POST /v2/repository/models/{m}/load``: serve the model (or reload it)."""
-        name = request.path_params["model"]
-        body = await self._body(request)
-        parameters = body.get("parameters") or {}
-        if not isinstance(parameters, dict):
-            raise InvalidInput("'parameters' must be an object")
-        if "config" in parameters or any(key.startswith("file:") for key in parameters):
+    async def load_model(self, name: str, parameters: Iterable[str] = ()) -> None:
+        """Serve the model ``name`` (or reload it); ``parameters``: the names of the load's.
+
+        Raises:
+            Unsupported: Not in explicit mode, or a config or files override.
+            InvalidInput: No such model folder, or the model failed to load.
+        """
+        if any(key == "config" or key.startswith("file:") for key in parameters):
             raise Unsupported(
                 "a load with a config or files override is not supported: coserve reads a "
                 "model's config and files from its folder"
@@ -94,12 +104,14 @@ class ModelControl:
         if not any(m.name == name for m in self._repository.models()):
             folders.wanted.discard(name)
             raise InvalidInput(f"failed to load '{name}' (the server's log says why)")
-        return json_response({})
 
-    async def unload(self, request: Request) -> Response:
-        """``POST /v2/repository/models/{m}/unload``: drain the model's requests, then unload it."""
-        name = request.path_params["model"]
-        await self._body(request)  # parameters such as unload_dependents: nothing to unload
+    async def unload_model(self, name: str) -> None:
+        """Drain the model ``name``'s requests, then unload it.
+
+        Raises:
+            Unsupported: Not in explicit mode.
+            ModelNotFound: The model is not loaded.
+        """
         folders = self._explicit("unload")
         assert folders.wanted is not None
         if name not in folders.wanted and not any(
@@ -108,6 +120,27 @@ class ModelControl:
             raise ModelNotFound(f"failed to unload '{name}': it is not loaded")
         folders.wanted.discard(name)
         await self._repository.reload()
+
+    # -- the HTTP endpoints ------------------------------------------------------------------
+
+    async def index(self, request: Request) -> Response:
+        """``POST /v2/repository/index``: every model folder and its state."""
+        body = await self._body(request)
+        return json_response(await self.repository_index(body.get("ready") is True))
+
+    async def load(self, request: Request) -> Response:
+        """``POST /v2/repository/models/{m}/load``: serve the model (or reload it)."""
+        body = await self._body(request)
+        parameters = body.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise InvalidInput("'parameters' must be an object")
+        await self.load_model(request.path_params["model"], parameters)
+        return json_response({})
+
+    async def unload(self, request: Request) -> Response:
+        """``POST /v2/repository/models/{m}/unload``: drain the model's requests, then unload it."""
+        await self._body(request)  # parameters such as unload_dependents: nothing to unload
+        await self.unload_model(request.path_params["model"])
         return json_response({})
 
     def _explicit(self, what: str) -> RepositoryFolders:

@@ -8,7 +8,9 @@ coserve serves are defined.
 * ``inference.proto``: the Open Inference Protocol (``inference.GRPCInferenceService``,
   github.com/kserve/open-inference-protocol, ``open_inference_grpc.proto``) plus Triton's
   ``ModelStreamInfer`` (github.com/triton-inference-server/common,
-  ``protobuf/grpc_service.proto``), the protocol of ``tritonclient.grpc``.
+  ``protobuf/grpc_service.proto``) and Triton's statistics and model repository RPCs
+  (``ModelStatistics``, ``RepositoryIndex``, ``RepositoryModelLoad``,
+  ``RepositoryModelUnload``), the protocol of ``tritonclient.grpc``.
 * ``tf_framework.proto`` and ``tf_error_codes.proto``: TensorFlow's ``TensorProto``,
   ``DataType``, ``SignatureDef`` and related messages, and ``tensorflow.error.Code``
   (github.com/tensorflow/tensorflow, ``tensorflow/core/framework/*.proto``,
@@ -51,7 +53,17 @@ from coserve.server._protos.inference_pb2 import (
     ModelMetadataResponse,
     ModelReadyRequest,
     ModelReadyResponse,
+    ModelRepositoryParameter,
+    ModelStatistics,
+    ModelStatisticsRequest,
+    ModelStatisticsResponse,
     ModelStreamInferResponse,
+    RepositoryIndexRequest,
+    RepositoryIndexResponse,
+    RepositoryModelLoadRequest,
+    RepositoryModelLoadResponse,
+    RepositoryModelUnloadRequest,
+    RepositoryModelUnloadResponse,
     ServerLiveRequest,
     ServerLiveResponse,
     ServerMetadataRequest,
@@ -95,11 +107,15 @@ __all__ = [
     "MODEL_METADATA",
     "MODEL_READY",
     "MODEL_SERVICE",
+    "MODEL_STATISTICS",
     "MODEL_STREAM_INFER",
     "POOL",
     "PREDICT",
     "PREDICTION_SERVICE",
     "REGRESS",
+    "REPOSITORY_INDEX",
+    "REPOSITORY_MODEL_LOAD",
+    "REPOSITORY_MODEL_UNLOAD",
     "SERVER_LIVE",
     "SERVER_METADATA",
     "SERVER_READY",
@@ -122,13 +138,23 @@ __all__ = [
     "ModelMetadataResponse",
     "ModelReadyRequest",
     "ModelReadyResponse",
+    "ModelRepositoryParameter",
     "ModelSpec",
+    "ModelStatistics",
+    "ModelStatisticsRequest",
+    "ModelStatisticsResponse",
     "ModelStreamInferResponse",
     "ModelVersionStatus",
     "PredictRequest",
     "PredictResponse",
     "RegressionRequest",
     "RegressionResponse",
+    "RepositoryIndexRequest",
+    "RepositoryIndexResponse",
+    "RepositoryModelLoadRequest",
+    "RepositoryModelLoadResponse",
+    "RepositoryModelUnloadRequest",
+    "RepositoryModelUnloadResponse",
     "ResourceHandleProto",
     "ServerLiveRequest",
     "ServerLiveResponse",
@@ -164,6 +190,10 @@ SERVER_METADATA = f"/{INFERENCE_SERVICE}/ServerMetadata"
 MODEL_METADATA = f"/{INFERENCE_SERVICE}/ModelMetadata"
 MODEL_INFER = f"/{INFERENCE_SERVICE}/ModelInfer"
 MODEL_STREAM_INFER = f"/{INFERENCE_SERVICE}/ModelStreamInfer"  # bidirectional stream
+MODEL_STATISTICS = f"/{INFERENCE_SERVICE}/ModelStatistics"
+REPOSITORY_INDEX = f"/{INFERENCE_SERVICE}/RepositoryIndex"
+REPOSITORY_MODEL_LOAD = f"/{INFERENCE_SERVICE}/RepositoryModelLoad"
+REPOSITORY_MODEL_UNLOAD = f"/{INFERENCE_SERVICE}/RepositoryModelUnload"
 PREDICT = f"/{PREDICTION_SERVICE}/Predict"
 CLASSIFY = f"/{PREDICTION_SERVICE}/Classify"
 REGRESS = f"/{PREDICTION_SERVICE}/Regress"
