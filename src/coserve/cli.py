@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
             "grpc.health.v1. With no repository, serve the bundled digits demo models and the "
             "digit assistant session app at /sessions/digits. A model folder is coserve's "
             "(config.toml), Triton's (config.pbtxt, or none: auto-completed from the model "
-            "file; Python models too; not ensembles yet) or TensorFlow Serving's "
+            "file; Python models and ensembles too) or TensorFlow Serving's "
             "(<version>/saved_model.pb); what coserve does not apply is a warning naming it "
             "(README: Coming from Triton / TensorFlow Serving). SIGTERM or SIGINT turns readiness "
             "off, stops accepting requests, answers the requests already accepted within "

@@ -53,7 +53,15 @@ from typing import Any
 from coserve._exceptions import ConfigError
 from coserve.models._specs import TensorSpec
 
-__all__ = ["PLATFORMS", "BatchingConfig", "ModelConfig", "ThreadConfig", "VersionPolicy"]
+__all__ = [
+    "PLATFORMS",
+    "BatchingConfig",
+    "EnsembleConfig",
+    "EnsembleStep",
+    "ModelConfig",
+    "ThreadConfig",
+    "VersionPolicy",
+]
 
 PLATFORMS = (
     "tensorflow_savedmodel",
@@ -126,6 +134,45 @@ class VersionPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class EnsembleStep:
+    """One step of a Triton ensemble: a composing model and how its tensors are wired.
+
+    Attributes:
+        model: The composing model's name.
+        version: The version it runs (None: the newest loaded, Triton's ``model_version: -1``).
+        inputs: ``(model input, ensemble tensor)`` pairs (``input_map``).
+        outputs: ``(model output, ensemble tensor)`` pairs (``output_map``).
+        where: ``file:line:column`` of the step, for messages.
+        input_where: ``file:line:column`` of each ``input_map`` entry, in order.
+        output_where: ``file:line:column`` of each ``output_map`` entry, in order.
+    """
+
+    model: str
+    version: str | None
+    inputs: tuple[tuple[str, str], ...]
+    outputs: tuple[tuple[str, str], ...]
+    where: str
+    input_where: tuple[str, ...] = ()
+    output_where: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EnsembleConfig:
+    """A Triton ensemble's steps (``ensemble_scheduling``), checked to form a DAG.
+
+    Attributes:
+        steps: The steps, in the order the file gives them.
+        max_inflight: The most calls in flight at once per step (Triton's
+            ``max_inflight_requests``); 0: no bound beyond the composing model's queue.
+        where: ``file:line:column`` of ``ensemble_scheduling``, for messages.
+    """
+
+    steps: tuple[EnsembleStep, ...]
+    max_inflight: int = 0
+    where: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     """Everything a model's ``config.toml`` says."""
 
@@ -147,6 +194,8 @@ class ModelConfig:
     """Tensors the model takes or gives in another shape than the API shows (Triton's
     ``reshape``): each tensor's name and the model's shape (after the batch dimension, if
     batched)."""
+    ensemble: EnsembleConfig | None = None
+    """A Triton ensemble's steps (platform ``ensemble``); None for any other model."""
     triton: Mapping[str, Any] | None = field(default=None, hash=False, repr=False)
     """The completed Triton config (``config.pbtxt`` with what Triton's auto-complete adds), as
     plain values, for ``GET /v2/models/{m}/config``; None for a model from ``config.toml``."""

@@ -28,6 +28,7 @@ from coserve._exceptions import ConfigError, ModelLoadError, ModelNotFound
 from coserve.models._adapted import AdaptedBackend, check_unbatched, model_specs, needs_adapting
 from coserve.models._backend import Backend
 from coserve.models._config import ModelConfig
+from coserve.models._ensemble import EnsembleHandle, check_steps
 from coserve.models._handle import ModelHandle
 from coserve.models._layout import ModelFolder, ModelLayout, read_model_folder, repository_folders
 
@@ -300,35 +301,43 @@ class ModelRepository:
             new_handles: dict[str, dict[str, ModelHandle]] = {}
             new_configs: dict[str, ModelConfig] = {}
             new_labels: dict[str, dict[str, str]] = {}
-            for name, (layout, stamps) in sorted(wanted.items()):
+            # Ensembles after the models they compose: each is checked against them as loaded.
+            for name, (layout, stamps) in _load_order(wanted):
                 config = layout.config
                 old = self._handles.get(name, {})
                 same_config = self._configs.get(name) == config
                 kept = {v: h for v, h in old.items() if v in layout.versions and same_config}
+                kept = self._still_wired(kept, new_handles)
                 # Each version on its own: one that fails (a half-copied folder) leaves the
                 # others serving, and is tried again only once its files change.
                 for version, folder in layout.versions.items():
                     if version in kept:
                         continue
                     key, stamp = (name, version), (config, stamps[version])
-                    if self._failed.get(key) == stamp:
+                    # An ensemble is tried on every reload: what it waits for is its composing
+                    # models, not a change of its own files.
+                    if self._failed.get(key) == stamp and config.ensemble is None:
                         unserved.append(f"{name} v{version}")
                         continue
                     try:
-                        kept[version] = await self._load(config, version, folder)
+                        kept[version] = await self._load(config, version, folder, new_handles)
                     except Exception as error:
-                        self._failed[key] = stamp
+                        if config.ensemble is None:
+                            self._failed[key] = stamp
                         unserved.append(f"{name} v{version}")
                         logger.error(
-                            "model %s v%s: not loaded (tried again when its files change): %s",
+                            "model %s v%s: not loaded (tried again %s): %s",
                             name,
                             version,
+                            "when its files change" if config.ensemble is None else "on reload",
                             error,
-                            exc_info=error,
+                            # A bad ensemble is a config problem, said in full by its message.
+                            exc_info=error if config.ensemble is None else None,
                         )
                     else:
                         self._failed.pop(key, None)
                 if not kept:
+                    old = self._still_wired(old, new_handles)
                     if old:  # nothing new would serve: keep serving what was there
                         new_handles[name] = old
                         new_configs[name] = self._configs[name]
@@ -385,7 +394,41 @@ class ModelRepository:
                 found[folder.name] = (layout, stamps)
         return found
 
-    async def _load(self, config: ModelConfig, version: str, folder: Path) -> ModelHandle:
+    def _still_wired(
+        self, handles: dict[str, ModelHandle], loaded: dict[str, dict[str, ModelHandle]]
+    ) -> dict[str, ModelHandle]:
+        """``handles`` but the ensembles whose composing models no longer fit them (logged)."""
+        wired = {}
+        for version, handle in handles.items():
+            if isinstance(handle, EnsembleHandle):
+                try:
+                    check_steps(handle.config, _lookup(loaded))
+                except ConfigError as error:
+                    logger.error(
+                        "model %s v%s: not served any more: %s", handle.name, version, error
+                    )
+                    continue
+            wired[version] = handle
+        return wired
+
+    async def _load(
+        self,
+        config: ModelConfig,
+        version: str,
+        folder: Path,
+        loaded: dict[str, dict[str, ModelHandle]],
+    ) -> ModelHandle:
+        """Load one version; an ensemble is checked against the models ``loaded`` so far."""
+        if config.ensemble is not None:
+            check_steps(config, _lookup(loaded))
+            logger.info(
+                "model %s v%s (ensemble of %s) loaded",
+                config.name,
+                version,
+                ", ".join(dict.fromkeys(step.model for step in config.ensemble.steps)),
+            )
+            # Resolved through the routing table at call time: reloads are picked up.
+            return EnsembleHandle(config, version, self.get)
         start = time.perf_counter()
         backend = await asyncio.to_thread(load_backend, config, folder, version)
         warm = 0.0
@@ -419,4 +462,56 @@ class ModelRepository:
         async with self._reload_lock:
             handles = [h for versions in self._handles.values() for h in versions.values()]
             self._handles, self._configs = {}, {}
-            await asyncio.gather(*(h.aclose(grace_period=grace_period) for h in handles))
+            # Ensembles drain first: their requests still need the composing models.
+            for batch in (
+                [h for h in handles if isinstance(h, EnsembleHandle)],
+                [h for h in handles if not isinstance(h, EnsembleHandle)],
+            ):
+                await asyncio.gather(*(h.aclose(grace_period=grace_period) for h in batch))
+
+
+def _lookup(loaded: dict[str, dict[str, ModelHandle]]) -> Callable[[str, str | None], ModelHandle]:
+    """``ModelRepository.get`` over a routing table being built (``reload``'s)."""
+
+    def get(name: str, version: str | None) -> ModelHandle:
+        versions = loaded.get(name)
+        if not versions:
+            raise ModelNotFound(f"model {name!r} is not loaded")
+        if version is None:
+            return versions[max(versions, key=int)]
+        if version not in versions:
+            raise ModelNotFound(f"model {name!r} has no version {version!r} loaded")
+        return versions[version]
+
+    return get
+
+
+def _load_order(
+    wanted: dict[str, tuple[ModelLayout, dict[str, float]]],
+) -> list[tuple[str, tuple[ModelLayout, dict[str, float]]]]:
+    """Models by name, then ensembles, each after the ensembles it composes (nested ones).
+
+    A cycle of ensembles is cut anywhere: the one loaded first finds the other missing.
+    """
+    order = [(name, item) for name, item in sorted(wanted.items()) if not _steps_of(item)]
+    placed: set[str] = set()
+
+    def place(name: str, visiting: set[str]) -> None:
+        if name in placed or name in visiting:
+            return
+        visiting.add(name)
+        for model in _steps_of(wanted[name]):
+            if model in wanted and _steps_of(wanted[model]):
+                place(model, visiting)
+        placed.add(name)
+        order.append((name, wanted[name]))
+
+    for name in sorted(wanted):
+        if _steps_of(wanted[name]):
+            place(name, set())
+    return order
+
+
+def _steps_of(item: tuple[ModelLayout, dict[str, float]]) -> list[str]:
+    ensemble = item[0].config.ensemble
+    return [] if ensemble is None else [step.model for step in ensemble.steps]

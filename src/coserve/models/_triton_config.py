@@ -67,7 +67,14 @@ from pathlib import Path
 from typing import Any
 
 from coserve._exceptions import ConfigError, ModelLoadError
-from coserve.models._config import BatchingConfig, ModelConfig, ThreadConfig, VersionPolicy
+from coserve.models._config import (
+    BatchingConfig,
+    EnsembleConfig,
+    EnsembleStep,
+    ModelConfig,
+    ThreadConfig,
+    VersionPolicy,
+)
 from coserve.models._specs import TensorSpec
 from coserve.models._textproto import Decoded, FieldSchema, MessageSchema, load
 from coserve.models._textproto_schemas import TRITON_MODEL_CONFIG
@@ -115,7 +122,6 @@ TRITON_FILES = {
 """Triton's default file names and what each means (``core:src/constants.h``)."""
 
 _NOT_SERVED = {
-    "ensemble": "Triton ensembles (platform 'ensemble') are not supported yet",
     "tensorrt_plan": "TensorRT plans (tensorrt_plan) are not supported: coserve has no TensorRT",
     "tensorrt": "TensorRT plans (backend 'tensorrt') are not supported: coserve has no TensorRT",
     "tensorflow_graphdef": "TensorFlow GraphDef models (tensorflow_graphdef) are not supported: "
@@ -286,6 +292,8 @@ class _Reader:
                 d, "name", f"name {d['name']!r} must be the model folder's name, {self.name!r}"
             )
         self._refuse()
+        if d.get("platform") == "ensemble":
+            return self._ensemble()
         platform = self._platform(versions)
         backend, coserve_platform, default_file = _SERVED[platform]
         filename = d.get("default_model_filename") or default_file
@@ -360,6 +368,157 @@ class _Reader:
             triton=values,
         )
 
+    # -- ensembles ---------------------------------------------------------------------------
+
+    def _ensemble(self) -> ModelConfig:
+        """An ensemble's config: its own tensors, and its steps checked to form a DAG.
+
+        What needs the composing models (that they exist, and have the inputs and outputs the
+        maps name) is checked when the ensemble is loaded, after them (``_ensemble``).
+        """
+        d = self.decoded
+        scheduling = d.get("ensemble_scheduling")
+        if not scheduling or not scheduling.get("step"):
+            raise self.fail(
+                d,
+                "platform",
+                "Triton ensembles (platform 'ensemble') need ensemble_scheduling with at least "
+                "one step",
+            )
+        if d.get("backend"):
+            raise self.fail(d, "backend", "an ensemble has no backend")
+        for key in ("instance_group", "default_model_filename", "parameters"):
+            if key in d:
+                self.warn(d, key, f"{key} is not applied to an ensemble (it runs no model)")
+        max_batch_size: int = d.get("max_batch_size", 0)
+        if max_batch_size < 0:
+            raise self.fail(
+                d, "max_batch_size", f"max_batch_size must be >= 0, got {max_batch_size}"
+            )
+        inputs = self._tensors("input", max_batch_size)
+        outputs = self._tensors("output", max_batch_size)
+        for kind, tensors in (("input", inputs), ("output", outputs)):
+            if not tensors:
+                raise self.fail(d, "platform", f"an ensemble must list its {kind}s")
+            for entry, tensor in zip(d[kind], tensors, strict=True):
+                if tensor.reshape is not None:
+                    raise self.fail(
+                        entry,
+                        "reshape",
+                        f"{kind} {tensor.name!r}: an ensemble's tensors take "
+                        "no reshape (its composing models' may)",
+                    )
+        steps = tuple(
+            self._step(step, index, scheduling) for index, step in enumerate(scheduling["step"])
+        )
+        self._check_dataflow(steps, inputs, outputs)
+        lead = (-1,) if max_batch_size > 0 else ()
+        values = _plain(d)
+        values["name"] = self.name
+        values["backend"] = ""
+        values.setdefault("version_policy", {"latest": {"num_versions": 1}})
+        values["max_batch_size"] = max_batch_size
+        inflight: int = scheduling.get("max_inflight_requests", 0)
+        return ModelConfig(
+            name=self.name,
+            platform="ensemble",
+            labels=self._labels(),
+            warm_up=False,
+            # Not a batcher's: an ensemble batches nothing itself (its composing models do).
+            # max_queue_size bounds the requests in flight through it; timeout is none, as for
+            # a Triton model without dynamic_batching.
+            batching=BatchingConfig(
+                max_batch_size=max_batch_size or UNBATCHED_MAX_ROWS, combine_requests=False
+            ),
+            versions=self._version_policy(),
+            inputs=tuple(TensorSpec.of(t.name, t.datatype, (*lead, *t.dims)) for t in inputs),
+            outputs=tuple(TensorSpec.of(t.name, t.datatype, (*lead, *t.dims)) for t in outputs),
+            batched=max_batch_size > 0,
+            ensemble=EnsembleConfig(
+                steps, max_inflight=inflight, where=d.where("ensemble_scheduling")
+            ),
+            triton=values,
+        )
+
+    def _step(self, step: Decoded, index: int, scheduling: Decoded) -> EnsembleStep:
+        model: str = step.get("model_name", "")
+        where = self.where(step, "model_name") if model else self.where(scheduling, "step")
+        if not model:
+            raise ConfigError(f"{where}: ensemble step {index} must have a model_name")
+        version: int = step.get("model_version", -1)
+        if version == 0 or version < -1:
+            raise self.fail(
+                step,
+                "model_version",
+                f"step {index} (model {model!r}): model_version must be -1 (the newest) or a "
+                f"version number, got {version}",
+            )
+        if step.get("model_namespace"):
+            self.warn(step, "model_namespace", "model_namespace is not applied")
+        maps: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {}
+        for key in ("input_map", "output_map"):
+            entries: Decoded = step.get(key, Decoded(self.decoded.path))
+            if not entries:
+                raise ConfigError(
+                    f"{where}: ensemble step {index} (model {model!r}) needs an {key}"
+                )
+            maps[key] = (tuple(entries.items()), tuple(entries.where(k) for k in entries))
+        return EnsembleStep(
+            model=model,
+            version=None if version == -1 else str(version),
+            inputs=maps["input_map"][0],
+            outputs=maps["output_map"][0],
+            where=where,
+            input_where=maps["input_map"][1],
+            output_where=maps["output_map"][1],
+        )
+
+    def _check_dataflow(
+        self, steps: Sequence[EnsembleStep], inputs: Sequence[_Tensor], outputs: Sequence[_Tensor]
+    ) -> None:
+        """Each tensor has one producer, every read tensor is produced, no cycle, every output.
+
+        Raises:
+            ConfigError: Naming the file and line of the entry at fault.
+        """
+        d = self.decoded
+        producer: dict[str, int] = {t.name: -1 for t in inputs}  # -1: the ensemble's input
+
+        def who(index: int) -> str:
+            return "an ensemble input" if index < 0 else f"step {index} ({steps[index].model})"
+
+        for index, step in enumerate(steps):
+            for (_, tensor), where in zip(step.outputs, step.output_where, strict=True):
+                if tensor in producer:
+                    raise ConfigError(
+                        f"{where}: ensemble tensor {tensor!r} has two producers: "
+                        f"{who(producer[tensor])} and {who(index)}"
+                    )
+                producer[tensor] = index
+        after: list[set[int]] = []
+        for index, step in enumerate(steps):
+            needs = set()
+            for (_, tensor), where in zip(step.inputs, step.input_where, strict=True):
+                if tensor not in producer:
+                    raise ConfigError(
+                        f"{where}: {who(index)} reads ensemble tensor {tensor!r}, which no "
+                        "ensemble input or step output produces"
+                    )
+                if producer[tensor] >= 0:
+                    needs.add(producer[tensor])
+            after.append(needs)
+        cycle = _cycle(after)
+        if cycle:
+            start = cycle.index(min(cycle))  # told from its first step in the file
+            cycle = cycle[start:] + cycle[:start]
+            path = " -> ".join(who(i) for i in (*cycle, cycle[0]))
+            raise ConfigError(f"{steps[cycle[0]].where}: the ensemble's steps form a cycle: {path}")
+        for entry, output in zip(d["output"], outputs, strict=True):
+            if output.name not in producer:
+                raise self.fail(
+                    entry, "name", f"ensemble output {output.name!r} is produced by no step"
+                )
+
     # -- what is refused, and what is only warned about --------------------------------------
 
     def _refuse(self) -> None:
@@ -372,8 +531,12 @@ class _Reader:
                 "yet: coserve cannot keep a sequence's requests on one model instance or give "
                 "the model its control inputs",
             )
-        if "ensemble_scheduling" in d:
-            raise self.fail(d, "ensemble_scheduling", _NOT_SERVED["ensemble"])
+        if "ensemble_scheduling" in d and d.get("platform") != "ensemble":
+            raise self.fail(
+                d,
+                "ensemble_scheduling",
+                'Triton ensembles need platform: "ensemble" beside ensemble_scheduling',
+            )
         policy = d.get("model_transaction_policy", {})
         if policy.get("decoupled"):
             raise self.fail(
@@ -927,6 +1090,33 @@ class _Reader:
                 group["kind"] = "KIND_CPU"
             group["count"] = max(group.get("count", 0), 1)
         values["instance_group"] = groups
+
+
+def _cycle(after: Sequence[set[int]]) -> list[int]:
+    """A cycle in a graph given as each node's predecessors (empty if it has none)."""
+    state = [0] * len(after)  # 0: not seen, 1: on the path being walked, 2: done
+    path: list[int] = []
+
+    def walk(node: int) -> list[int]:
+        state[node] = 1
+        path.append(node)
+        for previous in sorted(after[node]):
+            if state[previous] == 1:
+                return path[path.index(previous) :][::-1]
+            if state[previous] == 0:
+                found = walk(previous)
+                if found:
+                    return found
+        path.pop()
+        state[node] = 2
+        return []
+
+    for node in range(len(after)):
+        if state[node] == 0:
+            found = walk(node)
+            if found:
+                return found
+    return []
 
 
 def _runs(dims: tuple[int, ...]) -> list[int]:
