@@ -129,6 +129,11 @@ async def test_requested_outputs_run_only_the_steps_they_need() -> None:
         assert repository.get("add_sub_2").statistics().submitted == 0
         stats = repository.get("diamond").statistics()
         assert (stats.submitted, stats.completed, stats.in_flight) == (1, 1, 0)
+        # The protocols' path (InferenceService.submit → infer_nowait) prunes the same way.
+        future = repository.get("diamond").infer_nowait({"IN0": a, "IN1": a}, outputs=["SUM"])
+        assert list(await future) == ["SUM"]
+        assert repository.get("add_sub").statistics().submitted == 2
+        assert repository.get("add_sub_2").statistics().submitted == 0
 
 
 async def test_the_config_shows_the_ensemble_as_triton_does() -> None:

@@ -282,12 +282,14 @@ class EnsembleHandle(ModelHandle):
         *,
         timeout: float | None = None,
         priority: int = 0,
+        outputs: Sequence[str] | None = None,
     ) -> asyncio.Future[dict[str, np.ndarray]]:
-        """Start the request and return a future of every output (cancel it to withdraw).
+        """Start the request and return a future of its outputs (cancel it to withdraw).
 
+        Only the steps the requested ``outputs`` need run (None: every output).
         ``InvalidInput``, ``QueueFull`` and ``BatcherClosed`` are raised at once.
         """
-        return self._submit(inputs, timeout, priority, self._output_names)
+        return self._submit(inputs, timeout, priority, self.check_outputs(outputs))
 
     def _submit(
         self,

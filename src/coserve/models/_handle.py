@@ -190,8 +190,12 @@ class ModelHandle:
         *,
         timeout: float | None = None,
         priority: int = 0,
+        outputs: Sequence[str] | None = None,
     ) -> asyncio.Future[dict[str, np.ndarray]]:
         """Queue a request's rows and return a future of every output, without awaiting.
+
+        ``outputs`` names the outputs the caller will pick: a model computes them all anyway
+        (a composite, an ensemble, may compute only those).
 
         For callbacks that cannot await, such as the HTTP protocol's inference path. The inputs
         are checked here (``InvalidInput``, ``QueueFull`` and ``BatcherClosed`` are raised at

@@ -139,7 +139,9 @@ class InferenceService:
             if queue_timeout is None or timeout < queue_timeout:
                 queue_timeout = timeout
         handle.check_outputs(outputs)
-        return handle.infer_nowait(inputs, timeout=queue_timeout, priority=priority)
+        return handle.infer_nowait(
+            inputs, timeout=queue_timeout, priority=priority, outputs=outputs
+        )
 
     async def infer(
         self,
