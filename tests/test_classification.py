@@ -57,9 +57,16 @@ def test_top_classes_are_written_as_triton_writes_them() -> None:
     answered, datatypes = classify(outputs, {"scores": "FP32"}, {"scores": 3}, ["cat", "dog"])
     assert datatypes == {"scores": "BYTES"}
     assert answered["scores"].tolist() == [
-        [b"0.899999976:3", b"0.699999988:1:dog", b"0.200000003:2"],
-        [b"0.500000000:0:cat", b"0.500000000:1:dog", b"0.250000000:3"],  # ties: index order
+        [b"0.900000:3", b"0.700000:1:dog", b"0.200000:2"],
+        [b"0.500000:0:cat", b"0.500000:1:dog", b"0.250000:3"],  # ties: index order
     ]
+    integers = {"n": np.array([[3, 7, 1]], dtype=np.int32)}
+    ranked, _ = classify(integers, {"n": "INT32"}, {"n": 2}, [])
+    assert ranked["n"].tolist() == [[b"7:1", b"3:0"]]  # integers as they are, as Triton
+    whole, _ = classify(
+        {"v": np.arange(10, dtype=np.float32)}, {"v": "FP32"}, {"v": 3}, [], batched=False
+    )
+    assert whole["v"].tolist() == [b"9.000000:9", b"8.000000:8", b"7.000000:7"]  # shape [k]
     everything, _ = classify(outputs, {"scores": "FP32"}, {"scores": 10}, [])
     assert everything["scores"].shape == (2, 4)  # k beyond the classes: all of them
     with pytest.raises(InvalidInput, match="not numeric"):
@@ -87,7 +94,7 @@ async def test_classification_over_rest_with_tritonclient(tmp_path: Path) -> Non
                     [v.decode() if isinstance(v, bytes) else v for v in row]
                     for row in result.as_numpy("scores").tolist()
                 ]
-                assert answer == [["0.899999976:3", "0.699999988:1:dog"]]
+                assert answer == [["0.900000:3", "0.700000:1:dog"]]
             with pytest.raises(Exception, match="not numeric"):
                 await client.infer(
                     "scores",
@@ -112,8 +119,8 @@ async def test_classification_over_grpc_with_tritonclient(tmp_path: Path) -> Non
                 outputs=[grpc_client.InferRequestedOutput("scores", class_count=1)],
             )
             assert result.as_numpy("scores").tolist() == [
-                [b"0.899999976:3"],
-                [b"4.000000000:0:cat"],
+                [b"0.900000:3"],
+                [b"4.000000:0:cat"],
             ]
             metadata = await client.get_server_metadata()
             assert "classification" in metadata.extensions

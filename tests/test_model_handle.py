@@ -242,3 +242,22 @@ def test_lenient_shapes_need_only_rows() -> None:
         check_inputs("m", spec, {"x": [1.0, 2.0]}, max_rows=8)
     with pytest.raises(InvalidInput, match="scalar"):
         check_inputs("m", spec, {"x": 1.0}, max_rows=8, strict_shapes=False)
+
+
+async def test_a_request_to_a_model_without_batch_dimension_is_never_split() -> None:
+    """Chunks of an unbatched model's tensor would be computed apart: refused, not split."""
+    backend = PythonModel(
+        lambda inputs: {"y": inputs["x"] - inputs["x"].mean()},
+        name="centre",
+        inputs=(TensorSpec.of("x", "FP32", [-1]),),
+        outputs=(TensorSpec.of("y", "FP32", [-1]),),
+    )
+    backend.batched = False
+    handle = ModelHandle(backend, BatchingConfig(max_batch_size=4, combine_requests=False))
+    try:
+        whole = await handle.infer({"x": [1.0, 2.0, 3.0, 6.0]})
+        assert whole["y"].tolist() == [-2.0, -1.0, 0.0, 3.0]
+        with pytest.raises(InvalidInput, match="no batch dimension"):
+            await handle.infer({"x": [1.0] * 5})
+    finally:
+        await handle.aclose()

@@ -108,7 +108,7 @@ class AdaptedBackend(Backend):
         self.signature_name = inner.signature_name
         self.signatures = inner.signatures
         self._inner = inner
-        self._batched = config.batched
+        self._batched = self.batched = config.batched
         self._text = _text_strings(config, inner)
         reshape = dict(config.reshape)
         lead = 1 if config.batched else 0

@@ -77,6 +77,9 @@ class Backend(ABC):
 
     platform: str = "unknown"
     strict_shapes: bool = True
+    batched: bool = True
+    """False: the tensors have no batch dimension (Triton's ``max_batch_size: 0``); each request
+    runs alone and whole, never split or combined."""
     signature_name: str | None = None
     signatures: Mapping[str, Signature] = {}
 

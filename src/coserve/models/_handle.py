@@ -174,6 +174,8 @@ class ModelHandle:
         wanted = self.check_outputs(outputs)
         arrays, rows = self._checked(inputs)
         limit = self.batching.max_batch_size
+        if rows > limit and not self.backend.batched:
+            raise InvalidInput(self._too_long(rows))
         if rows <= limit:
             result = await self._batcher.submit(
                 arrays, timeout=timeout, priority=priority, size=rows
@@ -205,11 +207,21 @@ class ModelHandle:
         """
         arrays, rows = self._checked(inputs)
         limit = self.batching.max_batch_size
+        if rows > limit and not self.backend.batched:
+            raise InvalidInput(self._too_long(rows))
         if rows <= limit:
             return self._batcher.submit_nowait(
                 arrays, timeout=timeout, priority=priority, size=rows
             )
         return asyncio.ensure_future(self._infer_in_chunks(arrays, rows, limit, timeout, priority))
+
+    def _too_long(self, rows: int) -> str:
+        # Split in chunks, a model without a batch dimension would compute on parts of its
+        # tensors and answer wrongly: refused instead.
+        return (
+            f"model {self.name!r} has no batch dimension, and the request's first dimension "
+            f"({rows}) is over the {self.batching.max_batch_size} it runs whole"
+        )
 
     def _checked(self, inputs: Mapping[str, Any]) -> tuple[Request, int]:
         """The request's arrays checked against the model's inputs, and its rows."""

@@ -1,11 +1,12 @@
 """Triton's classification extension: an output asked for as its top classes, not its values.
 
 A requested output with ``"parameters": {"classification": k}`` (on REST; an ``int64_param`` on
-gRPC) is answered as a BYTES tensor of shape ``[rows, k]``: each row's k largest values, largest
-first, each written ``"value:index"`` or, when the model has class labels (``labels`` in
-config.toml, Triton's ``label_filename``), ``"value:index:label"``, the value in fixed notation
-with nine decimals, as Triton writes it. Every protocol driver applies it with :func:`classify`
-once the model has answered.
+gRPC) is answered as a BYTES tensor of shape ``[rows, k]`` (``[k]`` for a model without a batch
+dimension, whose whole tensor is ranked): each row's k largest values, largest first, each
+written ``"value:index"`` or, when the model has class labels (``labels`` in config.toml,
+Triton's ``label_filename``), ``"value:index:label"``, the value as C++'s ``std::to_string``
+writes it, as Triton does (six decimals for floats, integers as they are). Every protocol
+driver applies it with :func:`classify` once the model has answered.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def classify(
     datatypes: Mapping[str, str],
     counts: Mapping[str, int],
     labels: Sequence[str],
+    *,
+    batched: bool = True,
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """The outputs with each one in ``counts`` replaced by its top classes, and their datatypes.
 
@@ -66,18 +69,28 @@ def classify(
             continue  # not asked for: the requested outputs were checked before the model ran
         if datatypes.get(name) in (None, "BYTES", "BOOL"):
             raise InvalidInput(f"output {name!r} is not numeric: it has no classes to rank")
-        rows = array.reshape(len(array), -1) if array.ndim else array.reshape(1, -1)
+        flat = not batched or not array.ndim
+        rows = array.reshape(1, -1) if flat else array.reshape(len(array), -1)
         if rows.shape[1] == 0:
             raise InvalidInput(f"output {name!r} has no values to classify")
         k = min(count, rows.shape[1])
-        # Largest first; a stable sort keeps equal values in index order.
-        order = np.argsort(-rows.astype(np.float64), axis=1, kind="stable")[:, :k]
+        keys = -rows.astype(np.float64)
+        if k < rows.shape[1]:  # the top k first (linear), then only those sorted
+            top = np.argpartition(keys, k - 1, axis=1)[:, :k]
+            keys_top = np.take_along_axis(keys, top, axis=1)
+            # Equal values in index order, as a stable sort would give them.
+            order = np.take_along_axis(top, np.lexsort((top, keys_top), axis=1), axis=1)
+        else:
+            order = np.argsort(keys, axis=1, kind="stable")
+        integer = rows.dtype.kind in "iu"
         classes = np.empty((len(rows), k), dtype=object)
         for row, indices in enumerate(order):
             for column, index in enumerate(indices):
-                text = f"{float(rows[row, index]):.9f}:{int(index)}"
+                value = rows[row, index]
+                shown = str(int(value)) if integer else f"{float(value):f}"
+                text = f"{shown}:{int(index)}"
                 if index < len(labels):
                     text += f":{labels[index]}"
                 classes[row, column] = text.encode()
-        answered[name], types[name] = classes, "BYTES"
+        answered[name], types[name] = (classes[0] if flat else classes), "BYTES"
     return answered, types

@@ -269,6 +269,7 @@ def answer(
         handle.output_datatypes,
         _class_counts(request),
         handle.labels,
+        batched=handle.backend.batched,
     )
     encode_outputs(response, handle, selected, datatypes)
     return response

@@ -123,6 +123,7 @@ def answer(
         handle.output_datatypes,
         decoded.classification,
         handle.labels,
+        batched=handle.backend.batched,
     )
     body, json_length = encode_response(
         model=handle.name,

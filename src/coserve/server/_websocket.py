@@ -28,7 +28,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from coserve._exceptions import ChannelError, CoserveError, InvalidInput, ModelNotFound
 from coserve.channels import open_channel
 from coserve.models import ModelHandle
-from coserve.server._classification import classify
+from coserve.server._classification import check_classifiable, classify
 from coserve.server._decoding import decode_soon
 from coserve.server._errors import report
 from coserve.server._service import InferenceService
@@ -70,11 +70,16 @@ async def _answer(
         decoded = await decode_request_async(body, None, max_json_size=max_json_size)
         decoded.binary_outputs.clear()  # one JSON message per answer
         decoded.all_outputs_binary = False
+        check_classifiable(handle.output_datatypes, decoded.classification)
         outputs = await service.infer(
             handle, decoded.inputs, outputs=decoded.outputs, parameters=decoded.parameters
         )
         outputs, datatypes = classify(
-            outputs, handle.output_datatypes, decoded.classification, handle.labels
+            outputs,
+            handle.output_datatypes,
+            decoded.classification,
+            handle.labels,
+            batched=handle.backend.batched,
         )
         answer, _ = encode_response(
             model=handle.name,
