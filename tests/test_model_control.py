@@ -234,3 +234,45 @@ def test_the_grpc_repository_rpcs_load_and_unload_in_explicit_mode(tmp_path: Pat
             assert served(server) == ["slow"]
     finally:
         server.close()
+
+
+def test_a_load_of_a_loaded_model_reloads_it(tmp_path: Path) -> None:
+    """As Triton: load on a served model picks up its new files; a failed one is a 400."""
+    add_model(tmp_path, "slow", SLOW_CONFIG, SLOW_MODEL)
+    model = tmp_path / "slow" / "1" / "model.py"
+    server = ServerProcess(
+        "--model-repository", str(tmp_path), "--model-control-mode=explicit", "--load-model=slow"
+    )
+
+    def answer() -> float:
+        response = httpx.post(
+            f"{server.url}/v2/models/slow/infer",
+            json={"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [0.0]}]},
+            timeout=10,
+        )
+        return float(response.json()["outputs"][0]["data"][0])
+
+    try:
+        server.wait_ready()
+        assert answer() == 0.0
+        model.write_text(SLOW_MODEL.replace('{"y": inputs["x"]}', '{"y": inputs["x"] + 7}'))
+        assert httpx.post(f"{server.url}/v2/repository/models/slow/load").status_code == 200
+        assert answer() == 7.0
+        model.write_text("this is not python\n")
+        failed = httpx.post(f"{server.url}/v2/repository/models/slow/load")
+        assert failed.status_code == 400
+        assert answer() == 7.0  # the loaded version keeps serving
+    finally:
+        server.close()
+
+
+def test_explicit_mode_refuses_several_workers(tmp_path: Path) -> None:
+    add_model(tmp_path, "types", TYPES_CONFIG, TYPES_MODEL)
+    server = ServerProcess(
+        "--model-repository", str(tmp_path), "--model-control-mode=explicit", "--workers=2"
+    )
+    try:
+        assert server.process.wait(timeout=60) == 2
+        assert "drop --workers" in server.output()
+    finally:
+        server.close()

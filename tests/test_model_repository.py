@@ -282,3 +282,33 @@ async def test_a_folder_of_non_ascii_digits_is_no_version(tmp_path: Path) -> Non
     (tmp_path / "plus_one" / "\uff11\uff12").mkdir()  # full-width 12
     async with ModelRepository(tmp_path) as repository:
         assert [m.version for m in repository.models()] == ["1"]
+
+
+async def test_a_loaded_model_whose_config_breaks_keeps_serving(tmp_path: Path) -> None:
+    """An edit that makes a served model's folder unreadable unloads nothing."""
+    add_model(tmp_path, "plus_one", 1, add=1)
+    config = tmp_path / "plus_one" / "config.toml"
+    good = config.read_text()
+    async with ModelRepository(tmp_path) as repository:
+        handle = repository.get("plus_one")
+        config.write_text(good + "\nnot_a_key = 1\n")
+        await repository.reload()
+        assert repository.get("plus_one") is handle
+        assert await infer_one(repository, "plus_one", 1) == 2
+        assert repository.unserved() == ["plus_one"]
+        config.write_text(good)
+        await repository.reload()
+        assert repository.get("plus_one") is handle  # same config again: kept
+
+
+async def test_a_fresh_reload_loads_changed_files_anew(tmp_path: Path) -> None:
+    """reload(fresh=...) reloads a model whose config is unchanged (its files may be new)."""
+    add_model(tmp_path, "plus", 1, add=1)
+    async with ModelRepository(tmp_path) as repository:
+        assert await infer_one(repository, "plus", 1) == 2
+        add_model_file = tmp_path / "plus" / "1" / "model.py"
+        add_model_file.write_text(textwrap.dedent(MODEL.format(add=5)))
+        await repository.reload()
+        assert await infer_one(repository, "plus", 1) == 2  # unchanged config: kept
+        await repository.reload(fresh={"plus"})
+        assert await infer_one(repository, "plus", 1) == 6

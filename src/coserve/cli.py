@@ -314,6 +314,10 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.model_name is not None and args.model_base_path is None:
         log.error("--model-name needs --model-base-path")
         return 2
+    if args.model_control_mode == "explicit" and args.workers > 1:
+        # Each worker would keep its own set of loaded models: a load reaches one of them.
+        log.error("--model-control-mode explicit serves one worker's models: drop --workers")
+        return 2
     if args.load_model and args.model_control_mode != "explicit":
         log.error("--load-model needs --model-control-mode explicit (as in Triton)")
         return 2

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -272,8 +272,11 @@ class ModelRepository:
 
     # -- loading -----------------------------------------------------------------------------
 
-    async def reload(self) -> None:
+    async def reload(self, *, fresh: Collection[str] = ()) -> None:
         """Bring the loaded models in line with the folder, without dropping a request.
+
+        ``fresh`` names models to load anew even if their config is unchanged (Triton's
+        explicit load of a model already loaded: its files may have changed).
 
         Added, changed and new-version models are loaded first; then the routing table is
         swapped; then removed and replaced versions are unloaded once their requests finish.
@@ -281,7 +284,8 @@ class ModelRepository:
         A model whose folder cannot be read is logged and skipped (the others still load); a
         version that fails to load is logged and skipped (its model's other versions still
         load), and is not tried again until its files change. If none of a model's wanted
-        versions loads, the versions it served before keep serving.
+        versions loads, the versions it served before keep serving, and so does a model whose
+        folder cannot be read any more (an edit gone wrong unloads nothing).
 
         Raises:
             ModelLoadError: The repository folder does not exist.
@@ -291,8 +295,9 @@ class ModelRepository:
             if path is not None and not path.is_dir():
                 raise ModelLoadError(f"model repository {path} is not a folder")
             unserved: list[str] = []
+            unreadable: set[str] = set()
             try:
-                wanted = await asyncio.to_thread(self._scan, unserved)
+                wanted = await asyncio.to_thread(self._scan, unserved, unreadable)
             except ConfigError as error:
                 if not self._handles and not self._configs:
                     raise
@@ -305,7 +310,7 @@ class ModelRepository:
             for name, (layout, stamps) in _load_order(wanted):
                 config = layout.config
                 old = self._handles.get(name, {})
-                same_config = self._configs.get(name) == config
+                same_config = self._configs.get(name) == config and name not in fresh
                 kept = {v: h for v, h in old.items() if v in layout.versions and same_config}
                 kept = self._still_wired(kept, new_handles)
                 # Each version on its own: one that fails (a half-copied folder) leaves the
@@ -316,7 +321,8 @@ class ModelRepository:
                     key, stamp = (name, version), (config, stamps[version])
                     # An ensemble is tried on every reload: what it waits for is its composing
                     # models, not a change of its own files.
-                    if self._failed.get(key) == stamp and config.ensemble is None:
+                    memo = self._failed.get(key) == stamp and name not in fresh
+                    if memo and config.ensemble is None:
                         unserved.append(f"{name} v{version}")
                         continue
                     try:
@@ -346,6 +352,12 @@ class ModelRepository:
                 new_handles[name] = kept
                 new_configs[name] = config
                 new_labels[name] = {label: v for label, v in layout.labels.items() if v in kept}
+            for name, versions in self._handles.items():
+                if name not in new_handles and name in unreadable:
+                    logger.error("model %s: kept as it was loaded: its folder cannot be read", name)
+                    new_handles[name] = versions
+                    new_configs[name] = self._configs[name]
+                    new_labels[name] = self._labels.get(name, {})
             retired = [
                 handle
                 for name, versions in self._handles.items()
@@ -360,7 +372,9 @@ class ModelRepository:
                 )
                 await handle.aclose()
 
-    def _scan(self, unserved: list[str]) -> dict[str, tuple[ModelLayout, dict[str, float]]]:
+    def _scan(
+        self, unserved: list[str], unreadable: set[str]
+    ) -> dict[str, tuple[ModelLayout, dict[str, float]]]:
         """Read every model folder's config and pick its versions (runs in a thread).
 
         The names of folders that serve nothing (logged, with why) are added to ``unserved``.
@@ -389,6 +403,7 @@ class ModelRepository:
             layout = read_model_folder(folder)
             if layout is None:
                 unserved.append(folder.name)
+                unreadable.add(folder.name)
             else:
                 stamps = {v: _newest_change(path) for v, path in layout.versions.items()}
                 found[folder.name] = (layout, stamps)

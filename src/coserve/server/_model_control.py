@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from coserve._exceptions import InvalidInput, ModelNotFound, Unsupported
-from coserve.models import ModelRepository
+from coserve.models import ModelHandle, ModelRepository
 from coserve.models._layout import RepositoryFolders
 from coserve.server._responses import json_response, read_body
 from coserve.server._v2_codec import load_json_object
@@ -99,11 +99,23 @@ class ModelControl:
         if name not in await asyncio.to_thread(folders.names):
             raise InvalidInput(f"failed to load '{name}': no such model folder in {folders.path}")
         assert folders.wanted is not None  # explicit mode keeps a set
+        before = set(map(id, self._handles(name)))
+        was_wanted = name in folders.wanted
         folders.wanted.add(name)
-        await self._repository.reload()
-        if not any(m.name == name for m in self._repository.models()):
-            folders.wanted.discard(name)
+        # Fresh: a load of a loaded model reloads it, as Triton does (its files may be new).
+        await self._repository.reload(fresh={name})
+        after = self._handles(name)
+        if not after or any(id(handle) in before for handle in after):
+            if not was_wanted and not after:
+                folders.wanted.discard(name)
             raise InvalidInput(f"failed to load '{name}' (the server's log says why)")
+
+    def _handles(self, name: str) -> list[ModelHandle]:
+        return [
+            self._repository.get(m.name, m.version)
+            for m in self._repository.models()
+            if m.name == name
+        ]
 
     async def unload_model(self, name: str) -> None:
         """Drain the model ``name``'s requests, then unload it.
