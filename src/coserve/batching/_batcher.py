@@ -151,7 +151,7 @@ class Batcher(Generic[T, R]):
         self._name = name or getattr(fn, "__qualname__", None) or type(fn).__name__
 
         self._queue: RequestQueue[T] = RequestQueue()
-        self._counters = Counters(max_batch_size)
+        self._counters = Counters()
         self._running: dict[asyncio.Future[Any], list[QueuedRequest[T]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dispatcher: asyncio.Task[None] | None = None

@@ -73,9 +73,7 @@ class Batched(Generic[T, R]):
     def statistics(self) -> BatcherStatistics:
         """The statistics of the current batcher (all zero before first use)."""
         if self._batcher is None:
-            return Counters(self._options["max_batch_size"]).snapshot(
-                queued=0, queued_rows=0, running_batches=0, in_flight=0
-            )
+            return Counters().snapshot(queued=0, queued_rows=0, running_batches=0, in_flight=0)
         return self._batcher.statistics()
 
     async def aclose(self, *, grace_period: float | None = None) -> None:

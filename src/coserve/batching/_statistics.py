@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -189,7 +189,7 @@ class Counters:
         "submitted",
     )
 
-    def __init__(self, max_batch_size: int) -> None:
+    def __init__(self) -> None:
         self.submitted = 0
         self.completed = 0
         self.failed = 0
@@ -199,7 +199,9 @@ class Counters:
         self.rejected_queue_full = 0
         self.rejected_closed = 0
         self.batches = 0
-        self.batch_sizes = [0] * (max_batch_size + 1)
+        # By size: dicts, not lists of max_batch_size + 1 (a model without a batch dimension
+        # allows 65536 rows, and a snapshot would walk them all).
+        self.batch_sizes: defaultdict[int, int] = defaultdict(int)
         self.close_reasons = dict.fromkeys(CloseReason, 0)
         self.queue_time = DurationRecorder()
         self.execution_time = DurationRecorder()
@@ -209,7 +211,7 @@ class Counters:
         self.completed_seconds = 0.0
         self.completed_execution_seconds = 0.0
         self.error_seconds = 0.0
-        self.batch_seconds = [0.0] * (max_batch_size + 1)
+        self.batch_seconds: defaultdict[int, float] = defaultdict(float)
         self.last_batch_end = 0.0
 
     def snapshot(
@@ -231,7 +233,7 @@ class Counters:
             rejected_queue_full=self.rejected_queue_full,
             rejected_closed=self.rejected_closed,
             batches=self.batches,
-            batch_sizes=MappingProxyType({s: n for s, n in enumerate(self.batch_sizes) if n}),
+            batch_sizes=MappingProxyType(dict(sorted(self.batch_sizes.items()))),
             close_reasons=MappingProxyType({r.value: n for r, n in self.close_reasons.items()}),
             queue_time=self.queue_time.summary(),
             execution_time=self.execution_time.summary(),
@@ -240,7 +242,7 @@ class Counters:
             completed_execution_seconds=self.completed_execution_seconds,
             error_seconds=self.error_seconds,
             batch_execution_seconds=MappingProxyType(
-                {s: t for s, t in enumerate(self.batch_seconds) if self.batch_sizes[s]}
+                {s: self.batch_seconds.get(s, 0.0) for s in sorted(self.batch_sizes)}
             ),
             last_batch_end=self.last_batch_end,
         )
