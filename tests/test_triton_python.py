@@ -321,3 +321,44 @@ def test_tritonclient_http_against_a_real_server(repository: Path) -> None:
         client.close()
     finally:
         server.close()
+
+
+NEIGHBOUR_MODEL = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        import helper  # imported in initialize, as Triton models may
+
+        self.value = helper.VALUE
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", x + self.value)]))
+        return responses
+"""
+
+NEIGHBOUR_CONFIG = """
+backend: "python"
+max_batch_size: 0
+input [ { name: "X" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "Y" data_type: TYPE_FP32 dims: [ -1 ] } ]
+"""
+
+
+async def test_two_models_each_get_their_own_neighbour_module(tmp_path: Path) -> None:
+    """Each model's helper.py is its own, imported in initialize too; none stays global."""
+    for name, value in (("ma", 1), ("mb", 100)):
+        (tmp_path / name / "1").mkdir(parents=True)
+        (tmp_path / name / "config.pbtxt").write_text(NEIGHBOUR_CONFIG)
+        (tmp_path / name / "1" / "model.py").write_text(NEIGHBOUR_MODEL)
+        (tmp_path / name / "1" / "helper.py").write_text(f"VALUE = {value}\n")
+    async with ModelRepository(tmp_path) as models:
+        x = {"X": np.array([1.0], dtype=np.float32)}
+        assert (await models.get("ma").infer(x))["Y"].tolist() == [2.0]
+        assert (await models.get("mb").infer(x))["Y"].tolist() == [101.0]
+        assert "helper" not in sys.modules

@@ -5,9 +5,11 @@ or the config's ``default_model_filename``), or coserve's (``config.toml`` with 
 "triton_python"`` and ``[[inputs]]``/``[[outputs]]``). The model's file is imported as a module of
 its own, with ``triton_python_backend_utils`` (coserve's :mod:`.triton_python_utils`) registered
 in ``sys.modules`` for its ``import triton_python_backend_utils as pb_utils``, and the version
-folder on ``sys.path`` while it is imported, so the model's own imports of the files beside it
-work (Triton leaves it there; coserve serves many models in one process, so it is taken off
-again).
+folder on ``sys.path`` while it is imported and while ``initialize`` runs, so the model's own
+imports of the files beside it work. Triton runs each model in a process of its own and leaves
+the folder there; coserve serves many models in one process, so the folder is taken off again
+and the modules imported from it are kept by the model alone (two models that each ship a
+``helper.py`` get their own). A neighbour first imported inside ``execute`` is not found.
 
 As in Triton, each instance of the config's ``instance_group`` (their ``count`` summed: coserve's
 ``max_concurrent_batches``) is a ``TritonPythonModel`` of its own, ``initialize(args)`` called
@@ -102,16 +104,42 @@ def register_utils() -> None:
         sys.modules[pb_utils.MODULE_NAME] = pb_utils
 
 
+def _local_names(folder: Path) -> set[str]:
+    """The top-level module names the files and packages beside a model would import as."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return set()
+    return {e.stem for e in entries if e.suffix == ".py" and e.is_file()} | {
+        e.name for e in entries if e.is_dir() and (e / "__init__.py").is_file()
+    }
+
+
 @contextlib.contextmanager
 def _on_path(folder: Path) -> Iterator[None]:
-    """The model's folder first on ``sys.path``, so a model can import the files beside it."""
+    """The model's folder first on ``sys.path``, with the model's own modules only.
+
+    So a model can import the files beside it, and two models that each ship a ``helper.py``
+    get their own: modules of those names are set aside while this model imports (or runs
+    ``initialize``), and what it imported from its folder is taken out of ``sys.modules``
+    afterwards (its globals keep them). Hold ``_imports`` around it.
+    """
     entry = str(folder)
+    local = _local_names(folder)
+
+    def is_local(module: str) -> bool:
+        return module.partition(".")[0] in local
+
+    set_aside = {name: sys.modules.pop(name) for name in list(sys.modules) if is_local(name)}
     sys.path.insert(0, entry)
     try:
         yield
     finally:
         with contextlib.suppress(ValueError):
             sys.path.remove(entry)
+        for name in [name for name in sys.modules if is_local(name)]:
+            del sys.modules[name]
+        sys.modules.update(set_aside)
 
 
 def import_model_file(path: Path, *, name: str, version: str) -> ModuleType:
@@ -230,6 +258,7 @@ class TritonPythonModelBackend(Backend):
                 "config.toml)"
             )
         super().__init__(name, version, inputs, outputs)
+        self._folder = path.parent
         module = import_model_file(path, name=name, version=version)
         model_class = getattr(module, "TritonPythonModel", None)
         if not inspect.isclass(model_class):
@@ -272,7 +301,9 @@ class TritonPythonModelBackend(Backend):
         initialize = getattr(instance.model, "initialize", None)
         if callable(initialize):
             try:
-                instance.call(initialize, {**args, "model_instance_name": instance_name})
+                # initialize may import the files beside model.py, as it can in Triton.
+                with _imports, _on_path(self._folder):
+                    instance.call(initialize, {**args, "model_instance_name": instance_name})
             except Exception as error:
                 instance.stop()
                 raise ModelLoadError(
