@@ -362,3 +362,51 @@ async def test_two_models_each_get_their_own_neighbour_module(tmp_path: Path) ->
         assert (await models.get("ma").infer(x))["Y"].tolist() == [2.0]
         assert (await models.get("mb").infer(x))["Y"].tolist() == [101.0]
         assert "helper" not in sys.modules
+
+
+SLOW_FINALIZE_MODEL = """
+import time
+
+import triton_python_backend_utils as pb_utils
+
+DONE, FINAL = {done!r}, {final!r}
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        time.sleep(0.5)
+        with open(DONE, "w") as out:
+            out.write(str(time.monotonic()))
+        x = pb_utils.get_input_tensor_by_name(requests[0], "X").as_numpy()
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("Y", x)])]
+
+    def finalize(self):
+        with open(FINAL, "w") as out:
+            out.write(str(time.monotonic()))
+"""
+
+
+def test_finalize_waits_for_a_running_execute(tmp_path: Path) -> None:
+    """close() takes the instance back first: finalize never runs beside an execute."""
+    import threading
+    import time
+
+    from coserve.models import load_backend
+    from coserve.models._layout import ModelFolder, read_model_folder
+
+    folder = tmp_path / "slowfin"
+    (folder / "1").mkdir(parents=True)
+    (folder / "config.pbtxt").write_text(NEIGHBOUR_CONFIG)
+    done, final = tmp_path / "done", tmp_path / "final"
+    model = SLOW_FINALIZE_MODEL.format(done=str(done), final=str(final))
+    (folder / "1" / "model.py").write_text(model)
+    layout = read_model_folder(ModelFolder("slowfin", folder))
+    assert layout is not None
+    backend = load_backend(layout.config, folder / "1", "1")
+    batch = {"X": np.array([1.0], dtype=np.float32)}
+    runner = threading.Thread(target=backend.predict, args=(batch,))
+    runner.start()
+    time.sleep(0.1)  # execute is running (it sleeps 0.5 s)
+    backend.close()
+    runner.join()
+    assert float(final.read_text()) >= float(done.read_text())

@@ -90,6 +90,9 @@ _REQUEST_FAULTS = frozenset(
 _imports = threading.Lock()
 """Imports change sys.path and sys.modules: one model file is imported at a time."""
 
+_FINALIZE_WAIT = 30.0
+"""Seconds unload waits for an instance's last ``execute`` before calling its ``finalize``."""
+
 
 def register_utils() -> None:
     """Make ``import triton_python_backend_utils`` find coserve's module."""
@@ -282,6 +285,7 @@ class TritonPythonModelBackend(Backend):
         }
         self._instances: list[_Instance] = []
         self._idle: queue.SimpleQueue[_Instance] = queue.SimpleQueue()
+        self._serving = False
         try:
             for instance_name in _instance_names(config):
                 self._instances.append(self._start(model_class, instance_name, args))
@@ -290,6 +294,7 @@ class TritonPythonModelBackend(Backend):
             raise
         for instance in self._instances:
             self._idle.put(instance)
+        self._serving = True  # from now on an instance is busy unless it is in _idle
 
     def _start(self, model_class: type, instance_name: str, args: dict[str, str]) -> _Instance:
         try:
@@ -405,8 +410,28 @@ class TritonPythonModelBackend(Backend):
         return array
 
     def close(self) -> None:
-        """Call every instance's ``finalize()`` (errors are logged, as Triton logs them)."""
-        for instance in self._instances:
+        """Call every instance's ``finalize()`` (errors are logged, as Triton logs them).
+
+        Each instance is taken back from the idle ones first, so ``finalize`` never runs
+        beside an ``execute`` that the drain's deadline left running; one still busy after
+        ``_FINALIZE_WAIT`` seconds is left unfinalized, with a log line.
+        """
+        instances = self._instances
+        if self._serving:
+            instances = []
+            for _ in self._instances:
+                try:
+                    instances.append(self._idle.get(timeout=_FINALIZE_WAIT))
+                except queue.Empty:
+                    logger.warning(
+                        "model %s v%s: an instance still runs execute(); its finalize() is "
+                        "not called",
+                        self.name,
+                        self.version,
+                    )
+                    break
+            self._serving = False
+        for instance in instances:
             finalize = getattr(instance.model, "finalize", None)
             try:
                 if callable(finalize):
