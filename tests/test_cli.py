@@ -167,3 +167,10 @@ def test_tfserving_flags_it_does_not_apply_are_named_in_any_spelling() -> None:
         "tensorflow_intra_op_parallelism",
     ):
         assert f"--{flag} is TensorFlow Serving's; coserve does not apply it" in output
+
+
+def test_tritons_http_port_spelling_sets_the_http_port() -> None:
+    from coserve.cli import _parser
+
+    assert _parser().parse_args(["serve", "--http-port", "9123"]).port == 9123
+    assert _parser().parse_args(["serve", "--port", "9124"]).port == 9124

@@ -12,10 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = [
-    "CLASSIFY",
     "DEFAULT_SIGNATURE",
     "PREDICT",
-    "REGRESS",
     "Signature",
     "SignatureTensor",
 ]
@@ -25,8 +23,6 @@ DEFAULT_SIGNATURE = "serving_default"
 signatures answers to it too."""
 
 PREDICT = "tensorflow/serving/predict"
-CLASSIFY = "tensorflow/serving/classify"
-REGRESS = "tensorflow/serving/regress"
 
 
 @dataclass(frozen=True, slots=True)
