@@ -737,7 +737,8 @@ def test_fields_coserve_does_not_apply_are_warnings(
 @pytest.mark.parametrize(
     ("field", "says"),
     [
-        ("sequence_batching { direct { } }", "sequence batching (stateful models) is not"),
+        ("sequence_batching { state [ { input_name: \"S\" } ] }", "implicit state"),
+        ("sequence_batching { iterative_sequence: true }", "iterative_sequence is not"),
         ("model_transaction_policy { decoupled: true }", "decoupled models"),
         ("ensemble_scheduling { step [ { model_name: \"a\" } ] }", "Triton ensembles"),
         ("batch_input [ { target_name: \"N\" source_input: \"INPUT0\" } ]", "batch_input is not"),
@@ -750,6 +751,8 @@ def test_fields_that_would_serve_the_model_wrongly_are_errors(
     with pytest.raises(ConfigError) as raised:
         read(folder)
     at = "decoupled" if "decoupled" in field else field.split()[0]
+    if field.startswith("sequence_batching"):  # the field inside; a list's is its first item's
+        at = "{ input_name" if "state" in field else field.split()[2]
     assert str(raised.value).startswith(where(folder, at))
     assert says in str(raised.value)
 

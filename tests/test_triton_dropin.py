@@ -11,6 +11,8 @@ strings, with tritonclient's HTTP (binary tensors on and off) and gRPC clients u
 
 from __future__ import annotations
 
+import queue
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -75,7 +77,7 @@ def test_the_server_and_every_model_are_ready(
     for client in (http, grpc):
         assert client.is_server_live()
         assert client.is_server_ready()
-        for model in ("simple", "simple_string", "simple_no_config"):
+        for model in ("simple", "simple_string", "simple_no_config", "simple_sequence"):
             assert client.is_model_ready(model)
             assert client.is_model_ready(model, "1")
         assert not client.is_model_ready("wrong_model_name")
@@ -274,3 +276,118 @@ class TestGrpc:
             ("INPUT1", "INT32", ["-1", "16"]),
         ]
         assert [t["name"] for t in metadata["outputs"]] == ["OUTPUT0", "OUTPUT1"]
+
+
+# -- sequence batching: Triton's simple_sequence, as its sequence example clients call it ---------
+
+SEQUENCE_VALUES = [11, 7, 5, 3, 2, 0, 1]
+
+
+def send_sequence(client: Any, module: Any, values: list[int], sequence_id: int | str) -> list[int]:
+    """As ``sync_send`` of Triton's ``simple_*_sequence_sync_infer_client.py``: one at a time."""
+    results = []
+    for count, value in enumerate(values, start=1):
+        data = np.full((1, 1), value, dtype=np.int32)
+        inputs = [module.InferInput("INPUT", data.shape, "INT32")]
+        inputs[0].set_data_from_numpy(data)
+        result = client.infer(
+            model_name="simple_sequence",
+            inputs=inputs,
+            outputs=[module.InferRequestedOutput("OUTPUT")],
+            sequence_id=sequence_id,
+            sequence_start=count == 1,
+            sequence_end=count == len(values),
+        )
+        results.append(int(result.as_numpy("OUTPUT")[0][0]))
+    return results
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_simple_sequence_sync_infer_client(
+    protocol: str,
+    http: httpclient.InferenceServerClient,
+    grpc: grpcclient.InferenceServerClient,
+) -> None:
+    """The example's checks: the first result is its value plus 1 (START), the rest the value.
+
+    Two integer sequences and one with a string (UUID) id, as the example sends them.
+    """
+    client, module = (http, httpclient) if protocol == "http" else (grpc, grpcclient)
+    offset = 0 if protocol == "http" else 10
+    first = send_sequence(client, module, [0, *SEQUENCE_VALUES], 1000 + offset)
+    second = send_sequence(client, module, [100, *(-v for v in SEQUENCE_VALUES)], 1001 + offset)
+    text = send_sequence(client, module, [20, *(-v for v in SEQUENCE_VALUES)], str(uuid.uuid4()))
+    for i in range(len(first)):
+        assert first[i] == (1 if i == 0 else SEQUENCE_VALUES[i - 1])
+        assert second[i] == (101 if i == 0 else -SEQUENCE_VALUES[i - 1])
+        assert text[i] == (21 if i == 0 else -SEQUENCE_VALUES[i - 1])
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_sequence_request_without_its_start_is_refused_as_triton_refuses_it(
+    protocol: str,
+    http: httpclient.InferenceServerClient,
+    grpc: grpcclient.InferenceServerClient,
+) -> None:
+    client, module = (http, httpclient) if protocol == "http" else (grpc, grpcclient)
+    data = np.ones((1, 1), dtype=np.int32)
+    inputs = [module.InferInput("INPUT", [1, 1], "INT32")]
+    inputs[0].set_data_from_numpy(data)
+    with pytest.raises(InferenceServerException) as raised:
+        client.infer("simple_sequence", inputs, sequence_id=4242)
+    assert (  # Triton's words: clients match them to restart their sequence
+        "inference request for sequence 4242 to model 'simple_sequence' must specify the START "
+        "flag on the first request of the sequence"
+    ) in str(raised.value)
+    with pytest.raises(InferenceServerException, match="non-zero or non-empty correlation ID"):
+        client.infer("simple_sequence", inputs)
+
+
+def test_a_sequence_models_metadata_and_config_show_what_clients_send(
+    http: httpclient.InferenceServerClient,
+) -> None:
+    """Its metadata lists INPUT only (START and READY are the server's); its config is Triton's."""
+    metadata = http.get_model_metadata("simple_sequence")
+    assert [tensor["name"] for tensor in metadata["inputs"]] == ["INPUT"]
+    config = http.get_model_config("simple_sequence")
+    assert [tensor["name"] for tensor in config["input"]] == ["INPUT"]
+    controls = config["sequence_batching"]["control_input"]
+    assert [(c["name"], c["control"][0]["kind"]) for c in controls] == [
+        ("START", "CONTROL_SEQUENCE_START"),
+        ("READY", "CONTROL_SEQUENCE_READY"),
+    ]
+    assert "dynamic_batching" not in config
+
+
+def test_simple_grpc_sequence_stream_infer_client(grpc: grpcclient.InferenceServerClient) -> None:
+    """As simple_grpc_sequence_stream_infer_client.py: two sequences on one stream.
+
+    Their requests interleave, every one sent before any answer; each sequence runs in order.
+    """
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    grpc.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        plans = {2000: [0, *SEQUENCE_VALUES], 2001: [100, *(-v for v in SEQUENCE_VALUES)]}
+        for step in range(len(SEQUENCE_VALUES) + 1):
+            for sequence_id, values in plans.items():
+                data = np.full((1, 1), values[step], dtype=np.int32)
+                inputs = [grpcclient.InferInput("INPUT", [1, 1], "INT32")]
+                inputs[0].set_data_from_numpy(data)
+                grpc.async_stream_infer(
+                    "simple_sequence",
+                    inputs,
+                    request_id=f"{sequence_id}_{step}",
+                    sequence_id=sequence_id,
+                    sequence_start=step == 0,
+                    sequence_end=step == len(SEQUENCE_VALUES),
+                )
+        got: dict[str, int] = {}
+        for _ in range(2 * len(plans[2000])):
+            result, error = answers.get(timeout=30)
+            assert error is None, error
+            got[result.get_response().id] = int(result.as_numpy("OUTPUT")[0][0])
+    finally:
+        grpc.stop_stream()
+    for sequence_id, values in plans.items():
+        expected = [values[0] + 1, *values[1:]]
+        assert [got[f"{sequence_id}_{step}"] for step in range(len(values))] == expected

@@ -62,6 +62,8 @@ from coserve.models import (
     ModelNode,
     ModelRepository,
     PythonModel,
+    SequenceFlags,
+    SequenceHandle,
     TensorSpec,
 )
 
@@ -113,6 +115,8 @@ __all__ = [
     "RequestRejected",
     "RequestTooLarge",
     "SendChannel",
+    "SequenceFlags",
+    "SequenceHandle",
     "Signal",
     "Supervision",
     "TensorSpec",

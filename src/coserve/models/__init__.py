@@ -11,11 +11,13 @@ PyTorch TorchScript and ``torch.export`` (extra ``torch``), and any Python calla
 imports no web code; heavy runtimes are imported only when a model needs them.
 """
 
-from coserve.models._backend import Backend, Tensors
+from coserve.models._backend import Backend, SequenceFlags, Tensors
 from coserve.models._config import (
     PLATFORMS,
     BatchingConfig,
     ModelConfig,
+    SequenceConfig,
+    SequenceControl,
     ThreadConfig,
     VersionPolicy,
 )
@@ -28,6 +30,7 @@ from coserve.models._repository import (
     bundled_repository,
     load_backend,
 )
+from coserve.models._sequence import SequenceHandle
 from coserve.models._specs import TensorSpec, datatype_of, dtype_of
 from coserve.models.backends.python import PythonModel
 
@@ -42,6 +45,10 @@ __all__ = [
     "ModelRepository",
     "ModelStatus",
     "PythonModel",
+    "SequenceConfig",
+    "SequenceControl",
+    "SequenceFlags",
+    "SequenceHandle",
     "TensorSpec",
     "Tensors",
     "ThreadConfig",

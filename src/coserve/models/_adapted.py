@@ -17,12 +17,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from coserve._exceptions import InvalidInput, ModelError, ModelLoadError
-from coserve.models._backend import Backend, Tensors
+from coserve.models._backend import Backend, SequenceFlags, Tensors
 from coserve.models._config import ModelConfig
 from coserve.models._signatures import DEFAULT_SIGNATURE
 from coserve.models._specs import TensorSpec
@@ -122,6 +122,15 @@ class AdaptedBackend(Backend):
 
     def predict(self, inputs: Tensors) -> dict[str, np.ndarray]:
         """Reshape and convert the inputs, run the model, and do the reverse to its outputs."""
+        return self._back(self._inner.predict(self._feed(inputs)))
+
+    def predict_sequence(
+        self, inputs: Tensors, rows: Sequence[SequenceFlags | None]
+    ) -> dict[str, np.ndarray]:
+        """:meth:`predict` for a stateful model, each row's sequence passed on."""
+        return self._back(self._inner.predict_sequence(self._feed(inputs), rows))
+
+    def _feed(self, inputs: Tensors) -> dict[str, np.ndarray]:
         feed = {}
         for name, array in inputs.items():
             shapes = self._before.get(name)
@@ -130,7 +139,9 @@ class AdaptedBackend(Backend):
             if self._text and array.dtype == np.object_:
                 array = _as_text(name, array)
             feed[name] = array
-        results = self._inner.predict(feed)
+        return feed
+
+    def _back(self, results: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = {}
         for name, array in results.items():
             if self._text and array.dtype == np.object_:

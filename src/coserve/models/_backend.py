@@ -6,7 +6,8 @@ import importlib
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
@@ -15,12 +16,29 @@ from coserve._exceptions import InvalidInput, MissingDependency, ModelLoadError
 from coserve.models._signatures import DEFAULT_SIGNATURE, Signature
 from coserve.models._specs import TensorSpec
 
-__all__ = ["Backend", "Tensors", "override_specs", "require"]
+__all__ = ["Backend", "SequenceFlags", "Tensors", "override_specs", "require"]
 
 Tensors = Mapping[str, np.ndarray]
 """Named arrays: a batch of inputs or of outputs, the first dimension of each being the batch."""
 
 logger = logging.getLogger("coserve.models")
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceFlags:
+    """What a request to a stateful model says of its sequence.
+
+    Triton's ``sequence_id``, ``sequence_start`` and ``sequence_end`` request parameters.
+
+    Attributes:
+        id: The sequence (correlation) id: a positive integer or a non-empty string.
+        start: The request is its sequence's first (a model resets its state for it).
+        end: The request is its sequence's last.
+    """
+
+    id: int | str
+    start: bool = False
+    end: bool = False
 
 
 def require(module: str, extra: str) -> ModuleType:
@@ -98,6 +116,17 @@ class Backend(ABC):
     @abstractmethod
     def predict(self, inputs: Tensors) -> dict[str, np.ndarray]:
         """Run the model on one batch: every input array has the same first dimension."""
+
+    def predict_sequence(
+        self, inputs: Tensors, rows: Sequence[SequenceFlags | None]
+    ) -> dict[str, np.ndarray]:
+        """Run a stateful model on one batch whose row ``r`` is a step of ``rows[r]``.
+
+        ``None`` marks a free slot (its inputs are zeros, its outputs are dropped). The inputs
+        hold the control inputs too; the default runs :meth:`predict`, and a backend that can
+        tell its model each request's sequence (a Triton Python model) overrides it.
+        """
+        return self.predict(inputs)
 
     def for_signature(self, name: str) -> Backend:
         """The backend that runs another of the model's signatures (itself for its own).

@@ -22,6 +22,17 @@ The format, with every key (all optional but ``platform``)::
     combine_requests = true             # false: each request runs alone, never batched with
                                         # others (TF Serving without --enable_batching)
 
+    [sequence]                          # a stateful model (Triton's sequence batching): every
+                                        # request names a sequence (sequence_id, _start, _end)
+    strategy = "direct"                 # direct: a sequence owns one batch row, its slot;
+                                        # oldest: batches of the oldest sequences' requests
+    max_idle = 1.0                      # seconds without a request before a sequence expires
+    max_sequences = 64                  # sequences at once (direct: max_batch_size), the rest wait
+    start = "START"                     # the model's control inputs, each optional: 1 on a
+    end = "END"                         # sequence's first / last request, 1 on the rows that
+    ready = "READY"                     # hold a request (direct fills free slots with 0),
+    corrid = "CORRID"                   # and the sequence id
+
     [threads]                           # per backend: TF intra/inter-op, ORT intra-op, torch
     intra_op = 2
     inter_op = 1
@@ -54,11 +65,14 @@ from coserve._exceptions import ConfigError
 from coserve.models._specs import TensorSpec
 
 __all__ = [
+    "CONTROL_KINDS",
     "PLATFORMS",
     "BatchingConfig",
     "EnsembleConfig",
     "EnsembleStep",
     "ModelConfig",
+    "SequenceConfig",
+    "SequenceControl",
     "ThreadConfig",
     "VersionPolicy",
 ]
@@ -105,6 +119,54 @@ class BatchingConfig:
         if sizes[-1] != self.max_batch_size:
             sizes.append(self.max_batch_size)
         return sizes
+
+
+CONTROL_KINDS = ("start", "end", "ready", "corrid")
+"""The control inputs a sequence model may take, as ``[sequence]`` names them."""
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceControl:
+    """One control input that coserve fills in for a sequence model.
+
+    Attributes:
+        kind: ``start``, ``end``, ``ready`` (the row holds a request) or ``corrid`` (the
+            sequence id).
+        name: The model input it feeds.
+        datatype: Its protocol datatype (None: the model's input's own).
+        false: The value for "no" (a flag) or for a row without a request (``corrid``).
+        true: The value for "yes" (unused for ``corrid``).
+    """
+
+    kind: str
+    name: str
+    datatype: str | None = None
+    false: float = 0
+    true: float = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceConfig:
+    """How a stateful model's sequences are scheduled (Triton's ``sequence_batching``).
+
+    Attributes:
+        strategy: ``direct``: each sequence owns one row (slot) of the batches for its life, so
+            the model may keep state per row; batches run one at a time. ``oldest``: batches
+            hold the oldest sequences' next requests, one per sequence, in any row.
+        max_idle: Seconds a sequence may go without a request before it expires.
+        max_sequences: Sequences active at once (direct: at most ``max_batch_size``); a new
+            one waits for a free place.
+        controls: The control inputs coserve fills in.
+    """
+
+    strategy: str = "direct"
+    max_idle: float = 1.0
+    max_sequences: int | None = None
+    controls: tuple[SequenceControl, ...] = ()
+
+    def control(self, kind: str) -> SequenceControl | None:
+        """The control input of a kind, if the model takes one."""
+        return next((c for c in self.controls if c.kind == kind), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +258,9 @@ class ModelConfig:
     batched)."""
     ensemble: EnsembleConfig | None = None
     """A Triton ensemble's steps (platform ``ensemble``); None for any other model."""
+    sequence: SequenceConfig | None = None
+    """A stateful model's sequence scheduling; None: requests are independent. ``inputs``
+    then include the control inputs, which clients do not send."""
     triton: Mapping[str, Any] | None = field(default=None, hash=False, repr=False)
     """The completed Triton config (``config.pbtxt`` with what Triton's auto-complete adds), as
     plain values, for ``GET /v2/models/{m}/config``; None for a model from ``config.toml``."""
@@ -262,6 +327,7 @@ class _Parser:
                 "batching",
                 "threads",
                 "versions",
+                "sequence",
                 "inputs",
                 "outputs",
             ),
@@ -288,7 +354,37 @@ class _Parser:
         for key in ("inputs", "outputs"):
             if key in top:
                 options[key] = self.specs(top[key], key)
+        if "sequence" in top:
+            batching = options.get("batching", BatchingConfig())
+            options["sequence"] = self.sequence(top["sequence"], batching)
         return ModelConfig(**options)
+
+    def sequence(self, raw: Any, batching: BatchingConfig) -> SequenceConfig:
+        where = "sequence."
+        table = self.table(
+            raw, "sequence", ("strategy", "max_idle", "max_sequences", *CONTROL_KINDS)
+        )
+        strategy = self.typed(table, "strategy", str, where) if "strategy" in table else "direct"
+        if strategy not in ("direct", "oldest"):
+            raise self.fail(where + "strategy", f"expected direct or oldest, got {strategy!r}")
+        max_idle = float(self.positive(table, "max_idle", where)) if "max_idle" in table else 1.0
+        max_sequences = None
+        if "max_sequences" in table:
+            max_sequences = self.typed(table, "max_sequences", int, where)
+            if max_sequences < 1:
+                raise self.fail(where + "max_sequences", f"must be >= 1, got {max_sequences}")
+        controls = tuple(
+            SequenceControl(kind, self.typed(table, kind, str, where))
+            for kind in CONTROL_KINDS
+            if kind in table
+        )
+        if batching.pad_to_allowed_batch_size:
+            raise self.fail(
+                "batching.pad_to_allowed_batch_size",
+                "a sequence model's batches are never padded: a copied row would be a step "
+                "of another sequence",
+            )
+        return SequenceConfig(strategy, max_idle, max_sequences, controls)
 
     def labels(self, relative: str) -> tuple[str, ...]:
         path = self.path.parent / relative

@@ -56,7 +56,7 @@ from coserve._exceptions import (
     QueueFull,
 )
 from coserve.batching import BatcherStatistics
-from coserve.models._backend import Backend, Tensors
+from coserve.models._backend import Backend, SequenceFlags, Tensors
 from coserve.models._config import EnsembleStep, ModelConfig
 from coserve.models._handle import ModelHandle
 from coserve.models._specs import TensorSpec
@@ -263,10 +263,12 @@ class EnsembleHandle(ModelHandle):
         timeout: float | None = None,  # noqa: ASYNC109 - one deadline over every step
         priority: int = 0,
         outputs: Sequence[str] | None = None,
+        sequence: SequenceFlags | None = None,
     ) -> dict[str, np.ndarray]:
         """Run the steps the requested outputs need and return those outputs.
 
         Raises what :meth:`ModelHandle.infer` raises; a step's failure is the request's.
+        An ensemble keeps no sequences: ``sequence`` is ignored, as by any stateless model.
         """
         wanted = self.check_outputs(outputs)
         future = self._submit(inputs, timeout, priority, wanted)
@@ -283,6 +285,7 @@ class EnsembleHandle(ModelHandle):
         timeout: float | None = None,
         priority: int = 0,
         outputs: Sequence[str] | None = None,
+        sequence: SequenceFlags | None = None,
     ) -> asyncio.Future[dict[str, np.ndarray]]:
         """Start the request and return a future of its outputs (cancel it to withdraw).
 

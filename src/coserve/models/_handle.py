@@ -19,7 +19,7 @@ from coserve._exceptions import (
     QueueFull,
 )
 from coserve.batching import Batcher, BatcherStatistics
-from coserve.models._backend import Backend
+from coserve.models._backend import Backend, SequenceFlags
 from coserve.models._config import BatchingConfig
 from coserve.models._specs import TensorSpec
 from coserve.models._validation import check_inputs
@@ -64,15 +64,21 @@ class ModelHandle:
         """The most chunks of one large request queued or running at once (1/16 of the queue)."""
         self._signature_handles: dict[str, ModelHandle] = {}
         self._closing = False
-        self._batcher: Batcher[Request, Response] = Batcher(
-            self._run_batch,
+        self._batcher: Batcher[Any, Response] = self._new_batcher(self._run_batch, batching)
+
+    def _new_batcher(
+        self, fn: Callable[[list[Any]], list[Response | Exception]], batching: BatchingConfig
+    ) -> Batcher[Any, Response]:
+        """The batcher that runs ``fn`` on this model's batches, with ``batching``'s options."""
+        return Batcher(
+            fn,
             max_batch_size=batching.max_batch_size,
             max_wait=batching.max_wait,
             max_concurrent_batches=batching.max_concurrent_batches,
             max_queue_size=batching.max_queue_size,
             timeout=batching.timeout,
             grace_period=batching.grace_period,
-            name=f"{backend.name}:{backend.version}",
+            name=f"{self.backend.name}:{self.backend.version}",
             max_requests_per_batch=None if batching.combine_requests else 1,
         )
 
@@ -152,6 +158,7 @@ class ModelHandle:
         timeout: float | None = None,  # noqa: ASYNC109 - a deadline the batcher enforces
         priority: int = 0,
         outputs: Sequence[str] | None = None,
+        sequence: SequenceFlags | None = None,
     ) -> dict[str, np.ndarray]:
         """Run the model on a request's rows, batched with everyone else's, and return outputs.
 
@@ -160,6 +167,9 @@ class ModelHandle:
             timeout: Seconds until the request's deadline (default: the model's).
             priority: Higher runs first.
             outputs: Which outputs to return (default: all).
+            sequence: The request's sequence, for a stateful model (a
+                :class:`~coserve.models.SequenceHandle`); other models take requests in no
+                sequence, and ignore it, as Triton does.
 
         Returns:
             The output arrays by name, one row per request row, in order.
@@ -193,6 +203,7 @@ class ModelHandle:
         timeout: float | None = None,
         priority: int = 0,
         outputs: Sequence[str] | None = None,
+        sequence: SequenceFlags | None = None,
     ) -> asyncio.Future[dict[str, np.ndarray]]:
         """Queue a request's rows and return a future of every output, without awaiting.
 

@@ -31,6 +31,7 @@ from coserve.models._config import ModelConfig
 from coserve.models._ensemble import EnsembleHandle, check_steps
 from coserve.models._handle import ModelHandle
 from coserve.models._layout import ModelFolder, ModelLayout, read_model_folder, repository_folders
+from coserve.models._sequence import SequenceHandle
 
 __all__ = [
     "DEFAULT_FILENAMES",
@@ -447,7 +448,8 @@ class ModelRepository:
         start = time.perf_counter()
         backend = await asyncio.to_thread(load_backend, config, folder, version)
         warm = 0.0
-        if self._warm_up and config.warm_up:
+        # A stateful model is not warmed up: zeros would be steps of no sequence to it.
+        if self._warm_up and config.warm_up and config.sequence is None:
             sizes = config.batching.warm_up_sizes()
             try:
                 warm = await asyncio.to_thread(backend.warm_up, sizes)
@@ -470,6 +472,14 @@ class ModelRepository:
             f"{b.timeout:g}s" if b.timeout else "none",
             "" if b.combine_requests else " (each request alone: combine_requests=false)",
         )
+        if config.sequence is not None:
+            try:
+                return SequenceHandle(
+                    backend, config.batching, config.sequence, labels=config.labels
+                )
+            except ModelLoadError:
+                await asyncio.to_thread(backend.close)
+                raise
         return ModelHandle(backend, config.batching, labels=config.labels)
 
     async def aclose(self, *, grace_period: float | None = None) -> None:

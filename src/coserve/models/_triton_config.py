@@ -43,12 +43,22 @@ what would serve the model wrongly is a :class:`ConfigError` for that model alon
   ``max_concurrent_batches``; ``KIND_GPU`` is a warning (coserve runs on the CPU).
 - ``version_policy`` is ``[versions]``. ONNX Runtime's ``intra_op_thread_count`` and
   ``inter_op_thread_count`` parameters are ``[threads]``.
-- Errors: ``sequence_batching``, ``ensemble_scheduling``, ``model_transaction_policy { decoupled:
-  true }``, ``batch_input``/``batch_output``, ``is_shape_tensor``. Warnings: ``optimization``,
-  ``model_warmup`` (coserve warms up by itself), other ``parameters``, ``response_cache``,
-  ``model_operations``, ``model_repository_agents``, ``model_metrics``, ``metric_tags``,
-  ``cc_model_filenames``, ``runtime``, ``allow_ragged_batch``, ``is_non_linear_format_io`` and
-  the instance groups' other fields.
+- ``sequence_batching`` makes a stateful model (:class:`SequenceConfig`, served by a
+  ``SequenceHandle``): ``direct`` (the default) or ``oldest`` with ``max_candidate_sequences``;
+  ``max_queue_delay_microseconds`` is ``max_wait``; ``max_sequence_idle_microseconds`` (0: 1 s,
+  as in Triton) is ``max_idle``; ``control_input`` START, END, READY (``int32_false_true``,
+  ``fp32_false_true`` or ``bool_false_true``) and CORRID (``data_type``) are inputs of the model
+  that coserve fills in, so clients and the metadata never see them. Direct with more than one
+  instance is a warning (coserve has one instance, whose batch rows are the slots), as are
+  ``preferred_batch_size``, ``minimum_slot_utilization`` and ``preserve_ordering``; implicit
+  ``state`` and ``iterative_sequence`` are errors.
+- Errors: ``ensemble_scheduling`` without ``platform: "ensemble"``,
+  ``model_transaction_policy { decoupled: true }``, ``batch_input``/``batch_output``,
+  ``is_shape_tensor``. Warnings: ``optimization``, ``model_warmup`` (coserve warms up by
+  itself), other ``parameters``, ``response_cache``, ``model_operations``,
+  ``model_repository_agents``, ``model_metrics``, ``metric_tags``, ``cc_model_filenames``,
+  ``runtime``, ``allow_ragged_batch``, ``is_non_linear_format_io`` and the instance groups'
+  other fields.
 
 Models with BYTES inputs are not warmed up: empty strings are no valid input to most of them,
 and Triton warms up only when ``model_warmup`` asks.
@@ -62,7 +72,7 @@ import logging
 import math
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +82,8 @@ from coserve.models._config import (
     EnsembleConfig,
     EnsembleStep,
     ModelConfig,
+    SequenceConfig,
+    SequenceControl,
     ThreadConfig,
     VersionPolicy,
 )
@@ -163,6 +175,21 @@ _NOT_APPLIED = {
     "metric_tags": "coserve's metrics carry no extra labels",
     "cc_model_filenames": "coserve runs on the CPU and loads default_model_filename",
 }
+
+_CONTROL_KINDS = {
+    "CONTROL_SEQUENCE_START": "start",
+    "CONTROL_SEQUENCE_END": "end",
+    "CONTROL_SEQUENCE_READY": "ready",
+    "CONTROL_SEQUENCE_CORRID": "corrid",
+}
+_CORRID_TYPES = {
+    "TYPE_UINT64": "UINT64",
+    "TYPE_INT64": "INT64",
+    "TYPE_UINT32": "UINT32",
+    "TYPE_INT32": "INT32",
+    "TYPE_STRING": "BYTES",
+}
+_FALSE_TRUE = {"int32_false_true": "INT32", "fp32_false_true": "FP32", "bool_false_true": "BOOL"}
 
 # The 64-bit fields Triton prints as JSON numbers (model_config_utils.cc ModelConfigToJson); the
 # others it leaves as protobuf's strings.
@@ -328,22 +355,42 @@ class _Reader:
                     "the config, and there is no version folder to serve",
                 )
             model_file = versions[chosen[-1]] / filename
+            # A sequence model has its scheduler: auto-complete adds no dynamic batching.
             max_batch_size, inputs, outputs, dynamic = self._complete(
-                coserve_platform, model_file, max_batch_size, inputs, outputs, dynamic, values
+                coserve_platform,
+                model_file,
+                max_batch_size,
+                inputs,
+                outputs,
+                dynamic or "sequence_batching" in d,
+                values,
             )
+            dynamic = dynamic and "sequence_batching" not in d
+        sequence = None
+        if "sequence_batching" in d:
+            sequence = self._sequence(d["sequence_batching"], max_batch_size)
+            inputs = self._without_controls(inputs, sequence, values)
         lead = (-1,) if max_batch_size > 0 else ()
         try:
             api_inputs = tuple(TensorSpec.of(t.name, t.datatype, (*lead, *t.dims)) for t in inputs)
             api_outputs = tuple(
                 TensorSpec.of(t.name, t.datatype, (*lead, *t.dims)) for t in outputs
             )
+            if sequence is not None:  # the model takes them; clients never send them
+                api_inputs += tuple(
+                    TensorSpec.of(c.name, c.datatype or "", (*lead, 1)) for c in sequence.controls
+                )
         except ValueError as error:  # dims were checked; this is a safety net
             raise ConfigError(f"{d.path}: {error}") from error
         batching = self._batching(max_batch_size, dynamic)
+        if sequence is not None:
+            batching = self._sequence_batching(d["sequence_batching"], batching, max_batch_size)
         # A Python model is not warmed up either: Triton warms up only when model_warmup asks,
         # and zeros may be no input to it (or have effects).
-        warm_up = coserve_platform != "triton_python" and not any(
-            spec.datatype == "BYTES" for spec in api_inputs
+        warm_up = (
+            coserve_platform != "triton_python"
+            and sequence is None
+            and not any(spec.datatype == "BYTES" for spec in api_inputs)
         )
         if not warm_up and coserve_platform != "triton_python":
             logger.debug(
@@ -365,6 +412,7 @@ class _Reader:
             reshape=tuple(
                 (t.name, t.reshape) for t in (*inputs, *outputs) if t.reshape is not None
             ),
+            sequence=sequence,
             triton=values,
         )
 
@@ -523,14 +571,6 @@ class _Reader:
 
     def _refuse(self) -> None:
         d = self.decoded
-        if "sequence_batching" in d:
-            raise self.fail(
-                d,
-                "sequence_batching",
-                "sequence batching (stateful models) is not supported "
-                "yet: coserve cannot keep a sequence's requests on one model instance or give "
-                "the model its control inputs",
-            )
         if "ensemble_scheduling" in d and d.get("platform") != "ensemble":
             raise self.fail(
                 d,
@@ -879,6 +919,143 @@ class _Reader:
             kept.append({**known.get(tensor.name, {}), **_tensor_values(tensor)})
         values[kind] = kept
         return checked
+
+    # -- sequence batching -------------------------------------------------------------------
+
+    def _sequence(self, batching: Decoded, max_batch_size: int) -> SequenceConfig:
+        """``sequence_batching`` as coserve's :class:`SequenceConfig` (its controls checked)."""
+        for key, problem in (
+            (
+                "state",
+                "implicit state (state tensors the server keeps between a sequence's "
+                "requests) is not supported: keep the state in the model (a Triton Python "
+                "model can, by correlation_id()) and use the CORRID control input",
+            ),
+            (
+                "iterative_sequence",
+                "iterative_sequence is not supported: coserve does not reschedule a request",
+            ),
+        ):
+            if batching.get(key):
+                raise self.fail(batching, key, problem)
+        idle: int = batching.get("max_sequence_idle_microseconds", 0) or 1_000_000
+        controls: list[SequenceControl] = []
+        for entry in batching.get("control_input", []):
+            control = self._control(entry)
+            if any(c.kind == control.kind for c in controls):
+                raise self.fail(entry, "control", f"a second {control.kind.upper()} control input")
+            if any(c.name == control.name for c in controls):
+                raise self.fail(entry, "name", f"control input {control.name!r} is named twice")
+            controls.append(control)
+        if "oldest" in batching:
+            oldest: Decoded = batching["oldest"]
+            candidates: int = oldest.get("max_candidate_sequences", 0)
+            if candidates < 0:
+                raise self.fail(
+                    oldest,
+                    "max_candidate_sequences",
+                    f"max_candidate_sequences must be >= 0, got {candidates}",
+                )
+            return SequenceConfig("oldest", idle / 1e6, candidates or None, tuple(controls))
+        return SequenceConfig("direct", idle / 1e6, None, tuple(controls))
+
+    def _control(self, entry: Decoded) -> SequenceControl:
+        name: str = entry.get("name", "")
+        if not name:
+            raise self.fail(entry, "name", "a control input needs a name")
+        controls: list[Decoded] = entry.get("control", [])
+        if len(controls) != 1:
+            raise self.fail(
+                entry,
+                "control" if controls else "name",
+                f"control input {name!r} must have exactly one control, has {len(controls)}",
+            )
+        [control] = controls
+        kind = str(control.get("kind", "CONTROL_SEQUENCE_START"))
+        short = _CONTROL_KINDS.get(kind)
+        if short is None:
+            raise self.fail(
+                control,
+                "kind",
+                f"control kind {kind} is not supported (coserve fills in START, END, READY "
+                "and CORRID)",
+            )
+        if short == "corrid":
+            data_type = control.get("data_type")
+            datatype = _CORRID_TYPES.get(str(data_type))
+            if datatype is None:
+                raise self.fail(
+                    control,
+                    "data_type" if data_type else "kind",
+                    "a CORRID control needs data_type TYPE_UINT64, TYPE_INT64, TYPE_UINT32, "
+                    f"TYPE_INT32 or TYPE_STRING, got {data_type or 'none'}",
+                )
+            return SequenceControl(short, name, datatype)
+        given = [key for key in _FALSE_TRUE if key in control]
+        if len(given) != 1:
+            raise self.fail(
+                control,
+                given[1] if len(given) > 1 else "kind",
+                f"control input {name!r} needs exactly one of int32_false_true, "
+                "fp32_false_true and bool_false_true",
+            )
+        [key] = given
+        values: list[Any] = control[key]
+        if len(values) != 2:
+            raise self.fail(
+                control, key, f"{key} must hold two values, false then true, got {values}"
+            )
+        return SequenceControl(short, name, _FALSE_TRUE[key], float(values[0]), float(values[1]))
+
+    def _without_controls(
+        self, inputs: list[_Tensor], sequence: SequenceConfig, values: dict[str, Any]
+    ) -> list[_Tensor]:
+        """The inputs clients send, without the control inputs.
+
+        A control input listed as an input (auto-complete lists what the model file has) is
+        the control's, and goes from the config's inputs.
+        """
+        names = {control.name for control in sequence.controls}
+        listed = [t for t in inputs if t.name in names]
+        for tensor in listed:
+            control = next(c for c in sequence.controls if c.name == tensor.name)
+            if tensor.datatype != control.datatype:
+                raise self.fail(
+                    self.decoded,
+                    "sequence_batching",
+                    f"control input {tensor.name!r} is {control.datatype} in "
+                    f"sequence_batching, but {tensor.datatype} as an input",
+                )
+        if listed:
+            values["input"] = [v for v in values.get("input", []) if v.get("name") not in names]
+        return [t for t in inputs if t.name not in names]
+
+    def _sequence_batching(
+        self, batching: Decoded, options: BatchingConfig, max_batch_size: int
+    ) -> BatchingConfig:
+        strategy: Decoded = (
+            batching.get("oldest") or batching.get("direct") or Decoded(batching.path)
+        )
+        delay: int = strategy.get("max_queue_delay_microseconds", 0)
+        for key in ("preferred_batch_size", "minimum_slot_utilization", "preserve_ordering"):
+            if key in strategy:
+                self.warn(
+                    strategy,
+                    key,
+                    f"{key} is not applied: a batch holds the next request of each sequence "
+                    "that has one when a slot is free, waiting at most "
+                    "max_queue_delay_microseconds for more",
+                )
+        instances = options.max_concurrent_batches
+        if "oldest" not in batching and instances > 1:
+            self.warn(
+                self.decoded,
+                "instance_group",
+                f"{instances} instances are not applied to the Direct strategy: coserve has "
+                f"one instance of the model, whose {max(max_batch_size, 1)} batch slots the "
+                "sequences own, and runs its batches one at a time",
+            )
+        return replace(options, max_wait=delay / 1e6, combine_requests=max_batch_size > 0)
 
     # -- batching, instances, parameters, labels --------------------------------------------
 
@@ -1301,7 +1478,11 @@ def _from_coserve(
         ],
         "default_model_filename": config.filename or DEFAULT_FILENAMES.get(config.platform, ""),
     }
-    if batching.combine_requests and config.batched:
+    if config.sequence is not None:
+        values["sequence_batching"] = _sequence_values(config, inputs)
+        controls = {control.name for control in config.sequence.controls}
+        values["input"] = [t for t in values["input"] if t["name"] not in controls]
+    elif batching.combine_requests and config.batched:
         queue: dict[str, Any] = {
             "timeout_action": "REJECT",
             "allow_timeout_override": True,  # coserve honours every request's own timeout
@@ -1315,6 +1496,41 @@ def _from_coserve(
             "default_queue_policy": queue,
         }
     return values
+
+
+def _sequence_values(config: ModelConfig, inputs: Sequence[TensorSpec]) -> dict[str, Any]:
+    """A coserve ``[sequence]`` table as Triton's ``sequence_batching``."""
+    sequence = config.sequence
+    assert sequence is not None
+    declared = {spec.name: spec.datatype for spec in (*(config.inputs or ()), *inputs)}
+    kinds = {short: kind for kind, short in _CONTROL_KINDS.items()}
+    controls = []
+    for control in sequence.controls:
+        datatype = control.datatype or declared.get(control.name, "INT32")
+        entry: dict[str, Any] = {"kind": kinds[control.kind]}
+        if control.kind == "corrid":
+            entry["data_type"] = _TRITON_TYPES[datatype]
+        else:
+            key = {"FP32": "fp32_false_true", "BOOL": "bool_false_true"}.get(
+                datatype, "int32_false_true"
+            )
+            pair = [control.false, control.true]
+            entry[key] = (
+                [bool(v) for v in pair]
+                if key == "bool_false_true"
+                else (pair if key == "fp32_false_true" else [int(v) for v in pair])
+            )
+        controls.append({"name": control.name, "control": [entry]})
+    strategy: dict[str, Any] = {
+        "max_queue_delay_microseconds": round(config.batching.max_wait * 1e6)
+    }
+    if sequence.strategy == "oldest" and sequence.max_sequences:
+        strategy["max_candidate_sequences"] = sequence.max_sequences
+    return {
+        sequence.strategy: strategy,
+        "max_sequence_idle_microseconds": round(sequence.max_idle * 1e6),
+        "control_input": controls,
+    }
 
 
 # -- Triton's JSON ----------------------------------------------------------------------------

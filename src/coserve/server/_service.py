@@ -6,7 +6,7 @@ the rest is here, once:
 
 1. :meth:`InferenceService.resolve` — is the server taking work, and which model version;
 2. :meth:`InferenceService.admit` — the model's queue and the request's size, before its body;
-3. :meth:`InferenceService.submit` — Triton's ``timeout`` and ``priority`` parameters, the
+3. :meth:`InferenceService.submit` — Triton's ``timeout``, ``priority`` and sequence parameters, the
    requested outputs, the inputs (the model's checks), then the model's batcher; cancelling the
    returned future withdraws the request before it runs (a client gone, a call's deadline);
 4. :meth:`InferenceService.observe` — the latency metric, by protocol, model and outcome;
@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from coserve._exceptions import BatcherClosed, DeadlineExceeded, InvalidInput, RequestTooLarge
-from coserve.models import ModelHandle
+from coserve.models import ModelHandle, SequenceFlags
 from coserve.server._state import ServerState
 
-__all__ = ["EXTENSIONS", "InferenceService", "Observe", "schedule"]
+__all__ = ["EXTENSIONS", "InferenceService", "Observe", "schedule", "sequence_flags"]
 
 EXTENSIONS = [
     "binary_tensor_data",
@@ -61,6 +61,46 @@ def schedule(parameters: Mapping[str, Any] | None) -> tuple[float | None, int]:
     if type(priority) is not int or priority < 0:
         raise InvalidInput(f"parameter 'priority' must be a non-negative integer, got {priority!r}")
     return (timeout / 1e6 if timeout else None), -max(priority, 1)
+
+
+_UINT64_MAX = 2**64 - 1
+
+
+def sequence_flags(parameters: Mapping[str, Any] | None) -> SequenceFlags | None:
+    """Triton's ``sequence_id``, ``sequence_start`` and ``sequence_end`` parameters.
+
+    None when the request names no sequence (no ``sequence_id``, or 0 or ``""``, which Triton
+    reserves for requests in no sequence).
+
+    Raises:
+        InvalidInput: A parameter has the wrong type, or flags come without a sequence id.
+    """
+    if not parameters:
+        return None
+    sequence_id = parameters.get("sequence_id", 0)
+    flags = {}
+    for key in ("sequence_start", "sequence_end"):
+        value = parameters.get(key, False)
+        if type(value) is not bool:
+            raise InvalidInput(f"parameter {key!r} must be a boolean, got {value!r}")
+        flags[key] = value
+    if type(sequence_id) is int:
+        if not 0 <= sequence_id <= _UINT64_MAX:
+            raise InvalidInput(
+                f"parameter 'sequence_id' must be an unsigned 64-bit integer, got {sequence_id}"
+            )
+    elif type(sequence_id) is not str:
+        raise InvalidInput(
+            f"parameter 'sequence_id' must be an integer or a string, got {sequence_id!r}"
+        )
+    if sequence_id in (0, ""):
+        if flags["sequence_start"] or flags["sequence_end"]:
+            raise InvalidInput(
+                "parameters 'sequence_start' and 'sequence_end' need a non-zero or non-empty "
+                "'sequence_id'"
+            )
+        return None
+    return SequenceFlags(sequence_id, flags["sequence_start"], flags["sequence_end"])
 
 
 class InferenceService:
@@ -120,7 +160,8 @@ class InferenceService:
             handle: The model version, from :meth:`resolve`.
             inputs: Arrays by input name, rows first.
             outputs: The outputs asked for (None: all).
-            parameters: The request's parameters (Triton's ``timeout`` and ``priority``).
+            parameters: The request's parameters (Triton's ``timeout`` and ``priority``, and
+                ``sequence_id``, ``sequence_start``, ``sequence_end`` for a stateful model).
             timeout: Seconds the caller will wait (a gRPC call's deadline); the earliest of
                 this, the ``timeout`` parameter and the model's own timeout applies.
 
@@ -131,6 +172,7 @@ class InferenceService:
             DeadlineExceeded: ``timeout`` has already run out.
         """
         queue_timeout, priority = schedule(parameters)
+        sequence = sequence_flags(parameters)
         if timeout is not None:
             if timeout <= 0:
                 raise DeadlineExceeded("the call's deadline passed before it was queued")
@@ -140,7 +182,7 @@ class InferenceService:
                 queue_timeout = timeout
         handle.check_outputs(outputs)
         return handle.infer_nowait(
-            inputs, timeout=queue_timeout, priority=priority, outputs=outputs
+            inputs, timeout=queue_timeout, priority=priority, outputs=outputs, sequence=sequence
         )
 
     async def infer(

@@ -67,7 +67,7 @@ from typing import Any
 import numpy as np
 
 from coserve._exceptions import InvalidInput, ModelError, ModelLoadError
-from coserve.models._backend import Backend, Tensors
+from coserve.models._backend import Backend, SequenceFlags, Tensors
 from coserve.models._config import ModelConfig
 from coserve.models._specs import TensorSpec
 from coserve.models._triton_config import triton_model_config
@@ -218,6 +218,11 @@ def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
 def _instance_names(config: ModelConfig) -> list[str]:
     """Triton's instance names: ``<group name>_<index>`` for each instance of each group."""
     groups = (config.triton or {}).get("instance_group") or []
+    if config.sequence is not None:
+        # A sequence's state lives in the instance that ran its first step, and coserve
+        # does not tie sequences to instances: a stateful model gets one.
+        first = groups[0].get("name") if groups else None
+        return [f"{first or config.name}_0"]
     names = [
         f"{group.get('name') or config.name}_{index}"
         for group in groups
@@ -338,7 +343,66 @@ class TritonPythonModelBackend(Backend):
             self._idle.put(instance)
         return self._outputs(self._response(responses))
 
+    def predict_sequence(
+        self, inputs: Tensors, rows: Sequence[SequenceFlags | None]
+    ) -> dict[str, np.ndarray]:
+        """Run ``execute`` with one request per sequence step, as Triton gives them.
+
+        Each request holds its row, its sequence id (``correlation_id()``) and its start and
+        end ``flags()``; a free slot's row gets no request, and zeros in the outputs.
+
+        Raises:
+            InvalidInput: A response's error has a code Triton answers with a 400 (that
+                fails the batch: a stateful model's steps are never rerun).
+            ModelError: As :meth:`predict`.
+        """
+        live = [(r, flags) for r, flags in enumerate(rows) if flags is not None]
+        requests = [
+            pb_utils.InferenceRequest(
+                correlation_id=flags.id,
+                inputs=[
+                    pb_utils.Tensor(name, inputs[name][r : r + 1] if self.batched else inputs[name])
+                    for name in self._input_names
+                ],
+                requested_output_names=self._output_names,
+                model_name=self.name,
+                flags=(pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START if flags.start else 0)
+                | (pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END if flags.end else 0),
+            )
+            for r, flags in live
+        ]
+        instance = self._idle.get()
+        try:
+            responses = instance.call(instance.model.execute, requests)
+        except Exception as error:
+            raise ModelError(f"model {self.name!r}: execute raised {error!r}") from error
+        finally:
+            self._idle.put(instance)
+        answers = [self._outputs(r) for r in self._responses(responses, len(requests))]
+        if not self.batched:
+            return answers[0]
+        outputs = {}
+        for name in self._output_names:
+            parts = [answer[name] for answer in answers]
+            if any(len(part) != 1 for part in parts):
+                raise ModelError(
+                    f"model {self.name!r}: output {name!r} of a sequence step must have one row"
+                )
+            first = parts[0]
+            if first.dtype == np.object_:
+                array = np.full((len(rows), *first.shape[1:]), b"", dtype=object)
+            else:
+                array = np.zeros((len(rows), *first.shape[1:]), dtype=first.dtype)
+            for (r, _), part in zip(live, parts, strict=True):
+                array[r] = part[0]
+            outputs[name] = array
+        return outputs
+
     def _response(self, responses: Any) -> pb_utils.InferenceResponse:
+        [response] = self._responses(responses, 1)
+        return response
+
+    def _responses(self, responses: Any, count: int) -> list[pb_utils.InferenceResponse]:
         if responses is None:
             raise ModelError(
                 f"model {self.name!r}: execute returned None (decoupled mode is not supported): "
@@ -349,25 +413,25 @@ class TritonPythonModelBackend(Backend):
                 f"model {self.name!r}: execute must return a list of InferenceResponse, "
                 f"got {type(responses).__name__}"
             )
-        if len(responses) != 1:
+        if len(responses) != count:
             raise ModelError(
-                f"model {self.name!r}: execute got 1 request and returned {len(responses)} "
-                "responses; it must return one InferenceResponse per request"
+                f"model {self.name!r}: execute got {count} request(s) and returned "
+                f"{len(responses)} responses; it must return one InferenceResponse per request"
             )
-        [response] = responses
-        if not isinstance(response, pb_utils.InferenceResponse):
-            raise ModelError(
-                f"model {self.name!r}: execute must return InferenceResponse objects, "
-                f"got {type(response).__name__}"
-            )
-        error = response.error()
-        if error is not None:
-            message = error.message() if isinstance(error, pb_utils.TritonError) else str(error)
-            code = error.code() if isinstance(error, pb_utils.TritonError) else None
-            if code in _REQUEST_FAULTS:
-                raise InvalidInput(f"model {self.name!r} refused the request: {message}")
-            raise ModelError(f"model {self.name!r} returned an error: {message}")
-        return response
+        for response in responses:
+            if not isinstance(response, pb_utils.InferenceResponse):
+                raise ModelError(
+                    f"model {self.name!r}: execute must return InferenceResponse objects, "
+                    f"got {type(response).__name__}"
+                )
+            error = response.error()
+            if error is not None:
+                message = error.message() if isinstance(error, pb_utils.TritonError) else str(error)
+                code = error.code() if isinstance(error, pb_utils.TritonError) else None
+                if code in _REQUEST_FAULTS:
+                    raise InvalidInput(f"model {self.name!r} refused the request: {message}")
+                raise ModelError(f"model {self.name!r} returned an error: {message}")
+        return list(responses)
 
     def _outputs(self, response: pb_utils.InferenceResponse) -> dict[str, np.ndarray]:
         tensors = {}

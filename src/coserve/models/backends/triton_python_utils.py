@@ -35,6 +35,8 @@ import numpy as np
 __all__ = [
     "TRITONSERVER_MEMORY_CPU",
     "TRITONSERVER_MEMORY_GPU",
+    "TRITONSERVER_REQUEST_FLAG_SEQUENCE_END",
+    "TRITONSERVER_REQUEST_FLAG_SEQUENCE_START",
     "TRITONSERVER_REQUEST_RELEASE_ALL",
     "TRITONSERVER_REQUEST_RELEASE_RESCHEDULE",
     "TRITONSERVER_RESPONSE_COMPLETE_FINAL",
@@ -68,6 +70,8 @@ MODULE_NAME = "triton_python_backend_utils"
 # Triton's constants (tritonserver.h), for models that name them.
 TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
 TRITONSERVER_REQUEST_RELEASE_ALL = 1
+TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
+TRITONSERVER_REQUEST_FLAG_SEQUENCE_END = 2
 TRITONSERVER_REQUEST_RELEASE_RESCHEDULE = 2
 TRITONSERVER_MEMORY_CPU = 0
 TRITONSERVER_MEMORY_GPU = 2
@@ -356,7 +360,7 @@ class InferenceRequest:
         return self._request_id
 
     def correlation_id(self) -> int | str:
-        """The sequence id (0: coserve serves no sequence models)."""
+        """The sequence id of a stateful model's request (0: the request is in no sequence)."""
         return self._correlation_id
 
     def requested_output_names(self) -> list[str]:
@@ -368,7 +372,7 @@ class InferenceRequest:
         return self._parameters
 
     def flags(self) -> int:
-        """The request's flags (0: no sequence start or end)."""
+        """The request's flags: ``TRITONSERVER_REQUEST_FLAG_SEQUENCE_START`` | ``_END``."""
         return self._flags
 
     def timeout(self) -> int:

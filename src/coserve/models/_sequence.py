@@ -1,0 +1,598 @@
+"""``SequenceHandle``: a stateful model, whose requests are the steps of sequences.
+
+Triton's sequence batcher in coserve's form. Each request names its sequence
+(:class:`SequenceFlags`: an id, and whether it starts or ends it); the model keeps state per
+sequence between steps, so the steps of one sequence must reach it one at a time and in order,
+while the steps of different sequences are batched together.
+
+How it runs: every sequence has a queue of its own steps, and at most one of them is in the
+model's batcher at a time, so a batch holds at most one step per sequence and a sequence's steps
+run in the order they came. A sequence holds a *place* from its first step until its last one
+has run (or it expires); there are ``max_sequences`` places, and a new sequence waits for one.
+
+- ``direct``: the places are the rows of the batch (slots). A sequence's steps always run in
+  the same row, so the model may keep its state per row; a row without a step gets zeros, with
+  the READY control input false. Batches run one at a time.
+- ``oldest``: the batch holds the next steps of the sequences that have one, oldest first, in
+  any row: the model tells them apart by the CORRID control input (or a Triton Python model by
+  ``correlation_id()``). Batches run on as many slots as the model has.
+
+Control inputs are filled in from the request's flags: START on a sequence's first step, END on
+its last, READY on rows that hold a step, CORRID the sequence id. A sequence that has had no
+request for ``max_idle`` seconds expires: its place is freed, and its next request (which does
+not start a new one) is told so. A failed batch fails each of its steps: a stateful model's
+steps are never rerun (running a step twice would apply it twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from coserve._exceptions import (
+    BatcherClosed,
+    BatchFailed,
+    DeadlineExceeded,
+    InvalidInput,
+    ModelError,
+    ModelLoadError,
+    QueueFull,
+)
+from coserve.models._backend import Backend, SequenceFlags
+from coserve.models._config import BatchingConfig, SequenceConfig, SequenceControl
+from coserve.models._handle import ModelHandle, Response
+from coserve.models._specs import TensorSpec, dtype_of
+
+__all__ = ["SequenceHandle"]
+
+logger = logging.getLogger("coserve.models")
+
+_REMEMBERED = 4096  # expired sequence ids remembered, to tell their next request why
+
+
+@dataclass(eq=False, slots=True)
+class _Step:
+    """One request of a sequence, queued in its sequence until its turn."""
+
+    arrays: dict[str, np.ndarray]
+    start: bool
+    end: bool
+    future: asyncio.Future[Response]
+    deadline: float | None
+    priority: int
+    timer: asyncio.TimerHandle | None = None  # its deadline while in its sequence's queue
+
+
+@dataclass(eq=False, slots=True)
+class _Sequence:
+    """A sequence's state in the handle: its place, its queued steps, its idle timer."""
+
+    id: int | str
+    place: int | None = None  # the slot (direct: its row); None while waiting for one
+    steps: deque[_Step] = field(default_factory=deque)
+    running: bool = False  # a step is in the batcher
+    open: bool = True  # its END has not come yet
+    carry_start: bool = False  # a withdrawn step's START, for the next step
+    timer: asyncio.TimerHandle | None = None
+    idle_since: float | None = None  # when it last had nothing queued or running
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """What the batcher carries for one step: its inputs, its row, its flags."""
+
+    arrays: dict[str, np.ndarray]
+    place: int
+    flags: SequenceFlags
+
+
+class SequenceHandle(ModelHandle):
+    """A stateful model's handle: requests name their sequence, and run in its order.
+
+    See the module's documentation for how sequences are scheduled. ``inputs`` are what
+    clients send: the model's inputs less its control inputs.
+
+    Args:
+        backend: The loaded model (its inputs include the control inputs).
+        batching: Its batching policy (``direct`` runs one batch at a time whatever it says).
+        sequence: How its sequences are scheduled.
+        labels: Class labels, for classifiers.
+
+    Raises:
+        ModelLoadError: A control input is not one of the model's inputs, or has a datatype
+            its kind cannot have.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        batching: BatchingConfig,
+        sequence: SequenceConfig,
+        *,
+        labels: Sequence[str] = (),
+    ) -> None:
+        direct = sequence.strategy == "direct"
+        slots = batching.max_batch_size if backend.batched else 1
+        places = sequence.max_sequences or (slots if direct else batching.max_queue_size)
+        if direct:
+            places = min(places, slots)
+        # Direct: batches one at a time, or two batches could hold one row's steps out of
+        # order. Rows are never padded: a copied row would be another sequence's step.
+        batching = replace(
+            batching,
+            max_concurrent_batches=1 if direct else batching.max_concurrent_batches,
+            max_queue_size=max(batching.max_queue_size, places),
+            combine_requests=backend.batched,
+            pad_to_allowed_batch_size=False,
+        )
+        super().__init__(backend, batching, labels=labels)
+        self.sequence = sequence
+        """How this model's sequences are scheduled."""
+        self._controls = _resolve_controls(backend, sequence.controls)
+        self._integer_ids = any(
+            control.kind == "corrid" and dtype != np.object_ for control, dtype in self._controls
+        )
+        names = {control.name for control, _ in self._controls}
+        self._client_inputs = tuple(spec for spec in backend.inputs if spec.name not in names)
+        self._batcher = self._new_batcher(self._run_steps, batching)
+        self._direct = direct
+        self._free = list(range(places))[::-1]  # popped from the end: lowest first
+        self._backlog: deque[_Sequence] = deque()
+        self._sequences: dict[int | str, _Sequence] = {}
+        self._expired: OrderedDict[int | str, None] = OrderedDict()
+        self._held = 0  # steps accepted and not yet answered
+        self._room_waiters: deque[Callable[[], bool]] = deque()
+        self._drained: asyncio.Future[None] | None = None
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        """The inputs clients send: the model's, less the control inputs coserve fills in."""
+        return self._client_inputs
+
+    @property
+    def active_sequences(self) -> int:
+        """Sequences holding a place or waiting for one."""
+        return len(self._sequences)
+
+    # -- admission ---------------------------------------------------------------------------
+
+    @property
+    def queue_full(self) -> bool:
+        """Whether as many steps wait or run as the queue holds."""
+        return self._held >= self.batching.max_queue_size
+
+    def refuse_if_full(self) -> None:
+        """Raise ``QueueFull`` if the queue is at its bound."""
+        if self.queue_full:
+            raise QueueFull(f"model {self.name!r} has {self._held} requests queued, its maximum")
+
+    @property
+    def waiting_for_room(self) -> int:
+        """How many callers wait in line for a place in the queue."""
+        return len(self._room_waiters)
+
+    def notify_when_room(self, callback: Callable[[], bool]) -> None:
+        """Call ``callback()`` once the queue has room (or the model closes)."""
+        self._room_waiters.append(callback)
+        self._wake_room_waiters()
+
+    def _wake_room_waiters(self) -> None:
+        free = self.batching.max_queue_size - self._held
+        while self._room_waiters and (free > 0 or self._closing):
+            if self._room_waiters.popleft()():
+                free -= 1
+
+    # -- requests ----------------------------------------------------------------------------
+
+    async def infer(
+        self,
+        inputs: Mapping[str, Any],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - a deadline the batcher enforces
+        priority: int = 0,
+        outputs: Sequence[str] | None = None,
+        sequence: SequenceFlags | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run one step of a sequence and return its outputs.
+
+        Raises:
+            InvalidInput: No sequence, a sequence that was never started (or has expired or
+                ended) without ``start``, more than one row, or inputs that do not fit.
+            QueueFull, DeadlineExceeded, BatcherClosed, BatchFailed: As
+                :meth:`ModelHandle.infer`.
+        """
+        wanted = self.check_outputs(outputs)
+        future = self.infer_nowait(
+            inputs, timeout=timeout, priority=priority, outputs=outputs, sequence=sequence
+        )
+        try:
+            result = await future
+        finally:
+            future.cancel()  # a no-op once done; withdraws the step if this task was cancelled
+        return {name: result[name] for name in wanted}
+
+    def infer_nowait(
+        self,
+        inputs: Mapping[str, Any],
+        *,
+        timeout: float | None = None,
+        priority: int = 0,
+        outputs: Sequence[str] | None = None,
+        sequence: SequenceFlags | None = None,
+    ) -> asyncio.Future[dict[str, np.ndarray]]:
+        """Queue one step of a sequence; cancel the future to withdraw it before it runs.
+
+        A withdrawn step's START passes to the sequence's next step, and a withdrawn END
+        still ends it. Raises what :meth:`infer` raises at once, except the model's errors.
+        """
+        if sequence is None or sequence.id in (0, ""):
+            raise InvalidInput(  # Triton's words, which clients may match
+                f"inference request to model {self.name!r} must specify a non-zero or "
+                "non-empty correlation ID (the sequence_id parameter)"
+            )
+        if self._closing or self._batcher.closed:
+            raise BatcherClosed(f"model {self.name!r} v{self.version} is being unloaded")
+        self.refuse_if_full()
+        arrays, rows = self._checked(inputs)
+        if self.backend.batched and rows != 1:
+            raise InvalidInput(
+                f"inference request to model {self.name!r} must specify batch-size 1 due to "
+                f"requirements of sequence batcher (each request is one step of its "
+                f"sequence), got {rows}"
+            )
+        if isinstance(sequence.id, str) and self._integer_ids:
+            raise InvalidInput(
+                f"model {self.name!r} takes integer sequence ids (its CORRID control input is "
+                f"an integer), got {sequence.id!r}"
+            )
+        loop = asyncio.get_running_loop()
+        known = self._sequences.get(sequence.id)
+        if (
+            known is not None
+            and known.idle_since is not None
+            and loop.time() - known.idle_since >= self.sequence.max_idle
+        ):
+            self._idle(known)  # its timer is due, and may not have run yet on a busy loop
+            known = None
+        if not sequence.start and (known is None or not known.open):
+            raise InvalidInput(self._not_started(sequence.id))
+        if known is None:
+            known = _Sequence(sequence.id)
+            self._sequences[sequence.id] = known
+            self._expired.pop(sequence.id, None)
+            self._place(known)
+        elif sequence.start and known.open:
+            logger.warning(
+                "model %s: sequence %r started again before it ended; its queued requests run "
+                "first, then the new sequence starts in the same place",
+                self.name,
+                sequence.id,
+            )
+        if known.timer is not None:
+            known.timer.cancel()
+            known.timer = None
+        known.idle_since = None
+        if timeout is None:
+            timeout = self.batching.timeout
+        future: asyncio.Future[Response] = loop.create_future()
+        step = _Step(
+            arrays,
+            sequence.start,
+            sequence.end,
+            future,
+            None if timeout is None else loop.time() + timeout,
+            priority,
+        )
+        if step.deadline is not None and timeout is not None:
+            step.timer = loop.call_at(step.deadline, self._expire_step, step, timeout)
+        self._held += 1
+        future.add_done_callback(self._answered)
+        known.steps.append(step)
+        known.open = not sequence.end
+        self._pump(known)
+        return future
+
+    def _not_started(self, sequence_id: int | str) -> str:
+        # Triton's words first, which clients match to restart a sequence.
+        message = (
+            f"inference request for sequence {sequence_id} to model {self.name!r} must "
+            "specify the START flag on the first request of the sequence"
+        )
+        if sequence_id in self._expired:
+            return (
+                f"{message}: sequence {sequence_id} expired after "
+                f"{self.sequence.max_idle:g}s without a request "
+                "(max_sequence_idle_microseconds), and its state is gone"
+            )
+        return message
+
+    def _answered(self, _: asyncio.Future[Response]) -> None:
+        self._held -= 1
+        if self._room_waiters:
+            self._wake_room_waiters()
+        if self._drained is not None and not self._held and not self._drained.done():
+            self._drained.set_result(None)
+
+    def _expire_step(self, step: _Step, timeout: float) -> None:
+        step.timer = None
+        if not step.future.done():  # still in its sequence's queue (the batcher has its own)
+            step.future.set_exception(
+                DeadlineExceeded(
+                    f"the deadline of {timeout:g}s passed while the request waited for its "
+                    "sequence's earlier requests"
+                )
+            )
+
+    # -- places and steps --------------------------------------------------------------------
+
+    def _place(self, sequence: _Sequence) -> None:
+        if self._free:
+            sequence.place = self._free.pop()
+        else:
+            logger.debug(
+                "model %s: sequence %r waits for a place (%d taken)",
+                self.name,
+                sequence.id,
+                len(self._sequences) - len(self._backlog) - 1,
+            )
+            self._backlog.append(sequence)
+
+    def _release(self, sequence: _Sequence) -> None:
+        """The sequence is over: free its place, for the longest-waiting sequence if any."""
+        if self._sequences.get(sequence.id) is sequence:
+            del self._sequences[sequence.id]
+        if sequence.timer is not None:
+            sequence.timer.cancel()
+            sequence.timer = None
+        place, sequence.place = sequence.place, None
+        if place is None:  # it was still waiting: it had no place to free
+            self._backlog.remove(sequence)
+            return
+        if self._backlog:
+            waiting = self._backlog.popleft()
+            waiting.place = place
+            self._pump(waiting)
+        else:
+            self._free.append(place)
+            self._free.sort(reverse=True)
+
+    def _pump(self, sequence: _Sequence) -> None:
+        """Send the sequence's next step to the batcher, unless one is there or it has no place."""
+        if sequence.running or sequence.place is None:
+            return
+        loop = asyncio.get_running_loop()
+        while sequence.steps:
+            step = sequence.steps.popleft()
+            start = step.start or sequence.carry_start
+            sequence.carry_start = False
+            if step.future.done():  # withdrawn or expired while it waited
+                if step.timer is not None:
+                    step.timer.cancel()
+                sequence.carry_start = start and not step.end
+                continue
+            remaining = None if step.deadline is None else step.deadline - loop.time()
+            item = _Item(step.arrays, sequence.place, SequenceFlags(sequence.id, start, step.end))
+            try:
+                if remaining is not None and remaining <= 0:
+                    raise DeadlineExceeded("the request's deadline passed before its turn")
+                queued = self._batcher.submit_nowait(
+                    item, timeout=remaining, priority=step.priority, size=1
+                )
+            except Exception as error:  # closed, or out of time: this step fails alone
+                step.future.set_exception(error)
+                sequence.carry_start = start and not step.end
+                continue
+            if step.timer is not None:  # the batcher has the deadline now
+                step.timer.cancel()
+                step.timer = None
+            sequence.running = True
+            step.future.add_done_callback(functools.partial(_withdraw, queued))
+            queued.add_done_callback(functools.partial(self._step_done, sequence, step, start))
+            return
+        if not sequence.open:
+            self._release(sequence)
+        elif not self._closing:
+            sequence.idle_since = loop.time()
+            sequence.timer = loop.call_at(
+                sequence.idle_since + self.sequence.max_idle, self._idle, sequence
+            )
+
+    def _step_done(
+        self, sequence: _Sequence, step: _Step, start: bool, queued: asyncio.Future[Response]
+    ) -> None:
+        sequence.running = False
+        if queued.cancelled():
+            # Withdrawn, run or not: its START goes to the next step, so the sequence starts
+            # at the first step whose caller stayed.
+            sequence.carry_start = start and not step.end
+        if not step.future.done():
+            if queued.cancelled():
+                step.future.cancel()
+            elif (error := queued.exception()) is not None:
+                step.future.set_exception(error)
+            else:
+                step.future.set_result(queued.result())
+        self._pump(sequence)
+
+    def _idle(self, sequence: _Sequence) -> None:
+        sequence.timer = None
+        if sequence.running or sequence.steps or self._sequences.get(sequence.id) is not sequence:
+            return
+        logger.info(
+            "model %s: sequence %r expired after %gs without a request",
+            self.name,
+            sequence.id,
+            self.sequence.max_idle,
+        )
+        self._expired[sequence.id] = None
+        while len(self._expired) > _REMEMBERED:
+            self._expired.popitem(last=False)
+        self._release(sequence)
+
+    # -- closing -----------------------------------------------------------------------------
+
+    async def aclose(self, *, grace_period: float | None = None) -> None:
+        """Take no new requests; let the queued steps run, up to the grace period; unload."""
+        self._closing = True
+        self._wake_room_waiters()
+        grace = self.batching.grace_period if grace_period is None else grace_period
+        loop = asyncio.get_running_loop()
+        if self._held:
+            self._drained = loop.create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._drained), grace)
+            except TimeoutError:
+                logger.warning(
+                    "model %s: the grace period of %gs ran out with %d sequence requests "
+                    "unanswered; failing them",
+                    self.name,
+                    grace,
+                    self._held,
+                )
+        for sequence in list(self._sequences.values()):
+            for step in sequence.steps:
+                if not step.future.done():
+                    step.future.set_exception(
+                        BatcherClosed(f"model {self.name!r} v{self.version} was unloaded")
+                    )
+            sequence.steps.clear()
+            if sequence.timer is not None:
+                sequence.timer.cancel()
+        await super().aclose(grace_period=0.0 if self._held else grace_period)
+
+    # -- inside the executor thread ----------------------------------------------------------
+
+    def _run_steps(self, items: list[_Item]) -> list[Response | Exception]:
+        """Run one batch of steps (of distinct sequences); a failure fails every step."""
+        try:
+            return self._run_rows(items)
+        except Exception as error:  # never rerun: the model may have applied some steps
+            if isinstance(error, InvalidInput):
+                logger.debug("model %s refused a batch of sequence steps: %s", self.name, error)
+                failure: Exception = error
+            else:
+                logger.error(
+                    "model %s v%s failed on a batch of %d sequence steps",
+                    self.name,
+                    self.version,
+                    len(items),
+                    exc_info=error,
+                )
+                failure = BatchFailed.caused_by(f"model {self.name!r} failed: {error!r}", error)
+            return [failure] * len(items)
+
+    def _run_rows(self, items: list[_Item]) -> list[Response | Exception]:
+        if not self.backend.batched:  # one step a batch, its tensors as they are
+            [item] = items
+            batch = dict(item.arrays)
+            for control, dtype in self._controls:
+                batch[control.name] = np.array([_value(control, item.flags, dtype)], dtype=dtype)
+            outputs = self.backend.predict_sequence(batch, [item.flags])
+            return [{name: outputs[name] for name in self._output_names}]
+        rows_of = [item.place for item in items] if self._direct else list(range(len(items)))
+        rows = max(rows_of) + 1
+        flags: list[SequenceFlags | None] = [None] * rows
+        for row, item in zip(rows_of, items, strict=True):
+            flags[row] = item.flags
+        first = items[0].arrays
+        batch = {}
+        for spec in self._client_inputs:
+            sample = first[spec.name]
+            if any(item.arrays[spec.name].shape != sample.shape for item in items):
+                raise InvalidInput(
+                    f"model {self.name!r}: input {spec.name!r} of the sequence steps batched "
+                    "together differ in shape; a sequence model's steps must share their shapes"
+                )
+            if sample.dtype == np.object_:
+                array = np.full((rows, *sample.shape[1:]), b"", dtype=object)
+            else:
+                array = np.zeros((rows, *sample.shape[1:]), dtype=sample.dtype)
+            for row, item in zip(rows_of, items, strict=True):
+                array[row] = item.arrays[spec.name][0]
+            batch[spec.name] = array
+        for control, dtype in self._controls:
+            values = [_value(control, row_flags, dtype) for row_flags in flags]
+            batch[control.name] = np.array(values, dtype=dtype).reshape(rows, 1)
+        outputs = self.backend.predict_sequence(batch, flags)
+        for name in self._output_names:
+            given = outputs.get(name)
+            if given is None or len(given) != rows:
+                got = "nothing" if given is None else f"{len(given)} rows"
+                raise ModelError(
+                    f"model {self.name!r} returned {got} for output {name!r}; expected {rows}"
+                )
+        return [
+            {name: outputs[name][row : row + 1] for name in self._output_names} for row in rows_of
+        ]
+
+    def __repr__(self) -> str:
+        return (
+            f"<SequenceHandle {self.name} v{self.version} ({self.platform}, "
+            f"{self.sequence.strategy})>"
+        )
+
+
+def _withdraw(queued: asyncio.Future[Response], step: asyncio.Future[Response]) -> None:
+    if step.cancelled():
+        queued.cancel()  # not run yet: it never runs; running: its result is dropped
+
+
+def _value(control: SequenceControl, flags: SequenceFlags | None, dtype: np.dtype[Any]) -> Any:
+    """A control input's value for one row (``flags`` None: a free slot)."""
+    if control.kind == "corrid":
+        if flags is None:
+            return b"" if dtype == np.object_ else 0
+        if dtype == np.object_:
+            return str(flags.id).encode("utf-8")
+        return flags.id
+    if flags is None:
+        on = False
+    elif control.kind == "start":
+        on = flags.start
+    elif control.kind == "end":
+        on = flags.end
+    else:  # ready
+        on = True
+    return control.true if on else control.false
+
+
+def _resolve_controls(
+    backend: Backend, controls: Sequence[SequenceControl]
+) -> tuple[tuple[SequenceControl, np.dtype[Any]], ...]:
+    """Each control input with the dtype it is fed in, checked against the model's inputs."""
+    specs = {spec.name: spec for spec in backend.inputs}
+    resolved = []
+    for control in controls:
+        spec = specs.get(control.name)
+        if spec is None:
+            raise ModelLoadError(
+                f"model {backend.name!r}: the {control.kind.upper()} control input "
+                f"{control.name!r} is not an input of the model; its inputs are: "
+                + ", ".join(specs)
+            )
+        datatype = control.datatype or spec.datatype
+        if datatype != spec.datatype:
+            raise ModelLoadError(
+                f"model {backend.name!r}: the {control.kind.upper()} control input "
+                f"{control.name!r} is {datatype} in the config, the model takes {spec.datatype}"
+            )
+        if control.kind == "corrid" and datatype not in (
+            "UINT64",
+            "INT64",
+            "UINT32",
+            "INT32",
+            "BYTES",
+        ):
+            raise ModelLoadError(
+                f"model {backend.name!r}: the CORRID control input {control.name!r} must be "
+                f"an integer or BYTES (a string id), not {datatype}"
+            )
+        resolved.append((control, dtype_of(datatype)))
+    return tuple(resolved)
