@@ -245,7 +245,11 @@ def test_lenient_shapes_need_only_rows() -> None:
 
 
 async def test_a_request_to_a_model_without_batch_dimension_is_never_split() -> None:
-    """Chunks of an unbatched model's tensor would be computed apart: refused, not split."""
+    """Chunks of an unbatched model's tensor would be computed apart: it runs whole, always.
+
+    Its first dimension is the model's own (not rows): a request counts as one row, so one
+    longer than ``max_batch_size`` is not split either.
+    """
     backend = PythonModel(
         lambda inputs: {"y": inputs["x"] - inputs["x"].mean()},
         name="centre",
@@ -257,7 +261,8 @@ async def test_a_request_to_a_model_without_batch_dimension_is_never_split() -> 
     try:
         whole = await handle.infer({"x": [1.0, 2.0, 3.0, 6.0]})
         assert whole["y"].tolist() == [-2.0, -1.0, 0.0, 3.0]
-        with pytest.raises(InvalidInput, match="no batch dimension"):
-            await handle.infer({"x": [1.0] * 5})
+        longer = await handle.infer({"x": [1.0, 1.0, 1.0, 1.0, 6.0]})
+        assert longer["y"].tolist() == [-1.0, -1.0, -1.0, -1.0, 4.0]
     finally:
         await handle.aclose()
+    assert handle.statistics().batch_sizes == {1: 2}  # each request one inference

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -407,3 +408,196 @@ async def test_a_triton_python_model_sees_each_step_with_its_id_and_flags(tmp_pa
         plans = {sequence: [sequence, 2, 3, 4] for sequence in range(1, 8)}
         results = await asyncio.gather(*(run(s, v) for s, v in plans.items()))
     assert results == [running_sums(values) for values in plans.values()]
+
+
+# -- what a review found: each of these failed once -----------------------------------------------
+
+
+async def test_many_sequences_that_gave_up_while_waiting_leave_the_slot_usable() -> None:
+    """Hundreds of waiting sequences whose only steps ran out of time give the place on."""
+    model = RowTotals(1)
+    handle = handle_for(model, rows=1, max_queue_size=2000)
+    gate = model.gate = threading.Event()
+    try:
+        holder = handle.infer_nowait({"x": [[1]]}, sequence=SequenceFlags(1, True, True))
+        gave_up = [
+            handle.infer_nowait({"x": [[1]]}, sequence=SequenceFlags(s, True, True), timeout=0.05)
+            for s in range(2, 1200)
+        ]
+        for future in gave_up:
+            with pytest.raises(DeadlineExceeded):
+                await future
+        gate.set()
+        await holder
+        assert await run_sequence(handle, 5000, [2, 3]) == [2, 5]
+        assert handle.active_sequences == 0
+    finally:
+        gate.set()
+        await handle.aclose()
+
+
+class SlowFirst(IdTotals):
+    """IdTotals whose first batch is slow; records when each step of sequence 1 ran."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.spans: list[tuple[str, int]] = []
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self.lock:
+            self.calls += 1
+            first = self.calls == 1
+        values = inputs["x"][:, 0].tolist()
+        self.spans.append(("start", values[0]))
+        if first:
+            time.sleep(0.3)
+        self.spans.append(("end", values[0]))
+        return super().__call__(inputs)
+
+
+async def test_a_step_that_times_out_while_running_still_runs_before_the_next() -> None:
+    """Oldest on two slots: the next step of a sequence waits for its predecessor's batch."""
+    model = SlowFirst()
+    handle = handle_for(model, strategy="oldest", max_concurrent_batches=2)
+    try:
+        first = handle.infer_nowait(
+            {"x": [[1]]}, sequence=SequenceFlags(1, start=True), timeout=0.1
+        )
+        with pytest.raises(DeadlineExceeded, match="in the model's queue or running"):
+            await first
+        second = await handle.infer({"x": [[2]]}, sequence=SequenceFlags(1, end=True))
+    finally:
+        await handle.aclose()
+    assert model.spans == [("start", 1), ("end", 1), ("start", 2), ("end", 2)]
+    assert int(second["total"][0, 0]) == 3  # the first step ran (its caller had given up)
+
+
+async def test_a_start_that_times_out_in_the_models_queue_passes_to_the_next_step() -> None:
+    model = RowTotals(2)
+    model.totals[1] = 1000  # what an earlier sequence left in row 1
+    handle = handle_for(model, rows=2)
+    gate = model.gate = threading.Event()
+    try:
+        blocking = handle.infer_nowait({"x": [[1]]}, sequence=SequenceFlags(1, start=True))
+        await asyncio.sleep(0.05)  # sequence 1's batch holds the model
+        late = handle.infer_nowait(
+            {"x": [[100]]}, sequence=SequenceFlags(2, start=True), timeout=0.05
+        )
+        with pytest.raises(DeadlineExceeded):
+            await late
+        following = handle.infer_nowait({"x": [[7]]}, sequence=SequenceFlags(2, end=True))
+        gate.set()
+        await blocking
+        assert int((await following)["total"][0, 0]) == 7  # started: row 1 was reset
+    finally:
+        gate.set()
+        await handle.aclose()
+
+
+async def test_steps_of_different_shapes_batched_together_each_run() -> None:
+    """Oldest: two sequences' steps with different widths run as two groups, both answered."""
+
+    def widths(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"total": inputs["x"].sum(axis=1, keepdims=True)}
+
+    backend = PythonModel(
+        widths,
+        name="widths",
+        inputs=(TensorSpec.of("x", "INT64", [-1, -1]), TensorSpec.of("START", "INT32", [-1, 1])),
+        outputs=(TensorSpec.of("total", "INT64", [-1, 1]),),
+    )
+    handle = SequenceHandle(
+        backend,
+        BatchingConfig(max_batch_size=4, max_wait=0.05),
+        SequenceConfig("oldest", controls=CONTROLS[:1]),
+    )
+    try:
+        one, two = await asyncio.gather(
+            handle.infer({"x": [[1, 2]]}, sequence=SequenceFlags(1, True, True)),
+            handle.infer({"x": [[5]]}, sequence=SequenceFlags(2, True, True)),
+        )
+    finally:
+        await handle.aclose()
+    assert (int(one["total"][0, 0]), int(two["total"][0, 0])) == (3, 5)
+    assert handle.statistics().batches == 1
+
+
+async def test_a_sequence_id_out_of_the_corrid_range_is_refused_at_once() -> None:
+    backend = PythonModel(
+        IdTotals(),
+        name="narrow",
+        inputs=(
+            TensorSpec.of("x", "INT64", [-1, 1]),
+            TensorSpec.of("START", "INT32", [-1, 1]),
+            TensorSpec.of("CORRID", "INT32", [-1, 1]),
+        ),
+        outputs=(TensorSpec.of("total", "INT64", [-1, 1]),),
+    )
+    controls = (CONTROLS[0], CONTROLS[2])  # START and CORRID
+    handle = SequenceHandle(
+        backend, BatchingConfig(max_batch_size=2), SequenceConfig("oldest", controls=controls)
+    )
+    try:
+        with pytest.raises(InvalidInput, match=r"from 1 to 2147483647 .* got 1099511627776"):
+            await handle.infer({"x": [[1]]}, sequence=SequenceFlags(2**40, True))
+        assert await run_sequence(handle, 2**31 - 1, [4, 4]) == [4, 8]
+    finally:
+        await handle.aclose()
+
+
+async def test_closing_frees_the_places_of_idle_sequences_for_those_waiting() -> None:
+    """Sequence 1 holds the only slot, idle; sequence 2 waits: closing lets 2 run."""
+    handle = handle_for(RowTotals(1), rows=1)
+    await handle.infer({"x": [[1]]}, sequence=SequenceFlags(1, start=True))
+    waiting = handle.infer_nowait({"x": [[4]]}, sequence=SequenceFlags(2, True, True))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await handle.aclose(grace_period=2)
+    assert int((await waiting)["total"][0, 0]) == 4
+
+
+FAILING_MODEL = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            value = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()
+            if value[0, 0] < 0:
+                error = pb_utils.TritonError("negative", pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse([], error=error))
+            else:
+                out = pb_utils.Tensor("OUTPUT", value * 10)
+                responses.append(pb_utils.InferenceResponse([out]))
+        return responses
+"""
+
+
+async def test_a_triton_python_response_error_fails_its_own_request_only(tmp_path: Path) -> None:
+    folder = tmp_path / "picky"
+    (folder / "1").mkdir(parents=True)
+    config = TRITON_CONFIG.replace(
+        "max_candidate_sequences: 3", "max_queue_delay_microseconds: 50000"
+    )
+    (folder / "config.pbtxt").write_text(config)
+    (folder / "1" / "model.py").write_text(FAILING_MODEL)
+    async with ModelRepository(tmp_path) as repository:
+        handle = repository.get("picky")
+        good, bad = await asyncio.gather(
+            handle.infer(
+                {"INPUT": np.array([[3]], np.int32)}, sequence=SequenceFlags(1, True, True)
+            ),
+            handle.infer(
+                {"INPUT": np.array([[-3]], np.int32)}, sequence=SequenceFlags(2, True, True)
+            ),
+            return_exceptions=True,
+        )
+        assert handle.statistics().batches == 1
+    assert isinstance(good, dict)
+    assert int(good["OUTPUT"][0, 0]) == 30
+    assert isinstance(bad, InvalidInput)
+    assert "negative" in str(bad)

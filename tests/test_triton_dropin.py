@@ -28,6 +28,7 @@ from helpers import ServerProcess
 pytestmark = pytest.mark.slow  # starts a real server process
 
 REPOSITORY = Path(__file__).parent / "data" / "triton"
+MODELS = ("simple", "simple_string", "simple_no_config", "simple_sequence", "tiny_densenet")
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def test_the_server_and_every_model_are_ready(
     for client in (http, grpc):
         assert client.is_server_live()
         assert client.is_server_ready()
-        for model in ("simple", "simple_string", "simple_no_config", "simple_sequence"):
+        for model in MODELS:
             assert client.is_model_ready(model)
             assert client.is_model_ready(model, "1")
         assert not client.is_model_ready("wrong_model_name")
@@ -391,3 +392,49 @@ def test_simple_grpc_sequence_stream_infer_client(grpc: grpcclient.InferenceServ
     for sequence_id, values in plans.items():
         expected = [values[0] + 1, *values[1:]]
         assert [got[f"{sequence_id}_{step}"] for step in range(len(values))] == expected
+
+
+# -- no batch dimension: a model in the form of Triton's densenet_onnx quick-start example -------
+
+# The tiny densenet's weights (scripts/make_triton_test_models.py): channel means to 5 scores.
+DENSENET_WEIGHTS = np.array(
+    [[1.0, 0.5, 0.0, -1.0, 2.0], [0.0, 1.0, 3.0, 0.5, -2.0], [2.0, -1.0, 1.0, 0.0, 0.25]],
+    dtype=np.float32,
+)
+DENSENET_LABELS = ["tench", "goldfish", "shark", "hen", "mug"]
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_model_without_batch_dimension_answers_as_image_client_expects(
+    protocol: str,
+    http: httpclient.InferenceServerClient,
+    grpc: grpcclient.InferenceServerClient,
+) -> None:
+    """As Triton's image_client.py on densenet_onnx: [3, H, W] in, [5] scores or top-k out.
+
+    The input and output first dimensions differ (3 and 5): each request is the model's whole
+    tensor, and so is each answer. With ``class_count`` 2 the answer is the top two as
+    "score:index:label" strings, shape [2].
+    """
+    client, module = (http, httpclient) if protocol == "http" else (grpc, grpcclient)
+    image = np.random.default_rng(7).random((3, 4, 4), dtype=np.float32)
+    scores = image.mean(axis=(1, 2)) @ DENSENET_WEIGHTS
+    inputs = [module.InferInput("data_0", [3, 4, 4], "FP32")]
+    inputs[0].set_data_from_numpy(image)
+    result = client.infer("tiny_densenet", inputs)
+    np.testing.assert_allclose(result.as_numpy("fc6_1"), scores, rtol=1e-6)
+    top = client.infer(
+        "tiny_densenet",
+        inputs,
+        outputs=[module.InferRequestedOutput("fc6_1", class_count=2)],
+    ).as_numpy("fc6_1")
+    assert top.shape == (2,)
+    best = np.argsort(-scores)[:2]
+    for entry, index in zip(top, best, strict=True):
+        score, position, label = entry.decode().split(":")
+        assert (int(position), label) == (index, DENSENET_LABELS[index])
+        assert float(score) == pytest.approx(scores[index], rel=1e-5)
+    wrong = [module.InferInput("data_0", [2, 4, 4], "FP32")]
+    wrong[0].set_data_from_numpy(image[:2])
+    with pytest.raises(InferenceServerException, match=r"dimension 0 must be 3"):
+        client.infer("tiny_densenet", wrong)

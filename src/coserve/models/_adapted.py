@@ -6,9 +6,9 @@
   sizes of those of the source, in order: Triton requires both to have as many, with as many
   elements between them.
 - No batch dimension (Triton's ``max_batch_size: 0``): the request's tensors are the model's
-  whole tensors. coserve still counts rows along the first dimension (each request runs alone
-  and whole), so the inputs and outputs must share it: :func:`check_unbatched`. Warm-up runs
-  the config's shapes, not batch sizes.
+  whole tensors, every dimension checked against the config's; each request runs alone and
+  whole, and its outputs, of any shape, are its own. Warm-up runs the config's shapes, not
+  batch sizes.
 - ONNX Runtime takes and gives string tensors as ``str``; coserve's BYTES are ``bytes``: inputs
   are decoded from UTF-8 before the run and outputs encoded after.
 - A Triton model's metadata names its platform as its config does (``onnxruntime_onnx``).
@@ -21,36 +21,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from coserve._exceptions import InvalidInput, ModelError, ModelLoadError
+from coserve._exceptions import InvalidInput, ModelError
 from coserve.models._backend import Backend, SequenceFlags, Tensors
 from coserve.models._config import ModelConfig
 from coserve.models._signatures import DEFAULT_SIGNATURE
 from coserve.models._specs import TensorSpec
 
-__all__ = ["AdaptedBackend", "check_unbatched", "model_specs", "needs_adapting"]
-
-
-def check_unbatched(name: str, specs: Sequence[TensorSpec]) -> None:
-    """A model without a batch dimension can be served only if its tensors share the first one.
-
-    coserve runs a model over its inputs' first dimension and wants as many rows of each output
-    back; a fixed size there must be the same for every tensor (-1 goes with anything).
-
-    Raises:
-        ModelLoadError: A tensor has no dimensions, or two have different fixed first sizes.
-    """
-    scalars = [spec.name for spec in specs if not spec.shape]
-    fixed = {spec.shape[0] for spec in specs if spec.shape and spec.shape[0] >= 0}
-    if not scalars and len(fixed) <= 1:
-        return
-    shapes = ", ".join(f"{spec.name} {list(spec.shape)}" for spec in specs)
-    raise ModelLoadError(
-        f"model {name!r} has no batch dimension (max_batch_size 0), and its tensors do not "
-        f"share a first dimension ({shapes}); coserve runs a model over its "
-        "inputs' first dimension and needs as many rows of each output back. If the model "
-        "takes a batch of 1 (a reshape with a leading 1), set max_batch_size: 1 and drop that "
-        "1 from each reshape"
-    )
+__all__ = ["AdaptedBackend", "model_specs", "needs_adapting"]
 
 
 def model_specs(
@@ -126,9 +103,10 @@ class AdaptedBackend(Backend):
 
     def predict_sequence(
         self, inputs: Tensors, rows: Sequence[SequenceFlags | None]
-    ) -> dict[str, np.ndarray]:
+    ) -> tuple[dict[str, np.ndarray], Mapping[int, Exception]]:
         """:meth:`predict` for a stateful model, each row's sequence passed on."""
-        return self._back(self._inner.predict_sequence(self._feed(inputs), rows))
+        outputs, errors = self._inner.predict_sequence(self._feed(inputs), rows)
+        return self._back(outputs), errors
 
     def _feed(self, inputs: Tensors) -> dict[str, np.ndarray]:
         feed = {}

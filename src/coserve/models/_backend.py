@@ -119,14 +119,16 @@ class Backend(ABC):
 
     def predict_sequence(
         self, inputs: Tensors, rows: Sequence[SequenceFlags | None]
-    ) -> dict[str, np.ndarray]:
+    ) -> tuple[dict[str, np.ndarray], Mapping[int, Exception]]:
         """Run a stateful model on one batch whose row ``r`` is a step of ``rows[r]``.
 
         ``None`` marks a free slot (its inputs are zeros, its outputs are dropped). The inputs
-        hold the control inputs too; the default runs :meth:`predict`, and a backend that can
-        tell its model each request's sequence (a Triton Python model) overrides it.
+        hold the control inputs too. Returns the outputs, and the rows that failed alone with
+        their errors (a model that answers each request on its own may fail one). The default
+        runs :meth:`predict`; a backend that can tell its model each request's sequence (a
+        Triton Python model) overrides it.
         """
-        return self.predict(inputs)
+        return self.predict(inputs), {}
 
     def for_signature(self, name: str) -> Backend:
         """The backend that runs another of the model's signatures (itself for its own).

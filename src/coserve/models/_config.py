@@ -55,6 +55,7 @@ The format, with every key (all optional but ``platform``)::
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -251,7 +252,7 @@ class ModelConfig:
     outputs: tuple[TensorSpec, ...] | None = None
     batched: bool = True
     """False: the tensors have no batch dimension (Triton's ``max_batch_size: 0``), so each
-    request runs alone and whole, its tensors' first dimension standing in for the rows."""
+    request runs alone and whole (as one row), its tensors of the config's shapes exactly."""
     reshape: tuple[tuple[str, tuple[int, ...]], ...] = ()
     """Tensors the model takes or gives in another shape than the API shows (Triton's
     ``reshape``): each tensor's name and the model's shape (after the batch dimension, if
@@ -368,6 +369,10 @@ class _Parser:
         if strategy not in ("direct", "oldest"):
             raise self.fail(where + "strategy", f"expected direct or oldest, got {strategy!r}")
         max_idle = float(self.positive(table, "max_idle", where)) if "max_idle" in table else 1.0
+        if not math.isfinite(max_idle):
+            raise self.fail(
+                where + "max_idle", f"must be a finite number of seconds, got {max_idle}"
+            )
         max_sequences = None
         if "max_sequences" in table:
             max_sequences = self.typed(table, "max_sequences", int, where)

@@ -59,6 +59,7 @@ from coserve.batching import BatcherStatistics
 from coserve.models._backend import Backend, SequenceFlags, Tensors
 from coserve.models._config import EnsembleStep, ModelConfig
 from coserve.models._handle import ModelHandle
+from coserve.models._sequence import SequenceHandle
 from coserve.models._specs import TensorSpec
 
 __all__ = ["EnsembleHandle", "Resolve", "check_steps"]
@@ -91,6 +92,12 @@ def check_steps(config: ModelConfig, resolve: Resolve) -> None:
             raise ConfigError(
                 f"{step.where}: {label}: composing model {step.model!r} is missing ({error})"
             ) from None
+        if isinstance(handle, SequenceHandle):
+            raise ConfigError(
+                f"{step.where}: {label}: composing model {step.model!r} is a sequence model; "
+                "ensembles of stateful models are not supported (an ensemble request names no "
+                "sequence)"
+            )
         model_inputs = {spec.name: spec for spec in handle.inputs}
         model_outputs = {spec.name: spec for spec in handle.outputs}
         for (name, tensor), where in zip(step.inputs, step.input_where, strict=True):

@@ -184,8 +184,6 @@ class ModelHandle:
         wanted = self.check_outputs(outputs)
         arrays, rows = self._checked(inputs)
         limit = self.batching.max_batch_size
-        if rows > limit and not self.backend.batched:
-            raise InvalidInput(self._too_long(rows))
         if rows <= limit:
             result = await self._batcher.submit(
                 arrays, timeout=timeout, priority=priority, size=rows
@@ -218,21 +216,11 @@ class ModelHandle:
         """
         arrays, rows = self._checked(inputs)
         limit = self.batching.max_batch_size
-        if rows > limit and not self.backend.batched:
-            raise InvalidInput(self._too_long(rows))
         if rows <= limit:
             return self._batcher.submit_nowait(
                 arrays, timeout=timeout, priority=priority, size=rows
             )
         return asyncio.ensure_future(self._infer_in_chunks(arrays, rows, limit, timeout, priority))
-
-    def _too_long(self, rows: int) -> str:
-        # Split in chunks, a model without a batch dimension would compute on parts of its
-        # tensors and answer wrongly: refused instead.
-        return (
-            f"model {self.name!r} has no batch dimension, and the request's first dimension "
-            f"({rows}) is over the {self.batching.max_batch_size} it runs whole"
-        )
 
     def _checked(self, inputs: Mapping[str, Any]) -> tuple[Request, int]:
         """The request's arrays checked against the model's inputs, and its rows."""
@@ -242,6 +230,7 @@ class ModelHandle:
             inputs,
             max_rows=self._max_rows,
             strict_shapes=self.backend.strict_shapes,
+            batched=self.backend.batched,
         )
 
     async def _infer_in_chunks(
@@ -419,6 +408,13 @@ class ModelHandle:
         if padded > rows:
             batch = {name: _pad_rows(array, padded) for name, array in batch.items()}
         outputs = self.backend.predict(batch)
+        if not self.backend.batched:  # one request, whole: its outputs are its own, any shape
+            missing = [name for name in self._output_names if name not in outputs]
+            if missing:
+                raise ModelError(f"model {self.name!r} returned no output {missing[0]!r}")
+            [index] = members
+            results[index] = {name: outputs[name] for name in self._output_names}
+            return
         for name in self._output_names:
             array = outputs.get(name)
             if array is None or len(array) != padded:

@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from coserve._exceptions import ConfigError, ModelLoadError, ModelNotFound
-from coserve.models._adapted import AdaptedBackend, check_unbatched, model_specs, needs_adapting
+from coserve.models._adapted import AdaptedBackend, model_specs, needs_adapting
 from coserve.models._backend import Backend
 from coserve.models._config import ModelConfig
 from coserve.models._ensemble import EnsembleHandle, check_steps
@@ -78,8 +78,6 @@ def load_backend(config: ModelConfig, version_dir: Path, version: str | None = N
         path = version_dir  # the version folder is the SavedModel, as in TF Serving's layout
     if not path.exists():
         raise ModelLoadError(f"model {config.name!r}: {path} does not exist")
-    if not config.batched:  # before loading: the config alone says it cannot be served
-        check_unbatched(config.name, (*(config.inputs or ()), *(config.outputs or ())))
     common: dict[str, Any] = {
         "name": config.name,
         "version": version or str(int(version_dir.name)),

@@ -22,6 +22,12 @@ its last, READY on rows that hold a step, CORRID the sequence id. A sequence tha
 request for ``max_idle`` seconds expires: its place is freed, and its next request (which does
 not start a new one) is told so. A failed batch fails each of its steps: a stateful model's
 steps are never rerun (running a step twice would apply it twice).
+
+Deadlines and withdrawals are the handle's, not the batcher's: a step whose caller gives up
+(cancels, or its deadline passes) is answered at once, but stays in the model's queue until its
+batch, which skips it if it has not run yet. So a sequence's next step is sent only once the
+batch holding the previous one is over, and never runs beside it. A skipped step's START goes to
+the sequence's next step. (The batcher counts a skipped step as completed.)
 """
 
 from __future__ import annotations
@@ -67,7 +73,8 @@ class _Step:
     future: asyncio.Future[Response]
     deadline: float | None
     priority: int
-    timer: asyncio.TimerHandle | None = None  # its deadline while in its sequence's queue
+    timer: asyncio.TimerHandle | None = None  # its deadline
+    item: _Item | None = None  # once it is in the batcher
 
 
 @dataclass(eq=False, slots=True)
@@ -84,13 +91,20 @@ class _Sequence:
     idle_since: float | None = None  # when it last had nothing queued or running
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False, slots=True)
 class _Item:
-    """What the batcher carries for one step: its inputs, its row, its flags."""
+    """What the batcher carries for one step: its inputs, its row, its flags.
+
+    ``withdrawn`` is set on the loop when the step's caller has its answer before the model
+    ran it (cancelled, or past its deadline): the batch skips it. ``ran`` is set in the batch
+    when the model runs it, and read on the loop once the batch is over.
+    """
 
     arrays: dict[str, np.ndarray]
     place: int
     flags: SequenceFlags
+    withdrawn: bool = False
+    ran: bool = False
 
 
 class SequenceHandle(ModelHandle):
@@ -136,12 +150,17 @@ class SequenceHandle(ModelHandle):
         self.sequence = sequence
         """How this model's sequences are scheduled."""
         self._controls = _resolve_controls(backend, sequence.controls)
-        self._integer_ids = any(
-            control.kind == "corrid" and dtype != np.object_ for control, dtype in self._controls
-        )
+        self._id_range: tuple[int, int] | None = None  # an integer CORRID's range
+        for control, dtype in self._controls:
+            if control.kind == "corrid" and dtype != np.object_:
+                info = np.iinfo(dtype)
+                self._id_range = (max(int(info.min), 1), int(info.max))
         names = {control.name for control, _ in self._controls}
         self._client_inputs = tuple(spec for spec in backend.inputs if spec.name not in names)
-        self._batcher = self._new_batcher(self._run_steps, batching)
+        # Deadlines are the handle's (a step's covers its wait in its sequence's queue too):
+        # the batcher never fails a step that runs, so a sequence's next step never overtakes
+        # it. A withdrawn step is skipped when its batch runs.
+        self._batcher = self._new_batcher(self._run_steps, replace(batching, timeout=None))
         self._direct = direct
         self._free = list(range(places))[::-1]  # popped from the end: lowest first
         self._backlog: deque[_Sequence] = deque()
@@ -247,11 +266,13 @@ class SequenceHandle(ModelHandle):
                 f"requirements of sequence batcher (each request is one step of its "
                 f"sequence), got {rows}"
             )
-        if isinstance(sequence.id, str) and self._integer_ids:
-            raise InvalidInput(
-                f"model {self.name!r} takes integer sequence ids (its CORRID control input is "
-                f"an integer), got {sequence.id!r}"
-            )
+        if self._id_range is not None:
+            low, high = self._id_range
+            if isinstance(sequence.id, str) or not low <= sequence.id <= high:
+                raise InvalidInput(
+                    f"model {self.name!r} takes integer sequence ids from {low} to {high} (its "
+                    f"CORRID control input's range), got {sequence.id!r}"
+                )
         loop = asyncio.get_running_loop()
         known = self._sequences.get(sequence.id)
         if (
@@ -294,6 +315,7 @@ class SequenceHandle(ModelHandle):
             step.timer = loop.call_at(step.deadline, self._expire_step, step, timeout)
         self._held += 1
         future.add_done_callback(self._answered)
+        future.add_done_callback(functools.partial(_withdraw, step))
         known.steps.append(step)
         known.open = not sequence.end
         self._pump(known)
@@ -322,13 +344,16 @@ class SequenceHandle(ModelHandle):
 
     def _expire_step(self, step: _Step, timeout: float) -> None:
         step.timer = None
-        if not step.future.done():  # still in its sequence's queue (the batcher has its own)
-            step.future.set_exception(
-                DeadlineExceeded(
-                    f"the deadline of {timeout:g}s passed while the request waited for its "
-                    "sequence's earlier requests"
-                )
-            )
+        if step.future.done():
+            return
+        where = (
+            "waited for its sequence's earlier requests"
+            if step.item is None
+            else "was in the model's queue or running"
+        )
+        step.future.set_exception(
+            DeadlineExceeded(f"the deadline of {timeout:g}s passed while the request {where}")
+        )
 
     # -- places and steps --------------------------------------------------------------------
 
@@ -345,72 +370,82 @@ class SequenceHandle(ModelHandle):
             self._backlog.append(sequence)
 
     def _release(self, sequence: _Sequence) -> None:
-        """The sequence is over: free its place, for the longest-waiting sequence if any."""
+        """The sequence is over: free its place, for the longest-waiting sequence if any.
+
+        A loop, not a recursion: a waiting sequence whose steps all went (withdrawn, out of
+        time) while it waited is over as soon as it has the place, which goes to the next.
+        """
+        self._forget(sequence)
+        place, sequence.place = sequence.place, None
+        if place is None:  # it was still waiting: it had no place to free
+            self._backlog.remove(sequence)
+            return
+        while self._backlog:
+            waiting = self._backlog.popleft()
+            waiting.place = place
+            if self._advance(waiting):
+                return
+            self._forget(waiting)
+            waiting.place = None
+        self._free.append(place)
+        self._free.sort(reverse=True)
+
+    def _forget(self, sequence: _Sequence) -> None:
         if self._sequences.get(sequence.id) is sequence:
             del self._sequences[sequence.id]
         if sequence.timer is not None:
             sequence.timer.cancel()
             sequence.timer = None
-        place, sequence.place = sequence.place, None
-        if place is None:  # it was still waiting: it had no place to free
-            self._backlog.remove(sequence)
-            return
-        if self._backlog:
-            waiting = self._backlog.popleft()
-            waiting.place = place
-            self._pump(waiting)
-        else:
-            self._free.append(place)
-            self._free.sort(reverse=True)
 
     def _pump(self, sequence: _Sequence) -> None:
-        """Send the sequence's next step to the batcher, unless one is there or it has no place."""
+        """Send the sequence's next step to the batcher, or release it if it is over."""
+        if not self._advance(sequence):
+            self._release(sequence)
+
+    def _advance(self, sequence: _Sequence) -> bool:
+        """Send the next step, unless one is in the batcher or the sequence waits for a place.
+
+        Returns False when the sequence is over: it ended (or the model is closing) and has
+        nothing queued or running.
+        """
         if sequence.running or sequence.place is None:
-            return
+            return True
         loop = asyncio.get_running_loop()
         while sequence.steps:
             step = sequence.steps.popleft()
             start = step.start or sequence.carry_start
             sequence.carry_start = False
             if step.future.done():  # withdrawn or expired while it waited
-                if step.timer is not None:
-                    step.timer.cancel()
                 sequence.carry_start = start and not step.end
                 continue
-            remaining = None if step.deadline is None else step.deadline - loop.time()
             item = _Item(step.arrays, sequence.place, SequenceFlags(sequence.id, start, step.end))
             try:
-                if remaining is not None and remaining <= 0:
-                    raise DeadlineExceeded("the request's deadline passed before its turn")
-                queued = self._batcher.submit_nowait(
-                    item, timeout=remaining, priority=step.priority, size=1
-                )
-            except Exception as error:  # closed, or out of time: this step fails alone
+                queued = self._batcher.submit_nowait(item, priority=step.priority, size=1)
+            except Exception as error:  # closed: this step fails alone
                 step.future.set_exception(error)
                 sequence.carry_start = start and not step.end
                 continue
-            if step.timer is not None:  # the batcher has the deadline now
-                step.timer.cancel()
-                step.timer = None
+            step.item = item
             sequence.running = True
-            step.future.add_done_callback(functools.partial(_withdraw, queued))
             queued.add_done_callback(functools.partial(self._step_done, sequence, step, start))
-            return
-        if not sequence.open:
-            self._release(sequence)
-        elif not self._closing:
-            sequence.idle_since = loop.time()
-            sequence.timer = loop.call_at(
-                sequence.idle_since + self.sequence.max_idle, self._idle, sequence
-            )
+            return True
+        if not sequence.open or self._closing:
+            return False
+        sequence.idle_since = loop.time()
+        sequence.timer = loop.call_at(
+            sequence.idle_since + self.sequence.max_idle, self._idle, sequence
+        )
+        return True
 
     def _step_done(
         self, sequence: _Sequence, step: _Step, start: bool, queued: asyncio.Future[Response]
     ) -> None:
+        """The step's batch is over (or the batcher closed): answer it, send the next."""
         sequence.running = False
-        if queued.cancelled():
-            # Withdrawn, run or not: its START goes to the next step, so the sequence starts
-            # at the first step whose caller stayed.
+        item = step.item
+        if item is not None and not item.ran:
+            # Skipped (withdrawn) or never run: its START goes to the next step, so the
+            # sequence starts at the first step whose caller stayed.
             sequence.carry_start = start and not step.end
         if not step.future.done():
             if queued.cancelled():
@@ -439,13 +474,21 @@ class SequenceHandle(ModelHandle):
     # -- closing -----------------------------------------------------------------------------
 
     async def aclose(self, *, grace_period: float | None = None) -> None:
-        """Take no new requests; let the queued steps run, up to the grace period; unload."""
+        """Take no new requests; let the queued steps run, up to the grace period; unload.
+
+        Sequences with nothing queued are over at once (they can take no more requests), so
+        their places go to the sequences waiting for one.
+        """
         self._closing = True
         self._wake_room_waiters()
+        for sequence in list(self._sequences.values()):
+            if sequence.place is not None and not sequence.running and not sequence.steps:
+                self._release(sequence)
         grace = self.batching.grace_period if grace_period is None else grace_period
         loop = asyncio.get_running_loop()
         if self._held:
-            self._drained = loop.create_future()
+            if self._drained is None or self._drained.done():
+                self._drained = loop.create_future()
             try:
                 await asyncio.wait_for(asyncio.shield(self._drained), grace)
             except TimeoutError:
@@ -470,46 +513,61 @@ class SequenceHandle(ModelHandle):
     # -- inside the executor thread ----------------------------------------------------------
 
     def _run_steps(self, items: list[_Item]) -> list[Response | Exception]:
-        """Run one batch of steps (of distinct sequences); a failure fails every step."""
-        try:
-            return self._run_rows(items)
-        except Exception as error:  # never rerun: the model may have applied some steps
-            if isinstance(error, InvalidInput):
-                logger.debug("model %s refused a batch of sequence steps: %s", self.name, error)
-                failure: Exception = error
-            else:
-                logger.error(
-                    "model %s v%s failed on a batch of %d sequence steps",
-                    self.name,
-                    self.version,
-                    len(items),
-                    exc_info=error,
-                )
-                failure = BatchFailed.caused_by(f"model {self.name!r} failed: {error!r}", error)
-            return [failure] * len(items)
+        """Run one batch of steps (of distinct sequences), skipping the withdrawn ones.
 
-    def _run_rows(self, items: list[_Item]) -> list[Response | Exception]:
+        Steps whose inputs differ in shape run as separate groups. A group that fails fails
+        each of its steps: a stateful model's steps are never rerun (the model may have
+        applied some of them).
+        """
+        results: list[Response | Exception] = [{} for _ in items]  # a skipped step's: unread
+        groups: dict[tuple[tuple[int, ...], ...], list[int]] = {}
+        for index, item in enumerate(items):
+            if item.withdrawn:
+                continue
+            item.ran = True
+            key = tuple(array.shape for array in item.arrays.values())
+            groups.setdefault(key, []).append(index)
+        for members in groups.values():
+            group = [items[i] for i in members]
+            try:
+                answers = self._run_group_of_steps(group)
+            except Exception as error:
+                answers = [self._step_failure(error, len(group))] * len(group)
+            for index, answer in zip(members, answers, strict=True):
+                results[index] = answer
+        return results
+
+    def _step_failure(self, error: Exception, steps: int) -> Exception:
+        if isinstance(error, InvalidInput):
+            logger.debug("model %s refused sequence requests: %s", self.name, error)
+            return error
+        logger.error(
+            "model %s v%s failed on a batch of %d sequence requests",
+            self.name,
+            self.version,
+            steps,
+            exc_info=error,
+        )
+        return BatchFailed.caused_by(f"model {self.name!r} failed: {error!r}", error)
+
+    def _run_group_of_steps(self, items: list[_Item]) -> list[Response | Exception]:
         if not self.backend.batched:  # one step a batch, its tensors as they are
             [item] = items
             batch = dict(item.arrays)
             for control, dtype in self._controls:
                 batch[control.name] = np.array([_value(control, item.flags, dtype)], dtype=dtype)
-            outputs = self.backend.predict_sequence(batch, [item.flags])
+            outputs, errors = self.backend.predict_sequence(batch, [item.flags])
+            if 0 in errors:
+                return [self._step_failure(errors[0], 1)]
             return [{name: outputs[name] for name in self._output_names}]
         rows_of = [item.place for item in items] if self._direct else list(range(len(items)))
         rows = max(rows_of) + 1
         flags: list[SequenceFlags | None] = [None] * rows
         for row, item in zip(rows_of, items, strict=True):
             flags[row] = item.flags
-        first = items[0].arrays
         batch = {}
         for spec in self._client_inputs:
-            sample = first[spec.name]
-            if any(item.arrays[spec.name].shape != sample.shape for item in items):
-                raise InvalidInput(
-                    f"model {self.name!r}: input {spec.name!r} of the sequence steps batched "
-                    "together differ in shape; a sequence model's steps must share their shapes"
-                )
+            sample = items[0].arrays[spec.name]
             if sample.dtype == np.object_:
                 array = np.full((rows, *sample.shape[1:]), b"", dtype=object)
             else:
@@ -520,7 +578,7 @@ class SequenceHandle(ModelHandle):
         for control, dtype in self._controls:
             values = [_value(control, row_flags, dtype) for row_flags in flags]
             batch[control.name] = np.array(values, dtype=dtype).reshape(rows, 1)
-        outputs = self.backend.predict_sequence(batch, flags)
+        outputs, errors = self.backend.predict_sequence(batch, flags)
         for name in self._output_names:
             given = outputs.get(name)
             if given is None or len(given) != rows:
@@ -529,7 +587,10 @@ class SequenceHandle(ModelHandle):
                     f"model {self.name!r} returned {got} for output {name!r}; expected {rows}"
                 )
         return [
-            {name: outputs[name][row : row + 1] for name in self._output_names} for row in rows_of
+            self._step_failure(errors[row], 1)
+            if row in errors
+            else {name: outputs[name][row : row + 1] for name in self._output_names}
+            for row in rows_of
         ]
 
     def __repr__(self) -> str:
@@ -539,9 +600,13 @@ class SequenceHandle(ModelHandle):
         )
 
 
-def _withdraw(queued: asyncio.Future[Response], step: asyncio.Future[Response]) -> None:
-    if step.cancelled():
-        queued.cancel()  # not run yet: it never runs; running: its result is dropped
+def _withdraw(step: _Step, _: asyncio.Future[Response]) -> None:
+    """The step has its answer: if the model has not run it yet, its batch skips it."""
+    if step.timer is not None:
+        step.timer.cancel()
+        step.timer = None
+    if step.item is not None:
+        step.item.withdrawn = True
 
 
 def _value(control: SequenceControl, flags: SequenceFlags | None, dtype: np.dtype[Any]) -> Any:

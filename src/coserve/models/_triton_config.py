@@ -23,10 +23,8 @@ what would serve the model wrongly is a :class:`ConfigError` for that model alon
   ``default_model_filename`` is ``filename``.
 - ``max_batch_size`` > 0: shapes are ``[-1, *dims]`` and batches hold at most that many rows
   (a larger request is split, where Triton refuses it). 0: the tensors have no batch
-  dimension; shapes are ``dims`` exactly, each request runs alone and whole, and coserve counts
-  rows along the first dimension, so the model loads only if its inputs and outputs share that
-  dimension (``_adapted.check_unbatched``: ``[-1, 16]`` in and out is served; densenet's
-  ``[3, 224, 224]`` in and ``[1000]`` out is not, with a message saying how to rewrite it).
+  dimension; shapes are ``dims`` exactly (every dimension checked), each request runs alone
+  and whole (densenet's ``[3, 224, 224]`` in, ``[1000]`` out), and counts as one inference.
 - ``data_type`` ``TYPE_X`` is ``X`` (``TYPE_STRING`` is ``BYTES``; ``TYPE_BF16`` is refused);
   ``reshape`` is applied around the model (``_adapted``); ``label_filename`` is ``labels`` (the
   first output's; a second is a warning); ``optional`` is a warning: every input is required.
@@ -107,8 +105,8 @@ DEFAULT_MAX_BATCH_SIZE = 4
 """``max_batch_size`` of an auto-completed batchable model (Triton's default-max-batch-size)."""
 
 UNBATCHED_MAX_ROWS = 65536
-"""The batcher's ``max_batch_size`` for a model without a batch dimension: its requests run
-whole, so the bound only needs to be above any first dimension they have."""
+"""The batcher's ``max_batch_size`` for a model without a batch dimension: each request runs
+alone and counts as one row, so any bound of at least 1 would do."""
 
 # Triton's platforms coserve serves: platform -> (backend, coserve platform, default file name)
 _SERVED = {

@@ -81,11 +81,14 @@ def check_inputs(
     *,
     max_rows: int,
     strict_shapes: bool = True,
+    batched: bool = True,
 ) -> tuple[dict[str, np.ndarray], int]:
     """Check and convert a request's inputs; return the arrays (in spec order) and their rows.
 
     Without ``strict_shapes`` an input's rank and dimensions are the model's to check (a TF1
     graph's, fed as TensorFlow Serving feeds it): only a first dimension, the rows, is required.
+    Without ``batched`` (a model with no batch dimension) every dimension is the model's own, so
+    each is checked, scalars are tensors too, and a request counts as one row.
 
     Raises:
         InvalidInput: An input is unknown, missing, of an unsafe dtype, of the wrong rank or
@@ -110,7 +113,7 @@ def check_inputs(
             array = value if isinstance(value, np.ndarray) else np.asarray(value)
         except (ValueError, TypeError) as error:  # ragged nested lists, for instance
             raise InvalidInput(f"input {spec.name!r}: not a rectangular array: {error}") from None
-        if not strict_shapes:
+        if not strict_shapes and batched:
             if array.ndim == 0:
                 raise InvalidInput(
                     f"input {spec.name!r}: expected {spec.describe()}, got a scalar (a tensor "
@@ -121,20 +124,25 @@ def check_inputs(
                 f"input {spec.name!r}: expected {spec.describe()} (rank {len(spec.shape)}), "
                 f"got {_describe(array)} (rank {array.ndim})"
             )
-        for axis, (want, got) in enumerate(zip(spec.shape, array.shape, strict=strict_shapes)):
-            if axis and want >= 0 and want != got and strict_shapes:
+        checked = strict_shapes or not batched
+        for axis, (want, got) in enumerate(zip(spec.shape, array.shape, strict=checked)):
+            if (axis or not batched) and want >= 0 and want != got and checked:
                 raise InvalidInput(
                     f"input {spec.name!r}: expected {spec.describe()}, got {_describe(array)} "
                     f"(dimension {axis} must be {want})"
                 )
         array = _convert(spec, array)
+        arrays[spec.name] = array
+        if not batched:
+            continue
         if rows is None:
             rows = array.shape[0]
         elif array.shape[0] != rows:
             raise InvalidInput(
                 f"input {spec.name!r} has {array.shape[0]} rows but the other inputs have {rows}"
             )
-        arrays[spec.name] = array
+    if not batched:
+        return arrays, 1
     assert rows is not None
     if rows == 0:
         raise InvalidInput(f"model {model!r}: the request has no rows (first dimension 0)")

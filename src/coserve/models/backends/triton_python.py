@@ -59,7 +59,7 @@ import logging
 import queue
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -345,16 +345,16 @@ class TritonPythonModelBackend(Backend):
 
     def predict_sequence(
         self, inputs: Tensors, rows: Sequence[SequenceFlags | None]
-    ) -> dict[str, np.ndarray]:
+    ) -> tuple[dict[str, np.ndarray], Mapping[int, Exception]]:
         """Run ``execute`` with one request per sequence step, as Triton gives them.
 
         Each request holds its row, its sequence id (``correlation_id()``) and its start and
-        end ``flags()``; a free slot's row gets no request, and zeros in the outputs.
+        end ``flags()``; a free slot's row gets no request, and zeros in the outputs. A
+        response's error fails its own request only (Triton's 400 codes as ``InvalidInput``).
 
         Raises:
-            InvalidInput: A response's error has a code Triton answers with a 400 (that
-                fails the batch: a stateful model's steps are never rerun).
-            ModelError: As :meth:`predict`.
+            ModelError: ``execute`` raised, or answered something else than one response per
+                request, or an output is missing, of the wrong type, or not one row.
         """
         live = [(r, flags) for r, flags in enumerate(rows) if flags is not None]
         requests = [
@@ -378,28 +378,41 @@ class TritonPythonModelBackend(Backend):
             raise ModelError(f"model {self.name!r}: execute raised {error!r}") from error
         finally:
             self._idle.put(instance)
-        answers = [self._outputs(r) for r in self._responses(responses, len(requests))]
+        errors: dict[int, Exception] = {}
+        answers: dict[int, dict[str, np.ndarray]] = {}
+        for (r, _), response in zip(live, self._responses(responses, len(requests)), strict=True):
+            failure = self._error(response)
+            if failure is None:
+                answers[r] = self._outputs(response)
+            else:
+                errors[r] = failure
         if not self.batched:
-            return answers[0]
+            return next(iter(answers.values()), {}), errors
         outputs = {}
         for name in self._output_names:
-            parts = [answer[name] for answer in answers]
-            if any(len(part) != 1 for part in parts):
+            spec = self._specs[name]
+            if any(len(answer[name]) != 1 for answer in answers.values()):
                 raise ModelError(
                     f"model {self.name!r}: output {name!r} of a sequence step must have one row"
                 )
-            first = parts[0]
-            if first.dtype == np.object_:
-                array = np.full((len(rows), *first.shape[1:]), b"", dtype=object)
+            sample = next(iter(answers.values()), {}).get(name)
+            row_shape = (
+                sample.shape[1:] if sample is not None else tuple(max(d, 1) for d in spec.row_shape)
+            )
+            if spec.dtype == np.object_:
+                array = np.full((len(rows), *row_shape), b"", dtype=object)
             else:
-                array = np.zeros((len(rows), *first.shape[1:]), dtype=first.dtype)
-            for (r, _), part in zip(live, parts, strict=True):
-                array[r] = part[0]
+                array = np.zeros((len(rows), *row_shape), dtype=spec.dtype)
+            for r, answer in answers.items():
+                array[r] = answer[name][0]
             outputs[name] = array
-        return outputs
+        return outputs, errors
 
     def _response(self, responses: Any) -> pb_utils.InferenceResponse:
         [response] = self._responses(responses, 1)
+        error = self._error(response)
+        if error is not None:
+            raise error
         return response
 
     def _responses(self, responses: Any, count: int) -> list[pb_utils.InferenceResponse]:
@@ -424,14 +437,18 @@ class TritonPythonModelBackend(Backend):
                     f"model {self.name!r}: execute must return InferenceResponse objects, "
                     f"got {type(response).__name__}"
                 )
-            error = response.error()
-            if error is not None:
-                message = error.message() if isinstance(error, pb_utils.TritonError) else str(error)
-                code = error.code() if isinstance(error, pb_utils.TritonError) else None
-                if code in _REQUEST_FAULTS:
-                    raise InvalidInput(f"model {self.name!r} refused the request: {message}")
-                raise ModelError(f"model {self.name!r} returned an error: {message}")
         return list(responses)
+
+    def _error(self, response: pb_utils.InferenceResponse) -> Exception | None:
+        """A response's error as coserve's: Triton's 400 codes are the request's fault."""
+        error = response.error()
+        if error is None:
+            return None
+        message = error.message() if isinstance(error, pb_utils.TritonError) else str(error)
+        code = error.code() if isinstance(error, pb_utils.TritonError) else None
+        if code in _REQUEST_FAULTS:
+            return InvalidInput(f"model {self.name!r} refused the request: {message}")
+        return ModelError(f"model {self.name!r} returned an error: {message}")
 
     def _outputs(self, response: pb_utils.InferenceResponse) -> dict[str, np.ndarray]:
         tensors = {}
