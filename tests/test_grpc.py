@@ -240,14 +240,31 @@ class TestHealthAndMetadata:
     def test_other_triton_rpcs_are_unimplemented_with_a_clear_message(
         self, client: triton.InferenceServerClient
     ) -> None:
-        """ModelConfig and friends: UNIMPLEMENTED, naming what is served instead."""
+        """Shared memory and friends: UNIMPLEMENTED, naming what is served instead."""
         with pytest.raises(InferenceServerException) as raised:
-            client.get_model_config("digits")
+            client.get_system_shared_memory_status()
         assert raised.value.status() == "StatusCode.UNIMPLEMENTED"
         assert "ModelInfer" in str(raised.value.message())
+        assert "ModelConfig" in str(raised.value.message())
         assert "RepositoryIndex" in str(raised.value.message())
-        status = status_of(lambda: client.get_system_shared_memory_status())
+        status = status_of(lambda: client.get_cuda_shared_memory_status())
         assert status == "StatusCode.UNIMPLEMENTED"
+
+    def test_a_coserve_models_config_is_triton_s_message(
+        self, client: triton.InferenceServerClient
+    ) -> None:
+        """The digits model (a config.toml) as tritonclient's own ModelConfig message."""
+        config = client.get_model_config("digits").config
+        assert config.name == "digits"
+        assert config.platform == "tensorflow_savedmodel"
+        assert [(t.name, list(t.dims)) for t in config.input] == [("image", [8, 8, 1])]
+        assert [(t.name, list(t.dims)) for t in config.output] == [("probabilities", [10])]
+        assert config.max_batch_size > 0
+        as_json = client.get_model_config("digits", as_json=True)
+        assert as_json["config"]["name"] == "digits"
+        with pytest.raises(InferenceServerException) as raised:
+            client.get_model_config("no_such_model")
+        assert "no_such_model" in str(raised.value.message())
 
 
 class TestStatisticsAndRepository:

@@ -250,11 +250,16 @@ def describe_descriptor(root: Any) -> dict[str, dict[str, tuple[Any, ...]]]:
         for field in message.fields:
             if is_map(field):
                 key, value = (field.message_type.fields_by_name[n] for n in ("key", "value"))
-                fields[field.name] = ("map", _KINDS[key.type], detail(value))
+                fields[field.name] = ("map", _KINDS[key.type], detail(value), field.number)
                 if value.message_type is not None:
                     todo.append(value.message_type)
                 continue
-            fields[field.name] = (detail(field), field.is_repeated, real_oneof(field))
+            fields[field.name] = (
+                detail(field),
+                field.is_repeated,
+                real_oneof(field),
+                field.number,
+            )
             if field.message_type is not None:
                 todo.append(field.message_type)
         described[message.full_name] = fields
@@ -282,11 +287,11 @@ def describe_schema(root: MessageSchema) -> dict[str, dict[str, tuple[Any, ...]]
             if spec.kind == "map":
                 assert spec.message is not None
                 key, value = spec.message.fields["key"], spec.message.fields["value"]
-                fields[spec.name] = ("map", key.kind, detail(value))
+                fields[spec.name] = ("map", key.kind, detail(value), spec.number)
                 if value.message is not None:
                     todo.append(value.message)
                 continue
-            fields[spec.name] = (detail(spec), spec.repeated, spec.oneof)
+            fields[spec.name] = (detail(spec), spec.repeated, spec.oneof, spec.number)
             if spec.message is not None:
                 todo.append(spec.message)
         described[message.name] = fields
@@ -348,10 +353,12 @@ def render_schemas(public_name: str, root: Any) -> str:
             options = ", repeated=True" if field.is_repeated else ""
             oneof = real_oneof(field)
             options += f", oneof={oneof!r}" if oneof else ""
+            options += f", number={field.number}"
             if is_map(field):
                 key, value = (field.message_type.fields_by_name[n] for n in ("key", "value"))
                 lines.append(
-                    f"map_field({field.name!r}, {_KINDS[key.type]!r}, {value_type(value)})"
+                    f"map_field({field.name!r}, {_KINDS[key.type]!r}, {value_type(value)}, "
+                    f"number={field.number})"
                 )
             elif field.message_type is not None:
                 lines.append(f"message_field({field.name!r}, {ref(field.message_type)}{options})")
@@ -378,21 +385,29 @@ class TestSchemasMatchTheProtos:
         assert "google.protobuf.Any" in expected
 
     def test_batching_parameters(self) -> None:
-        """Written by hand from session_bundle_config.proto (not in the pip package)."""
+        """Written by hand from session_bundle_config.proto (not in the pip package).
+
+        Its field numbers are not given (0): only the text format is read.
+        """
         described = describe_schema(TFS_BATCHING_PARAMETERS)
         int64_value = ("message", "google.protobuf.Int64Value")
         assert described["tensorflow.serving.BatchingParameters"] == {
-            "max_batch_size": (int64_value, False, None),
-            "batch_timeout_micros": (int64_value, False, None),
-            "max_enqueued_batches": (int64_value, False, None),
-            "num_batch_threads": (int64_value, False, None),
-            "thread_pool_name": (("message", "google.protobuf.StringValue"), False, None),
-            "allowed_batch_sizes": (("int64",), True, None),
-            "pad_variable_length_inputs": (("bool",), False, None),
-            "enable_large_batch_splitting": (("message", "google.protobuf.BoolValue"), False, None),
-            "max_execution_batch_size": (int64_value, False, None),
+            "max_batch_size": (int64_value, False, None, 0),
+            "batch_timeout_micros": (int64_value, False, None, 0),
+            "max_enqueued_batches": (int64_value, False, None, 0),
+            "num_batch_threads": (int64_value, False, None, 0),
+            "thread_pool_name": (("message", "google.protobuf.StringValue"), False, None, 0),
+            "allowed_batch_sizes": (("int64",), True, None, 0),
+            "pad_variable_length_inputs": (("bool",), False, None, 0),
+            "enable_large_batch_splitting": (
+                ("message", "google.protobuf.BoolValue"),
+                False,
+                None,
+                0,
+            ),
+            "max_execution_batch_size": (int64_value, False, None, 0),
         }
-        assert described["google.protobuf.Int64Value"] == {"value": (("int64",), False, None)}
+        assert described["google.protobuf.Int64Value"] == {"value": (("int64",), False, None, 0)}
 
     def test_the_generator_reproduces_the_committed_schemas(self) -> None:
         """Regenerating from the installed protos would change nothing."""

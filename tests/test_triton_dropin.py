@@ -438,3 +438,22 @@ def test_a_model_without_batch_dimension_answers_as_image_client_expects(
     wrong[0].set_data_from_numpy(image[:2])
     with pytest.raises(InferenceServerException, match=r"dimension 0 must be 3"):
         client.infer("tiny_densenet", wrong)
+
+
+def test_model_config_over_grpc_is_the_config_http_gives(
+    http: httpclient.InferenceServerClient, grpc: grpcclient.InferenceServerClient
+) -> None:
+    """tritonclient.grpc's get_model_config: the same completed config as over HTTP."""
+    for model in MODELS:
+        over_grpc = grpc.get_model_config(model, as_json=True)["config"]
+        over_http = http.get_model_config(model)
+        assert over_grpc["name"] == over_http["name"] == model
+        assert over_grpc["platform"] == over_http["platform"]
+        assert [t["name"] for t in over_grpc["input"]] == [t["name"] for t in over_http["input"]]
+        assert int(over_grpc.get("max_batch_size", 0)) == over_http["max_batch_size"]
+    sequence = grpc.get_model_config("simple_sequence").config.sequence_batching
+    assert [c.name for c in sequence.control_input] == ["START", "READY"]
+    assert list(sequence.control_input[0].control[0].int32_false_true) == [0, 1]
+    densenet = grpc.get_model_config("tiny_densenet").config
+    assert list(densenet.output[0].reshape.shape) == [1, 5, 1, 1]
+    assert densenet.output[0].label_filename == "labels.txt"

@@ -539,6 +539,8 @@ class FieldSchema:
     ``kind`` is a scalar kind, ``"enum"`` (with ``enum``), ``"message"`` (with ``message``) or
     ``"map"`` (with ``message`` the entry type, fields ``key`` and ``value``; always repeated).
     ``oneof`` names the oneof the field belongs to: at most one of its members may be given.
+    ``number`` is the field's number in the proto (0 where the schema does not say): the text
+    format does not use it, the binary encoding of a schema's messages does.
     """
 
     name: str
@@ -547,6 +549,7 @@ class FieldSchema:
     oneof: str | None = None
     enum: EnumSchema | None = None
     message: MessageSchema | None = None
+    number: int = 0
 
 
 class MessageSchema:
@@ -583,42 +586,61 @@ class MessageSchema:
 
 
 def scalar_field(
-    name: str, kind: ScalarKind, *, repeated: bool = False, oneof: str | None = None
+    name: str,
+    kind: ScalarKind,
+    *,
+    repeated: bool = False,
+    oneof: str | None = None,
+    number: int = 0,
 ) -> FieldSchema:
     """A string, bytes, bool, integer or floating-point field."""
     if kind not in _SCALAR_KINDS:
         raise ValueError(f"{kind!r} is not a scalar kind")
-    return FieldSchema(name, kind, repeated, oneof)
+    return FieldSchema(name, kind, repeated, oneof, number=number)
 
 
 def enum_field(
-    name: str, enum: EnumSchema, *, repeated: bool = False, oneof: str | None = None
+    name: str,
+    enum: EnumSchema,
+    *,
+    repeated: bool = False,
+    oneof: str | None = None,
+    number: int = 0,
 ) -> FieldSchema:
     """A field whose values are names (or numbers) of ``enum``."""
-    return FieldSchema(name, "enum", repeated, oneof, enum=enum)
+    return FieldSchema(name, "enum", repeated, oneof, enum=enum, number=number)
 
 
 def message_field(
-    name: str, message: MessageSchema, *, repeated: bool = False, oneof: str | None = None
+    name: str,
+    message: MessageSchema,
+    *,
+    repeated: bool = False,
+    oneof: str | None = None,
+    number: int = 0,
 ) -> FieldSchema:
     """A field holding a nested message of type ``message``."""
-    return FieldSchema(name, "message", repeated, oneof, message=message)
+    return FieldSchema(name, "message", repeated, oneof, message=message, number=number)
 
 
 def map_field(
-    name: str, key: ScalarKind, value: ScalarKind | EnumSchema | MessageSchema
+    name: str,
+    key: ScalarKind,
+    value: ScalarKind | EnumSchema | MessageSchema,
+    *,
+    number: int = 0,
 ) -> FieldSchema:
     """A ``map<key, value>`` field, written as entries ``name { key: ... value: ... }``."""
     if key not in ("string", "bool", "int32", "int64", "uint32", "uint64"):
         raise ValueError(f"{key!r} cannot be a map key")
     if isinstance(value, EnumSchema):
-        value_spec = enum_field("value", value)
+        value_spec = enum_field("value", value, number=2)
     elif isinstance(value, MessageSchema):
-        value_spec = message_field("value", value)
+        value_spec = message_field("value", value, number=2)
     else:
-        value_spec = scalar_field("value", value)
-    entry = MessageSchema(f"entry of map '{name}'", scalar_field("key", key), value_spec)
-    return FieldSchema(name, "map", repeated=True, message=entry)
+        value_spec = scalar_field("value", value, number=2)
+    entry = MessageSchema(f"entry of map '{name}'", scalar_field("key", key, number=1), value_spec)
+    return FieldSchema(name, "map", repeated=True, message=entry, number=number)
 
 
 # -- layer 2: decoding ---------------------------------------------------------------------------

@@ -109,7 +109,7 @@ _SECONDARY_DEVICE_SECONDARY_DEVICE_KIND = EnumSchema(
 
 _MODEL_VERSION_POLICY_LATEST = MessageSchema(
     "inference.ModelVersionPolicy.Latest",
-    scalar_field("num_versions", "uint32"),
+    scalar_field("num_versions", "uint32", number=1),
 )
 
 _MODEL_VERSION_POLICY_ALL = MessageSchema(
@@ -118,342 +118,363 @@ _MODEL_VERSION_POLICY_ALL = MessageSchema(
 
 _MODEL_VERSION_POLICY_SPECIFIC = MessageSchema(
     "inference.ModelVersionPolicy.Specific",
-    scalar_field("versions", "int64", repeated=True),
+    scalar_field("versions", "int64", repeated=True, number=1),
 )
 
 _MODEL_VERSION_POLICY = MessageSchema(
     "inference.ModelVersionPolicy",
-    message_field("latest", _MODEL_VERSION_POLICY_LATEST, oneof="policy_choice"),
-    message_field("all", _MODEL_VERSION_POLICY_ALL, oneof="policy_choice"),
-    message_field("specific", _MODEL_VERSION_POLICY_SPECIFIC, oneof="policy_choice"),
+    message_field("latest", _MODEL_VERSION_POLICY_LATEST, oneof="policy_choice", number=1),
+    message_field("all", _MODEL_VERSION_POLICY_ALL, oneof="policy_choice", number=2),
+    message_field("specific", _MODEL_VERSION_POLICY_SPECIFIC, oneof="policy_choice", number=3),
 )
 
 _MODEL_TENSOR_RESHAPE = MessageSchema(
     "inference.ModelTensorReshape",
-    scalar_field("shape", "int64", repeated=True),
+    scalar_field("shape", "int64", repeated=True, number=1),
 )
 
 _MODEL_INPUT = MessageSchema(
     "inference.ModelInput",
-    scalar_field("name", "string"),
-    enum_field("data_type", _DATA_TYPE),
-    enum_field("format", _MODEL_INPUT_FORMAT),
-    scalar_field("dims", "int64", repeated=True),
-    message_field("reshape", _MODEL_TENSOR_RESHAPE),
-    scalar_field("is_shape_tensor", "bool"),
-    scalar_field("allow_ragged_batch", "bool"),
-    scalar_field("optional", "bool"),
-    scalar_field("is_non_linear_format_io", "bool"),
+    scalar_field("name", "string", number=1),
+    enum_field("data_type", _DATA_TYPE, number=2),
+    enum_field("format", _MODEL_INPUT_FORMAT, number=3),
+    scalar_field("dims", "int64", repeated=True, number=4),
+    message_field("reshape", _MODEL_TENSOR_RESHAPE, number=5),
+    scalar_field("is_shape_tensor", "bool", number=6),
+    scalar_field("allow_ragged_batch", "bool", number=7),
+    scalar_field("optional", "bool", number=8),
+    scalar_field("is_non_linear_format_io", "bool", number=9),
 )
 
 _MODEL_OUTPUT = MessageSchema(
     "inference.ModelOutput",
-    scalar_field("name", "string"),
-    enum_field("data_type", _DATA_TYPE),
-    scalar_field("dims", "int64", repeated=True),
-    message_field("reshape", _MODEL_TENSOR_RESHAPE),
-    scalar_field("label_filename", "string"),
-    scalar_field("is_shape_tensor", "bool"),
-    scalar_field("is_non_linear_format_io", "bool"),
+    scalar_field("name", "string", number=1),
+    enum_field("data_type", _DATA_TYPE, number=2),
+    scalar_field("dims", "int64", repeated=True, number=3),
+    message_field("reshape", _MODEL_TENSOR_RESHAPE, number=5),
+    scalar_field("label_filename", "string", number=4),
+    scalar_field("is_shape_tensor", "bool", number=6),
+    scalar_field("is_non_linear_format_io", "bool", number=7),
 )
 
 _BATCH_INPUT = MessageSchema(
     "inference.BatchInput",
-    enum_field("kind", _BATCH_INPUT_KIND),
-    scalar_field("target_name", "string", repeated=True),
-    enum_field("data_type", _DATA_TYPE),
-    scalar_field("source_input", "string", repeated=True),
+    enum_field("kind", _BATCH_INPUT_KIND, number=1),
+    scalar_field("target_name", "string", repeated=True, number=2),
+    enum_field("data_type", _DATA_TYPE, number=3),
+    scalar_field("source_input", "string", repeated=True, number=4),
 )
 
 _BATCH_OUTPUT = MessageSchema(
     "inference.BatchOutput",
-    scalar_field("target_name", "string", repeated=True),
-    enum_field("kind", _BATCH_OUTPUT_KIND),
-    scalar_field("source_input", "string", repeated=True),
+    scalar_field("target_name", "string", repeated=True, number=1),
+    enum_field("kind", _BATCH_OUTPUT_KIND, number=2),
+    scalar_field("source_input", "string", repeated=True, number=3),
 )
 
 _MODEL_OPTIMIZATION_POLICY_GRAPH = MessageSchema(
     "inference.ModelOptimizationPolicy.Graph",
-    scalar_field("level", "int32"),
+    scalar_field("level", "int32", number=1),
 )
 
 _GRAPH_SPEC_SHAPE = MessageSchema(
     "inference.ModelOptimizationPolicy.Cuda.GraphSpec.Shape",
-    scalar_field("dim", "int64", repeated=True),
+    scalar_field("dim", "int64", repeated=True, number=1),
 )
 
 _GRAPH_SPEC_LOWER_BOUND = MessageSchema(
     "inference.ModelOptimizationPolicy.Cuda.GraphSpec.LowerBound",
-    scalar_field("batch_size", "int32"),
-    map_field("input", "string", _GRAPH_SPEC_SHAPE),
+    scalar_field("batch_size", "int32", number=1),
+    map_field("input", "string", _GRAPH_SPEC_SHAPE, number=2),
 )
 
 _CUDA_GRAPH_SPEC = MessageSchema(
     "inference.ModelOptimizationPolicy.Cuda.GraphSpec",
-    scalar_field("batch_size", "int32"),
-    map_field("input", "string", _GRAPH_SPEC_SHAPE),
-    message_field("graph_lower_bound", _GRAPH_SPEC_LOWER_BOUND),
+    scalar_field("batch_size", "int32", number=1),
+    map_field("input", "string", _GRAPH_SPEC_SHAPE, number=2),
+    message_field("graph_lower_bound", _GRAPH_SPEC_LOWER_BOUND, number=3),
 )
 
 _MODEL_OPTIMIZATION_POLICY_CUDA = MessageSchema(
     "inference.ModelOptimizationPolicy.Cuda",
-    scalar_field("graphs", "bool"),
-    scalar_field("busy_wait_events", "bool"),
-    message_field("graph_spec", _CUDA_GRAPH_SPEC, repeated=True),
-    scalar_field("output_copy_stream", "bool"),
+    scalar_field("graphs", "bool", number=1),
+    scalar_field("busy_wait_events", "bool", number=2),
+    message_field("graph_spec", _CUDA_GRAPH_SPEC, repeated=True, number=3),
+    scalar_field("output_copy_stream", "bool", number=4),
 )
 
 _EXECUTION_ACCELERATORS_ACCELERATOR = MessageSchema(
     "inference.ModelOptimizationPolicy.ExecutionAccelerators.Accelerator",
-    scalar_field("name", "string"),
-    map_field("parameters", "string", "string"),
+    scalar_field("name", "string", number=1),
+    map_field("parameters", "string", "string", number=2),
 )
 
 _MODEL_OPTIMIZATION_POLICY_EXECUTION_ACCELERATORS = MessageSchema(
     "inference.ModelOptimizationPolicy.ExecutionAccelerators",
-    message_field("gpu_execution_accelerator", _EXECUTION_ACCELERATORS_ACCELERATOR, repeated=True),
-    message_field("cpu_execution_accelerator", _EXECUTION_ACCELERATORS_ACCELERATOR, repeated=True),
+    message_field(
+        "gpu_execution_accelerator", _EXECUTION_ACCELERATORS_ACCELERATOR, repeated=True, number=1
+    ),
+    message_field(
+        "cpu_execution_accelerator", _EXECUTION_ACCELERATORS_ACCELERATOR, repeated=True, number=2
+    ),
 )
 
 _MODEL_OPTIMIZATION_POLICY_PINNED_MEMORY_BUFFER = MessageSchema(
     "inference.ModelOptimizationPolicy.PinnedMemoryBuffer",
-    scalar_field("enable", "bool"),
+    scalar_field("enable", "bool", number=1),
 )
 
 _MODEL_OPTIMIZATION_POLICY = MessageSchema(
     "inference.ModelOptimizationPolicy",
-    message_field("graph", _MODEL_OPTIMIZATION_POLICY_GRAPH),
-    enum_field("priority", _MODEL_OPTIMIZATION_POLICY_MODEL_PRIORITY),
-    message_field("cuda", _MODEL_OPTIMIZATION_POLICY_CUDA),
-    message_field("execution_accelerators", _MODEL_OPTIMIZATION_POLICY_EXECUTION_ACCELERATORS),
-    message_field("input_pinned_memory", _MODEL_OPTIMIZATION_POLICY_PINNED_MEMORY_BUFFER),
-    message_field("output_pinned_memory", _MODEL_OPTIMIZATION_POLICY_PINNED_MEMORY_BUFFER),
-    scalar_field("gather_kernel_buffer_threshold", "uint32"),
-    scalar_field("eager_batching", "bool"),
+    message_field("graph", _MODEL_OPTIMIZATION_POLICY_GRAPH, number=1),
+    enum_field("priority", _MODEL_OPTIMIZATION_POLICY_MODEL_PRIORITY, number=2),
+    message_field("cuda", _MODEL_OPTIMIZATION_POLICY_CUDA, number=3),
+    message_field(
+        "execution_accelerators", _MODEL_OPTIMIZATION_POLICY_EXECUTION_ACCELERATORS, number=4
+    ),
+    message_field("input_pinned_memory", _MODEL_OPTIMIZATION_POLICY_PINNED_MEMORY_BUFFER, number=5),
+    message_field(
+        "output_pinned_memory", _MODEL_OPTIMIZATION_POLICY_PINNED_MEMORY_BUFFER, number=6
+    ),
+    scalar_field("gather_kernel_buffer_threshold", "uint32", number=7),
+    scalar_field("eager_batching", "bool", number=8),
 )
 
 _MODEL_QUEUE_POLICY = MessageSchema(
     "inference.ModelQueuePolicy",
-    enum_field("timeout_action", _MODEL_QUEUE_POLICY_TIMEOUT_ACTION),
-    scalar_field("default_timeout_microseconds", "uint64"),
-    scalar_field("allow_timeout_override", "bool"),
-    scalar_field("max_queue_size", "uint32"),
+    enum_field("timeout_action", _MODEL_QUEUE_POLICY_TIMEOUT_ACTION, number=1),
+    scalar_field("default_timeout_microseconds", "uint64", number=2),
+    scalar_field("allow_timeout_override", "bool", number=3),
+    scalar_field("max_queue_size", "uint32", number=4),
 )
 
 _MODEL_DYNAMIC_BATCHING = MessageSchema(
     "inference.ModelDynamicBatching",
-    scalar_field("preferred_batch_size", "int32", repeated=True),
-    scalar_field("max_queue_delay_microseconds", "uint64"),
-    scalar_field("preserve_ordering", "bool"),
-    scalar_field("priority_levels", "uint64"),
-    scalar_field("default_priority_level", "uint64"),
-    message_field("default_queue_policy", _MODEL_QUEUE_POLICY),
-    map_field("priority_queue_policy", "uint64", _MODEL_QUEUE_POLICY),
+    scalar_field("preferred_batch_size", "int32", repeated=True, number=1),
+    scalar_field("max_queue_delay_microseconds", "uint64", number=2),
+    scalar_field("preserve_ordering", "bool", number=3),
+    scalar_field("priority_levels", "uint64", number=4),
+    scalar_field("default_priority_level", "uint64", number=5),
+    message_field("default_queue_policy", _MODEL_QUEUE_POLICY, number=6),
+    map_field("priority_queue_policy", "uint64", _MODEL_QUEUE_POLICY, number=7),
 )
 
 _MODEL_SEQUENCE_BATCHING_STRATEGY_DIRECT = MessageSchema(
     "inference.ModelSequenceBatching.StrategyDirect",
-    scalar_field("max_queue_delay_microseconds", "uint64"),
-    scalar_field("minimum_slot_utilization", "float"),
+    scalar_field("max_queue_delay_microseconds", "uint64", number=1),
+    scalar_field("minimum_slot_utilization", "float", number=2),
 )
 
 _MODEL_SEQUENCE_BATCHING_STRATEGY_OLDEST = MessageSchema(
     "inference.ModelSequenceBatching.StrategyOldest",
-    scalar_field("max_candidate_sequences", "int32"),
-    scalar_field("preferred_batch_size", "int32", repeated=True),
-    scalar_field("max_queue_delay_microseconds", "uint64"),
-    scalar_field("preserve_ordering", "bool"),
+    scalar_field("max_candidate_sequences", "int32", number=1),
+    scalar_field("preferred_batch_size", "int32", repeated=True, number=2),
+    scalar_field("max_queue_delay_microseconds", "uint64", number=3),
+    scalar_field("preserve_ordering", "bool", number=4),
 )
 
 _MODEL_SEQUENCE_BATCHING_CONTROL = MessageSchema(
     "inference.ModelSequenceBatching.Control",
-    enum_field("kind", _CONTROL_KIND),
-    scalar_field("int32_false_true", "int32", repeated=True),
-    scalar_field("fp32_false_true", "float", repeated=True),
-    scalar_field("bool_false_true", "bool", repeated=True),
-    enum_field("data_type", _DATA_TYPE),
+    enum_field("kind", _CONTROL_KIND, number=1),
+    scalar_field("int32_false_true", "int32", repeated=True, number=2),
+    scalar_field("fp32_false_true", "float", repeated=True, number=3),
+    scalar_field("bool_false_true", "bool", repeated=True, number=5),
+    enum_field("data_type", _DATA_TYPE, number=4),
 )
 
 _MODEL_SEQUENCE_BATCHING_CONTROL_INPUT = MessageSchema(
     "inference.ModelSequenceBatching.ControlInput",
-    scalar_field("name", "string"),
-    message_field("control", _MODEL_SEQUENCE_BATCHING_CONTROL, repeated=True),
+    scalar_field("name", "string", number=1),
+    message_field("control", _MODEL_SEQUENCE_BATCHING_CONTROL, repeated=True, number=2),
 )
 
 _MODEL_SEQUENCE_BATCHING_INITIAL_STATE = MessageSchema(
     "inference.ModelSequenceBatching.InitialState",
-    enum_field("data_type", _DATA_TYPE),
-    scalar_field("dims", "int64", repeated=True),
-    scalar_field("zero_data", "bool", oneof="state_data"),
-    scalar_field("data_file", "string", oneof="state_data"),
-    scalar_field("name", "string"),
+    enum_field("data_type", _DATA_TYPE, number=1),
+    scalar_field("dims", "int64", repeated=True, number=2),
+    scalar_field("zero_data", "bool", oneof="state_data", number=3),
+    scalar_field("data_file", "string", oneof="state_data", number=4),
+    scalar_field("name", "string", number=5),
 )
 
 _MODEL_SEQUENCE_BATCHING_STATE = MessageSchema(
     "inference.ModelSequenceBatching.State",
-    scalar_field("input_name", "string"),
-    scalar_field("output_name", "string"),
-    enum_field("data_type", _DATA_TYPE),
-    scalar_field("dims", "int64", repeated=True),
-    message_field("initial_state", _MODEL_SEQUENCE_BATCHING_INITIAL_STATE, repeated=True),
-    scalar_field("use_same_buffer_for_input_output", "bool"),
-    scalar_field("use_growable_memory", "bool"),
+    scalar_field("input_name", "string", number=1),
+    scalar_field("output_name", "string", number=2),
+    enum_field("data_type", _DATA_TYPE, number=3),
+    scalar_field("dims", "int64", repeated=True, number=4),
+    message_field("initial_state", _MODEL_SEQUENCE_BATCHING_INITIAL_STATE, repeated=True, number=5),
+    scalar_field("use_same_buffer_for_input_output", "bool", number=6),
+    scalar_field("use_growable_memory", "bool", number=7),
 )
 
 _MODEL_SEQUENCE_BATCHING = MessageSchema(
     "inference.ModelSequenceBatching",
-    message_field("direct", _MODEL_SEQUENCE_BATCHING_STRATEGY_DIRECT, oneof="strategy_choice"),
-    message_field("oldest", _MODEL_SEQUENCE_BATCHING_STRATEGY_OLDEST, oneof="strategy_choice"),
-    scalar_field("max_sequence_idle_microseconds", "uint64"),
-    message_field("control_input", _MODEL_SEQUENCE_BATCHING_CONTROL_INPUT, repeated=True),
-    message_field("state", _MODEL_SEQUENCE_BATCHING_STATE, repeated=True),
-    scalar_field("iterative_sequence", "bool"),
+    message_field(
+        "direct", _MODEL_SEQUENCE_BATCHING_STRATEGY_DIRECT, oneof="strategy_choice", number=3
+    ),
+    message_field(
+        "oldest", _MODEL_SEQUENCE_BATCHING_STRATEGY_OLDEST, oneof="strategy_choice", number=4
+    ),
+    scalar_field("max_sequence_idle_microseconds", "uint64", number=1),
+    message_field("control_input", _MODEL_SEQUENCE_BATCHING_CONTROL_INPUT, repeated=True, number=2),
+    message_field("state", _MODEL_SEQUENCE_BATCHING_STATE, repeated=True, number=5),
+    scalar_field("iterative_sequence", "bool", number=6),
 )
 
 _MODEL_ENSEMBLING_STEP = MessageSchema(
     "inference.ModelEnsembling.Step",
-    scalar_field("model_name", "string"),
-    scalar_field("model_version", "int64"),
-    map_field("input_map", "string", "string"),
-    map_field("output_map", "string", "string"),
-    scalar_field("model_namespace", "string"),
+    scalar_field("model_name", "string", number=1),
+    scalar_field("model_version", "int64", number=2),
+    map_field("input_map", "string", "string", number=3),
+    map_field("output_map", "string", "string", number=4),
+    scalar_field("model_namespace", "string", number=5),
 )
 
 _MODEL_ENSEMBLING = MessageSchema(
     "inference.ModelEnsembling",
-    message_field("step", _MODEL_ENSEMBLING_STEP, repeated=True),
-    scalar_field("max_inflight_requests", "uint32"),
+    message_field("step", _MODEL_ENSEMBLING_STEP, repeated=True, number=1),
+    scalar_field("max_inflight_requests", "uint32", number=2),
 )
 
 _MODEL_RATE_LIMITER_RESOURCE = MessageSchema(
     "inference.ModelRateLimiter.Resource",
-    scalar_field("name", "string"),
-    scalar_field("global", "bool"),
-    scalar_field("count", "uint32"),
+    scalar_field("name", "string", number=1),
+    scalar_field("global", "bool", number=2),
+    scalar_field("count", "uint32", number=3),
 )
 
 _MODEL_RATE_LIMITER = MessageSchema(
     "inference.ModelRateLimiter",
-    message_field("resources", _MODEL_RATE_LIMITER_RESOURCE, repeated=True),
-    scalar_field("priority", "uint32"),
+    message_field("resources", _MODEL_RATE_LIMITER_RESOURCE, repeated=True, number=1),
+    scalar_field("priority", "uint32", number=2),
 )
 
 _MODEL_INSTANCE_GROUP_SECONDARY_DEVICE = MessageSchema(
     "inference.ModelInstanceGroup.SecondaryDevice",
-    enum_field("kind", _SECONDARY_DEVICE_SECONDARY_DEVICE_KIND),
-    scalar_field("device_id", "int64"),
+    enum_field("kind", _SECONDARY_DEVICE_SECONDARY_DEVICE_KIND, number=1),
+    scalar_field("device_id", "int64", number=2),
 )
 
 _MODEL_INSTANCE_GROUP = MessageSchema(
     "inference.ModelInstanceGroup",
-    scalar_field("name", "string"),
-    enum_field("kind", _MODEL_INSTANCE_GROUP_KIND),
-    scalar_field("count", "int32"),
-    message_field("rate_limiter", _MODEL_RATE_LIMITER),
-    scalar_field("gpus", "int32", repeated=True),
-    message_field("secondary_devices", _MODEL_INSTANCE_GROUP_SECONDARY_DEVICE, repeated=True),
-    scalar_field("profile", "string", repeated=True),
-    scalar_field("passive", "bool"),
-    scalar_field("host_policy", "string"),
+    scalar_field("name", "string", number=1),
+    enum_field("kind", _MODEL_INSTANCE_GROUP_KIND, number=4),
+    scalar_field("count", "int32", number=2),
+    message_field("rate_limiter", _MODEL_RATE_LIMITER, number=6),
+    scalar_field("gpus", "int32", repeated=True, number=3),
+    message_field(
+        "secondary_devices", _MODEL_INSTANCE_GROUP_SECONDARY_DEVICE, repeated=True, number=8
+    ),
+    scalar_field("profile", "string", repeated=True, number=5),
+    scalar_field("passive", "bool", number=7),
+    scalar_field("host_policy", "string", number=9),
 )
 
 _MODEL_PARAMETER = MessageSchema(
     "inference.ModelParameter",
-    scalar_field("string_value", "string"),
+    scalar_field("string_value", "string", number=1),
 )
 
 _MODEL_WARMUP_INPUT = MessageSchema(
     "inference.ModelWarmup.Input",
-    enum_field("data_type", _DATA_TYPE),
-    scalar_field("dims", "int64", repeated=True),
-    scalar_field("zero_data", "bool", oneof="input_data_type"),
-    scalar_field("random_data", "bool", oneof="input_data_type"),
-    scalar_field("input_data_file", "string", oneof="input_data_type"),
+    enum_field("data_type", _DATA_TYPE, number=1),
+    scalar_field("dims", "int64", repeated=True, number=2),
+    scalar_field("zero_data", "bool", oneof="input_data_type", number=3),
+    scalar_field("random_data", "bool", oneof="input_data_type", number=4),
+    scalar_field("input_data_file", "string", oneof="input_data_type", number=5),
 )
 
 _MODEL_WARMUP = MessageSchema(
     "inference.ModelWarmup",
-    scalar_field("name", "string"),
-    scalar_field("batch_size", "uint32"),
-    map_field("inputs", "string", _MODEL_WARMUP_INPUT),
-    scalar_field("count", "uint32"),
+    scalar_field("name", "string", number=1),
+    scalar_field("batch_size", "uint32", number=2),
+    map_field("inputs", "string", _MODEL_WARMUP_INPUT, number=3),
+    scalar_field("count", "uint32", number=4),
 )
 
 _MODEL_OPERATIONS = MessageSchema(
     "inference.ModelOperations",
-    scalar_field("op_library_filename", "string", repeated=True),
+    scalar_field("op_library_filename", "string", repeated=True, number=1),
 )
 
 _MODEL_TRANSACTION_POLICY = MessageSchema(
     "inference.ModelTransactionPolicy",
-    scalar_field("decoupled", "bool"),
+    scalar_field("decoupled", "bool", number=1),
 )
 
 _MODEL_REPOSITORY_AGENTS_AGENT = MessageSchema(
     "inference.ModelRepositoryAgents.Agent",
-    scalar_field("name", "string"),
-    map_field("parameters", "string", "string"),
+    scalar_field("name", "string", number=1),
+    map_field("parameters", "string", "string", number=2),
 )
 
 _MODEL_REPOSITORY_AGENTS = MessageSchema(
     "inference.ModelRepositoryAgents",
-    message_field("agents", _MODEL_REPOSITORY_AGENTS_AGENT, repeated=True),
+    message_field("agents", _MODEL_REPOSITORY_AGENTS_AGENT, repeated=True, number=1),
 )
 
 _MODEL_RESPONSE_CACHE = MessageSchema(
     "inference.ModelResponseCache",
-    scalar_field("enable", "bool"),
+    scalar_field("enable", "bool", number=1),
 )
 
 _METRIC_CONTROL_METRIC_IDENTIFIER = MessageSchema(
     "inference.ModelMetrics.MetricControl.MetricIdentifier",
-    scalar_field("family", "string"),
+    scalar_field("family", "string", number=1),
 )
 
 _METRIC_CONTROL_HISTOGRAM_OPTIONS = MessageSchema(
     "inference.ModelMetrics.MetricControl.HistogramOptions",
-    scalar_field("buckets", "double", repeated=True),
+    scalar_field("buckets", "double", repeated=True, number=1),
 )
 
 _MODEL_METRICS_METRIC_CONTROL = MessageSchema(
     "inference.ModelMetrics.MetricControl",
-    message_field("metric_identifier", _METRIC_CONTROL_METRIC_IDENTIFIER),
-    message_field("histogram_options", _METRIC_CONTROL_HISTOGRAM_OPTIONS, oneof="metric_options"),
+    message_field("metric_identifier", _METRIC_CONTROL_METRIC_IDENTIFIER, number=1),
+    message_field(
+        "histogram_options", _METRIC_CONTROL_HISTOGRAM_OPTIONS, oneof="metric_options", number=2
+    ),
 )
 
 _MODEL_METRICS = MessageSchema(
     "inference.ModelMetrics",
-    message_field("metric_control", _MODEL_METRICS_METRIC_CONTROL, repeated=True),
+    message_field("metric_control", _MODEL_METRICS_METRIC_CONTROL, repeated=True, number=1),
 )
 
 TRITON_MODEL_CONFIG = MessageSchema(
     "inference.ModelConfig",
-    scalar_field("name", "string"),
-    scalar_field("platform", "string"),
-    scalar_field("backend", "string"),
-    scalar_field("runtime", "string"),
-    message_field("version_policy", _MODEL_VERSION_POLICY),
-    scalar_field("max_batch_size", "int32"),
-    message_field("input", _MODEL_INPUT, repeated=True),
-    message_field("output", _MODEL_OUTPUT, repeated=True),
-    message_field("batch_input", _BATCH_INPUT, repeated=True),
-    message_field("batch_output", _BATCH_OUTPUT, repeated=True),
-    message_field("optimization", _MODEL_OPTIMIZATION_POLICY),
-    message_field("dynamic_batching", _MODEL_DYNAMIC_BATCHING, oneof="scheduling_choice"),
-    message_field("sequence_batching", _MODEL_SEQUENCE_BATCHING, oneof="scheduling_choice"),
-    message_field("ensemble_scheduling", _MODEL_ENSEMBLING, oneof="scheduling_choice"),
-    message_field("instance_group", _MODEL_INSTANCE_GROUP, repeated=True),
-    scalar_field("default_model_filename", "string"),
-    map_field("cc_model_filenames", "string", "string"),
-    map_field("metric_tags", "string", "string"),
-    map_field("parameters", "string", _MODEL_PARAMETER),
-    message_field("model_warmup", _MODEL_WARMUP, repeated=True),
-    message_field("model_operations", _MODEL_OPERATIONS),
-    message_field("model_transaction_policy", _MODEL_TRANSACTION_POLICY),
-    message_field("model_repository_agents", _MODEL_REPOSITORY_AGENTS),
-    message_field("response_cache", _MODEL_RESPONSE_CACHE),
-    message_field("model_metrics", _MODEL_METRICS),
+    scalar_field("name", "string", number=1),
+    scalar_field("platform", "string", number=2),
+    scalar_field("backend", "string", number=17),
+    scalar_field("runtime", "string", number=25),
+    message_field("version_policy", _MODEL_VERSION_POLICY, number=3),
+    scalar_field("max_batch_size", "int32", number=4),
+    message_field("input", _MODEL_INPUT, repeated=True, number=5),
+    message_field("output", _MODEL_OUTPUT, repeated=True, number=6),
+    message_field("batch_input", _BATCH_INPUT, repeated=True, number=20),
+    message_field("batch_output", _BATCH_OUTPUT, repeated=True, number=21),
+    message_field("optimization", _MODEL_OPTIMIZATION_POLICY, number=12),
+    message_field(
+        "dynamic_batching", _MODEL_DYNAMIC_BATCHING, oneof="scheduling_choice", number=11
+    ),
+    message_field(
+        "sequence_batching", _MODEL_SEQUENCE_BATCHING, oneof="scheduling_choice", number=13
+    ),
+    message_field("ensemble_scheduling", _MODEL_ENSEMBLING, oneof="scheduling_choice", number=15),
+    message_field("instance_group", _MODEL_INSTANCE_GROUP, repeated=True, number=7),
+    scalar_field("default_model_filename", "string", number=8),
+    map_field("cc_model_filenames", "string", "string", number=9),
+    map_field("metric_tags", "string", "string", number=10),
+    map_field("parameters", "string", _MODEL_PARAMETER, number=14),
+    message_field("model_warmup", _MODEL_WARMUP, repeated=True, number=16),
+    message_field("model_operations", _MODEL_OPERATIONS, number=18),
+    message_field("model_transaction_policy", _MODEL_TRANSACTION_POLICY, number=19),
+    message_field("model_repository_agents", _MODEL_REPOSITORY_AGENTS, number=23),
+    message_field("response_cache", _MODEL_RESPONSE_CACHE, number=24),
+    message_field("model_metrics", _MODEL_METRICS, number=26),
 )
+
 
 # -- TF Serving: tensorflow.serving.ModelServerConfig (generated) ---------------------------------
 
@@ -463,7 +484,7 @@ _TFS_MODEL_TYPE = EnumSchema(
 
 _TFS_SERVABLE_VERSION_POLICY_LATEST = MessageSchema(
     "tensorflow.serving.FileSystemStoragePathSourceConfig.ServableVersionPolicy.Latest",
-    scalar_field("num_versions", "uint32"),
+    scalar_field("num_versions", "uint32", number=1),
 )
 
 _TFS_SERVABLE_VERSION_POLICY_ALL = MessageSchema(
@@ -472,72 +493,79 @@ _TFS_SERVABLE_VERSION_POLICY_ALL = MessageSchema(
 
 _TFS_SERVABLE_VERSION_POLICY_SPECIFIC = MessageSchema(
     "tensorflow.serving.FileSystemStoragePathSourceConfig.ServableVersionPolicy.Specific",
-    scalar_field("versions", "int64", repeated=True),
+    scalar_field("versions", "int64", repeated=True, number=1),
 )
 
 _TFS_FILE_SYSTEM_STORAGE_PATH_SOURCE_CONFIG_SERVABLE_VERSION_POLICY = MessageSchema(
     "tensorflow.serving.FileSystemStoragePathSourceConfig.ServableVersionPolicy",
-    message_field("latest", _TFS_SERVABLE_VERSION_POLICY_LATEST, oneof="policy_choice"),
-    message_field("all", _TFS_SERVABLE_VERSION_POLICY_ALL, oneof="policy_choice"),
-    message_field("specific", _TFS_SERVABLE_VERSION_POLICY_SPECIFIC, oneof="policy_choice"),
+    message_field("latest", _TFS_SERVABLE_VERSION_POLICY_LATEST, oneof="policy_choice", number=100),
+    message_field("all", _TFS_SERVABLE_VERSION_POLICY_ALL, oneof="policy_choice", number=101),
+    message_field(
+        "specific", _TFS_SERVABLE_VERSION_POLICY_SPECIFIC, oneof="policy_choice", number=102
+    ),
 )
 
 _TFS_LOG_COLLECTOR_CONFIG = MessageSchema(
     "tensorflow.serving.LogCollectorConfig",
-    scalar_field("type", "string"),
-    scalar_field("filename_prefix", "string"),
+    scalar_field("type", "string", number=1),
+    scalar_field("filename_prefix", "string", number=2),
 )
 
 _TFS_PER_TASK_SAMPLING_CONFIG = MessageSchema(
     "tensorflow.serving.PerTaskSamplingConfig",
-    scalar_field("dc", "string"),
-    scalar_field("task_index", "int32"),
-    scalar_field("sampling_rate", "double"),
+    scalar_field("dc", "string", number=1),
+    scalar_field("task_index", "int32", number=2),
+    scalar_field("sampling_rate", "double", number=3),
 )
 
 _TFS_SAMPLING_CONFIG = MessageSchema(
     "tensorflow.serving.SamplingConfig",
-    scalar_field("sampling_rate", "double"),
-    message_field("per_task_sampling_configs", _TFS_PER_TASK_SAMPLING_CONFIG, repeated=True),
-    scalar_field("attributes", "int32"),
+    scalar_field("sampling_rate", "double", number=1),
+    message_field(
+        "per_task_sampling_configs", _TFS_PER_TASK_SAMPLING_CONFIG, repeated=True, number=3
+    ),
+    scalar_field("attributes", "int32", number=2),
 )
 
 _PB_ANY = MessageSchema(
     "google.protobuf.Any",
-    scalar_field("type_url", "string"),
-    scalar_field("value", "bytes"),
+    scalar_field("type_url", "string", number=1),
+    scalar_field("value", "bytes", number=2),
 )
 
 _TFS_LOGGING_CONFIG = MessageSchema(
     "tensorflow.serving.LoggingConfig",
-    message_field("log_collector_config", _TFS_LOG_COLLECTOR_CONFIG),
-    message_field("sampling_config", _TFS_SAMPLING_CONFIG),
-    message_field("custom_logging_config", _PB_ANY),
+    message_field("log_collector_config", _TFS_LOG_COLLECTOR_CONFIG, number=1),
+    message_field("sampling_config", _TFS_SAMPLING_CONFIG, number=2),
+    message_field("custom_logging_config", _PB_ANY, number=3),
 )
 
 _TFS_MODEL_CONFIG = MessageSchema(
     "tensorflow.serving.ModelConfig",
-    scalar_field("name", "string"),
-    scalar_field("base_path", "string"),
-    enum_field("model_type", _TFS_MODEL_TYPE),
-    scalar_field("model_platform", "string"),
+    scalar_field("name", "string", number=1),
+    scalar_field("base_path", "string", number=2),
+    enum_field("model_type", _TFS_MODEL_TYPE, number=3),
+    scalar_field("model_platform", "string", number=4),
     message_field(
-        "model_version_policy", _TFS_FILE_SYSTEM_STORAGE_PATH_SOURCE_CONFIG_SERVABLE_VERSION_POLICY
+        "model_version_policy",
+        _TFS_FILE_SYSTEM_STORAGE_PATH_SOURCE_CONFIG_SERVABLE_VERSION_POLICY,
+        number=7,
     ),
-    map_field("version_labels", "string", "int64"),
-    message_field("logging_config", _TFS_LOGGING_CONFIG),
+    map_field("version_labels", "string", "int64", number=8),
+    message_field("logging_config", _TFS_LOGGING_CONFIG, number=6),
 )
 
 _TFS_MODEL_CONFIG_LIST = MessageSchema(
     "tensorflow.serving.ModelConfigList",
-    message_field("config", _TFS_MODEL_CONFIG, repeated=True),
+    message_field("config", _TFS_MODEL_CONFIG, repeated=True, number=1),
 )
 
 TFS_MODEL_SERVER_CONFIG = MessageSchema(
     "tensorflow.serving.ModelServerConfig",
-    message_field("model_config_list", _TFS_MODEL_CONFIG_LIST, oneof="config"),
-    message_field("custom_model_config", _PB_ANY, oneof="config"),
+    message_field("model_config_list", _TFS_MODEL_CONFIG_LIST, oneof="config", number=1),
+    message_field("custom_model_config", _PB_ANY, oneof="config", number=2),
 )
+
 
 # -- TF Serving: tensorflow.serving.BatchingParameters (by hand) ----------------------------------
 

@@ -34,6 +34,7 @@ from google.protobuf import json_format
 from coserve import __version__
 from coserve._exceptions import DeadlineExceeded, InvalidInput, ModelNotFound
 from coserve.models import ModelHandle, dtype_of
+from coserve.models._triton_config import triton_model_config
 from coserve.server._classification import check_classifiable, class_count, classify
 from coserve.server._errors import Failure, report
 from coserve.server._grpc_handlers import Undecodable, abort, parser, unary, unimplemented
@@ -62,6 +63,11 @@ from coserve.server._protos import (
     ServerReadyRequest,
     ServerReadyResponse,
 )
+from coserve.server._protos.model_config import (
+    ModelConfig,
+    ModelConfigRequest,
+    ModelConfigResponse,
+)
 from coserve.server._service import EXTENSIONS, InferenceService
 from coserve.server._statistics import model_statistics, select_handles
 from coserve.server._v2_codec import MAX_DIMENSIONS, binary_tensor, reshape, tensor_from_binary
@@ -79,7 +85,6 @@ STREAM_PROTOCOL = "grpc-stream"
 
 # Triton's RPCs that coserve does not serve: answered UNIMPLEMENTED, with what it does serve.
 UNIMPLEMENTED = (
-    "ModelConfig",
     "SystemSharedMemoryStatus",
     "SystemSharedMemoryRegister",
     "SystemSharedMemoryUnregister",
@@ -331,6 +336,7 @@ class InferenceServicer:
             "ModelMetadata": unary(
                 self.model_metadata, ModelMetadataRequest, ModelMetadataResponse
             ),
+            "ModelConfig": unary(self.model_config, ModelConfigRequest, ModelConfigResponse),
             "ModelInfer": unary(self.model_infer, ModelInferRequest, ModelInferResponse),
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
                 self.model_stream_infer,
@@ -407,6 +413,27 @@ class InferenceServicer:
             for spec in specs:
                 tensors.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
         return response
+
+    async def model_config(self, request: Any, context: Context) -> Any:
+        """The model's config, as ``GET /v2/models/{m}/config`` gives it.
+
+        tritonclient's ``get_model_config``: a Triton model's completed ``config.pbtxt``, any
+        other model's made from its coserve config.
+        """
+        repository = self._service.state.repository
+        try:
+            handle = repository.get(request.name, request.version or None)
+            config = repository.config(handle.name)
+        except Exception as error:
+            await abort(context, report(error, f"config of {request.name!r}"))
+            raise  # not reached: abort raises
+        message = ModelConfig()
+        json_format.ParseDict(
+            triton_model_config(config, handle.inputs, handle.outputs),
+            message,
+            ignore_unknown_fields=True,
+        )
+        return ModelConfigResponse(config=message)
 
     # -- statistics and the model repository -------------------------------------------------
 

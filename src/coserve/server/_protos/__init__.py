@@ -11,6 +11,9 @@ coserve serves are defined.
   ``protobuf/grpc_service.proto``) and Triton's statistics and model repository RPCs
   (``ModelStatistics``, ``RepositoryIndex``, ``RepositoryModelLoad``,
   ``RepositoryModelUnload``), the protocol of ``tritonclient.grpc``.
+* ``model_config.py``: Triton's ``inference.ModelConfig`` (for the ``ModelConfig`` RPC), built
+  at import from coserve's schema of ``config.pbtxt`` rather than from a ``.proto`` file, so
+  that the text reader and the wire share one definition.
 * ``tf_framework.proto`` and ``tf_error_codes.proto``: TensorFlow's ``TensorProto``,
   ``DataType``, ``SignatureDef`` and related messages, and ``tensorflow.error.Code``
   (github.com/tensorflow/tensorflow, ``tensorflow/core/framework/*.proto``,
