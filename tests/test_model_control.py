@@ -7,10 +7,12 @@ serves a model folder added while it runs and drops one removed.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -160,8 +162,8 @@ def test_the_repository_api_loads_and_unloads_in_explicit_mode(tmp_path: Path) -
         assert served(server) == ["slow"]
         with pytest.raises(InferenceServerException, match="no such model folder"):
             client.load_model("nope")
-        with pytest.raises(InferenceServerException, match="config or files override"):
-            client.load_model("types", config='{"max_batch_size": 4}')
+        with pytest.raises(InferenceServerException, match=r"a load with files \(file:1/m"):
+            client.load_model("types", files={"file:1/model.py": b"x = 1"})
         client.close()
     finally:
         server.close()
@@ -224,10 +226,17 @@ def test_the_grpc_repository_rpcs_load_and_unload_in_explicit_mode(tmp_path: Pat
                 "StatusCode.INVALID_ARGUMENT"
             )
 
-            def override() -> None:
-                client.load_model("types", config='{"max_batch_size": 4}')
+            def with_files() -> None:
+                client.load_model("types", files={"file:1/model.py": b"x = 1"})
 
-            assert status(override, "config or files override") == "StatusCode.UNIMPLEMENTED"
+            assert status(with_files, "a load with files") == "StatusCode.UNIMPLEMENTED"
+
+            def bad_config() -> None:
+                client.load_model("types", config='{"max_batch_size": "many"}')
+
+            assert status(bad_config, "is not a model config in JSON") == (
+                "StatusCode.INVALID_ARGUMENT"
+            )
             assert status(lambda: client.unload_model("types"), "it is not loaded") == (
                 "StatusCode.NOT_FOUND"
             )
@@ -274,5 +283,79 @@ def test_explicit_mode_refuses_several_workers(tmp_path: Path) -> None:
     try:
         assert server.process.wait(timeout=60) == 2
         assert "drop --workers" in server.output()
+    finally:
+        server.close()
+
+
+TRITON_DATA = Path(__file__).parent / "data" / "triton"
+
+PAIR_ENSEMBLE = """
+name: "pair"
+platform: "ensemble"
+max_batch_size: 8
+input [ { name: "A" data_type: TYPE_INT32 dims: [ 16 ] },
+        { name: "B" data_type: TYPE_INT32 dims: [ 16 ] } ]
+output [ { name: "SUM" data_type: TYPE_INT32 dims: [ 16 ] } ]
+ensemble_scheduling {
+  step [ {
+    model_name: "simple"
+    model_version: -1
+    input_map { key: "INPUT0" value: "A" }
+    input_map { key: "INPUT1" value: "B" }
+    output_map { key: "OUTPUT0" value: "SUM" }
+  } ]
+}
+"""
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_load_with_a_config_serves_that_config_until_a_load_without(
+    tmp_path: Path, protocol: str
+) -> None:
+    """Triton's config override: the JSON replaces the folder's config.pbtxt, for that load.
+
+    Loading an ensemble loads the model its step uses, as Triton does.
+    """
+    import tritonclient.grpc as triton_grpc
+    import tritonclient.http as triton_http
+    from tritonclient.utils import InferenceServerException
+
+    shutil.copytree(TRITON_DATA / "simple", tmp_path / "simple")
+    (tmp_path / "pair" / "1").mkdir(parents=True)
+    (tmp_path / "pair" / "config.pbtxt").write_text(PAIR_ENSEMBLE)
+    server = ServerProcess(
+        "--model-repository", str(tmp_path), "--model-control-mode=explicit", grpc=True
+    )
+    try:
+        server.wait_ready()
+        assert served(server) == []
+        http = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
+        client: Any = (
+            http if protocol == "http" else triton_grpc.InferenceServerClient(server.grpc_target)
+        )
+        client.load_model("pair")
+        assert sorted(served(server)) == ["pair", "simple"]
+        assert "dynamic_batching" not in http.get_model_config("simple")
+        override = {
+            "name": "simple",
+            "platform": "onnxruntime_onnx",
+            "max_batch_size": 4,
+            "dynamic_batching": {"max_queue_delay_microseconds": 500},
+        }
+        client.load_model("simple", config=json.dumps(override))
+        config = http.get_model_config("simple")
+        assert config["max_batch_size"] == 4
+        assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 500
+        assert [t["name"] for t in config["input"]] == ["INPUT0", "INPUT1"]  # auto-completed
+        wrong = dict(override, name="other")
+        with pytest.raises(InferenceServerException, match="must be the model folder's name"):
+            client.load_model("simple", config=json.dumps(wrong))
+        assert http.get_model_config("simple")["max_batch_size"] == 4  # the last good one
+        client.load_model("simple")  # no config: the folder's again
+        config = http.get_model_config("simple")
+        assert config["max_batch_size"] == 8
+        assert "dynamic_batching" not in config
+        http.close()
+        client.close()
     finally:
         server.close()

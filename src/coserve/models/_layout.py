@@ -34,6 +34,7 @@ __all__ = [
     "RepositoryFolders",
     "read_model_folder",
     "repository_folders",
+    "triton_config_problem",
 ]
 
 logger = logging.getLogger("coserve.models")
@@ -56,6 +57,8 @@ class ModelFolder:
         source: Where the folder was named, for messages (a config file, a flag).
         auto_complete: Complete a Triton config from the model file where it lacks inputs or
             outputs, or is missing (off: Triton's ``--strict-model-config``).
+        config_text: A Triton config (text format) to serve the folder with instead of its own
+            config file: the repository API's load with a config override; None: the folder's.
     """
 
     name: str
@@ -65,6 +68,7 @@ class ModelFolder:
     batching: BatchingConfig | None = None
     source: str = ""
     auto_complete: bool = True
+    config_text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +123,8 @@ class RepositoryFolders:
         if chosen is not None and "*" in chosen:  # all there is now; later ones by load
             chosen = set(self.names())
         self.wanted: set[str] | None = chosen
+        self.overrides: dict[str, str] = {}
+        """Configs (Triton's, text format) given by a load in place of a folder's own."""
 
     def names(self) -> list[str]:
         """Every model folder's name, wanted or not (blocking: it lists the folder)."""
@@ -127,10 +133,23 @@ class RepositoryFolders:
     def __call__(self) -> list[ModelFolder]:
         """The folders to serve now (blocking: it lists the folder)."""
         return [
-            dataclasses.replace(folder, batching=self._batching, auto_complete=self._auto_complete)
+            self._served(folder)
             for folder in repository_folders(self.path)
             if self.wanted is None or folder.name in self.wanted
         ]
+
+    def folder(self, name: str) -> ModelFolder | None:
+        """The folder of the model ``name`` as it would be served, wanted or not (blocking)."""
+        found = [f for f in repository_folders(self.path) if f.name == name]
+        return self._served(found[0]) if found else None
+
+    def _served(self, folder: ModelFolder) -> ModelFolder:
+        return dataclasses.replace(
+            folder,
+            batching=self._batching,
+            auto_complete=self._auto_complete,
+            config_text=self.overrides.get(folder.name),
+        )
 
 
 def read_model_folder(folder: ModelFolder) -> ModelLayout | None:
@@ -142,29 +161,7 @@ def read_model_folder(folder: ModelFolder) -> ModelLayout | None:
     if not path.is_dir():
         logger.error("model %s: %s is not a folder%s", folder.name, path, _named_in(folder))
         return None
-    numbered: dict[int, Path] = {}
-    for entry in sorted(path.iterdir()):
-        if not entry.is_dir() or entry.name.startswith("."):
-            continue
-        if not (entry.name.isascii() and entry.name.isdigit()):
-            logger.warning(
-                "model %s: folder %s is not a version (version folders are numbers)",
-                folder.name,
-                entry,
-            )
-            continue
-        number = int(entry.name)
-        if number in numbered:
-            logger.warning(
-                "model %s: folders %s and %s are both version %d; serving %s",
-                folder.name,
-                numbered[number].name,
-                entry.name,
-                number,
-                numbered[number].name,
-            )
-            continue
-        numbered[number] = entry
+    numbered = _version_folders(folder, log=True)
     config = _config(folder, numbered)
     if config is None:
         return None
@@ -196,10 +193,60 @@ def read_model_folder(folder: ModelFolder) -> ModelLayout | None:
     return ModelLayout(config, versions, labels)
 
 
+def triton_config_problem(folder: ModelFolder) -> str | None:
+    """Why the folder's Triton config (``config_text``, else its file) cannot be served, if so.
+
+    For a load with a config override, whose caller is told the reason (blocking).
+    """
+    try:
+        read_triton_config(
+            folder.path,
+            name=folder.name,
+            versions=_version_folders(folder, log=False),
+            policy=folder.versions,
+            auto_complete=folder.auto_complete,
+            text=folder.config_text,
+        )
+    except ModelError as error:
+        return str(error)
+    return None
+
+
+def _version_folders(folder: ModelFolder, *, log: bool) -> dict[int, Path]:
+    """The folder's version folders by number (``00000123`` is 123)."""
+    warn = logger.warning if log else logger.debug
+    numbered: dict[int, Path] = {}
+    for entry in sorted(folder.path.iterdir()):
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        if not (entry.name.isascii() and entry.name.isdigit()):
+            warn(
+                "model %s: folder %s is not a version (version folders are numbers)",
+                folder.name,
+                entry,
+            )
+            continue
+        number = int(entry.name)
+        if number in numbered:
+            warn(
+                "model %s: folders %s and %s are both version %d; serving %s",
+                folder.name,
+                numbered[number].name,
+                entry.name,
+                number,
+                numbered[number].name,
+            )
+            continue
+        numbered[number] = entry
+    return numbered
+
+
 def _config(folder: ModelFolder, numbered: Mapping[int, Path]) -> ModelConfig | None:
     path = folder.path
     toml = path / "config.toml"
     pbtxt = path / "config.pbtxt"
+    if folder.config_text is not None:  # a load's override, in place of any config file
+        return _triton(folder, numbered)
     if toml.is_file():
         if pbtxt.is_file():
             logger.debug(
@@ -245,6 +292,7 @@ def _triton(folder: ModelFolder, numbered: Mapping[int, Path]) -> ModelConfig | 
             versions=numbered,
             policy=folder.versions,
             auto_complete=folder.auto_complete,
+            text=folder.config_text,
         )
     except ModelError as error:  # a bad config, an unreadable or unsupported model file
         logger.error("model %s: not served: %s", folder.name, error)

@@ -86,7 +86,7 @@ from coserve.models._config import (
     VersionPolicy,
 )
 from coserve.models._specs import TensorSpec
-from coserve.models._textproto import Decoded, FieldSchema, MessageSchema, load
+from coserve.models._textproto import Decoded, FieldSchema, MessageSchema, decode, load, parse
 from coserve.models._textproto_schemas import TRITON_MODEL_CONFIG
 
 __all__ = [
@@ -225,6 +225,7 @@ def read_triton_config(
     versions: Mapping[int, Path],
     policy: VersionPolicy | None = None,
     auto_complete: bool = True,
+    text: str | None = None,
 ) -> ModelConfig:
     """Read ``<folder>/config.pbtxt`` (or, if there is none, Triton's defaults) into a config.
 
@@ -239,6 +240,8 @@ def read_triton_config(
         policy: Which versions will be served, where the caller overrides the config's; the
             newest of them is the one read to complete the config.
         auto_complete: Complete a missing or partial config from the model file.
+        text: A config in text format to read instead of the folder's file (a load's
+            override); messages name it ``<folder> (the load's config)``.
 
     Raises:
         ConfigError: The file cannot be read or parsed, or says what coserve cannot serve
@@ -247,6 +250,10 @@ def read_triton_config(
         MissingDependency: Reading it needs an extra that is not installed.
     """
     path = folder / "config.pbtxt"
+    if text is not None:
+        where = f"{folder} (the load's config)"
+        decoded = decode(parse(text, where), TRITON_MODEL_CONFIG, where)
+        return _Reader(decoded, name, folder, auto_complete=auto_complete).read(versions, policy)
     if not auto_complete and not path.is_file():
         raise ConfigError(
             f"{folder}: no config.pbtxt, and --strict-model-config allows no auto-complete"

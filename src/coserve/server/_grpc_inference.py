@@ -474,7 +474,11 @@ class InferenceServicer:
     ) -> RepositoryModelLoadResponse:
         """Serve a model (explicit mode only; a config or files override is refused)."""
         try:
-            await self._control.load_model(request.model_name, request.parameters.keys())
+            parameters = {
+                key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
+                for key, value in request.parameters.items()
+            }
+            await self._control.load_model(request.model_name, parameters)
         except Exception as error:
             await abort(context, report(error, f"load of {request.model_name!r}"))
             raise  # not reached: abort raises

@@ -7,7 +7,9 @@ which models are served, in Triton's explicit model control mode
 (``--model-control-mode explicit``) only, as in Triton: the repository reloads, which loads a
 model before routing to it and drains one before unloading it, so no request is lost. A load
 that fails is a 400 naming the model (the log says why). A load with a config override
-(``"parameters": {"config": ...}``) is refused: coserve reads a model's config from its folder.
+(``"parameters": {"config": "<ModelConfig as JSON>"}``) serves the model with that config in
+place of its folder's, until a load without one; a load with files (``file:...``) is refused.
+Loading an ensemble loads its composing models too, as Triton does.
 
 gRPC's ``RepositoryIndex``, ``RepositoryModelLoad`` and ``RepositoryModelUnload``
 (``_grpc_inference``) call the same methods (:meth:`ModelControl.repository_index`,
@@ -18,15 +20,17 @@ one behaviour and the same errors.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import Any
 
+from google.protobuf import json_format, text_format
 from starlette.requests import Request
 from starlette.responses import Response
 
 from coserve._exceptions import InvalidInput, ModelNotFound, Unsupported
 from coserve.models import ModelHandle, ModelRepository
-from coserve.models._layout import RepositoryFolders
+from coserve.models._layout import RepositoryFolders, read_model_folder, triton_config_problem
+from coserve.server._protos.model_config import ModelConfig
 from coserve.server._responses import json_response, read_body
 from coserve.server._v2_codec import load_json_object
 
@@ -83,32 +87,57 @@ class ModelControl:
                 entries.append({"name": name, "state": "UNAVAILABLE", "reason": reason})
         return entries
 
-    async def load_model(self, name: str, parameters: Iterable[str] = ()) -> None:
-        """Serve the model ``name`` (or reload it); ``parameters``: the names of the load's.
+    async def load_model(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
+        """Serve the model ``name`` (or reload it), with the load's ``parameters``.
+
+        ``config`` (a string: Triton's ``ModelConfig`` as JSON) serves the model with that
+        config in place of its folder's; a later load without one goes back to the folder's.
+        An ensemble's composing models are loaded with it.
 
         Raises:
-            Unsupported: Not in explicit mode, or a config or files override.
-            InvalidInput: No such model folder, or the model failed to load.
+            Unsupported: Not in explicit mode, or a files override (``file:...``).
+            InvalidInput: No such model folder, a config that is not a ModelConfig, or the
+                model failed to load.
         """
-        if any(key == "config" or key.startswith("file:") for key in parameters):
+        parameters = parameters or {}
+        files = [key for key in parameters if key.startswith("file:")]
+        if files:
             raise Unsupported(
-                "a load with a config or files override is not supported: coserve reads a "
-                "model's config and files from its folder"
+                f"a load with files ({files[0]}) is not supported: coserve reads a model's "
+                "files from its folder"
             )
+        text = None if "config" not in parameters else config_text(name, parameters["config"])
         folders = self._explicit("load")
         if name not in await asyncio.to_thread(folders.names):
             raise InvalidInput(f"failed to load '{name}': no such model folder in {folders.path}")
         assert folders.wanted is not None  # explicit mode keeps a set
         before = set(map(id, self._handles(name)))
-        was_wanted = name in folders.wanted
-        folders.wanted.add(name)
+        wanted, overrides = set(folders.wanted), dict(folders.overrides)
+        if text is None:
+            folders.overrides.pop(name, None)
+        else:
+            folders.overrides[name] = text
+        if text is not None:  # a bad override is the caller's to hear about, with its reason
+            folder = folders.folder(name)
+            assert folder is not None
+            problem = await asyncio.to_thread(triton_config_problem, folder)
+            if problem is not None:
+                folders.overrides.clear()
+                folders.overrides.update(overrides)
+                raise InvalidInput(f"failed to load '{name}': {problem}")
+        folders.wanted |= await asyncio.to_thread(_with_composing, folders, name)
         # Fresh: a load of a loaded model reloads it, as Triton does (its files may be new).
         await self._repository.reload(fresh={name})
         after = self._handles(name)
         if not after or any(id(handle) in before for handle in after):
-            if not was_wanted and not after:
-                folders.wanted.discard(name)
+            if not after:  # as it was: what this load added is not wanted
+                folders.wanted.intersection_update(wanted | {h.name for h in self._all()})
+            folders.overrides.clear()
+            folders.overrides.update(overrides)
             raise InvalidInput(f"failed to load '{name}' (the server's log says why)")
+
+    def _all(self) -> list[ModelHandle]:
+        return [self._repository.get(m.name, m.version) for m in self._repository.models()]
 
     def _handles(self, name: str) -> list[ModelHandle]:
         return [
@@ -131,6 +160,7 @@ class ModelControl:
         ):
             raise ModelNotFound(f"failed to unload '{name}': it is not loaded")
         folders.wanted.discard(name)
+        folders.overrides.pop(name, None)  # a later load reads the folder's config again
         await self._repository.reload()
 
     # -- the HTTP endpoints ------------------------------------------------------------------
@@ -166,3 +196,43 @@ class ModelControl:
     async def _body(self, request: Request) -> dict[str, Any]:
         body = await read_body(request, _MAX_BODY)
         return load_json_object(body) if body.strip() else {}
+
+
+def config_text(name: str, value: Any) -> str:
+    """A load's ``config`` parameter (Triton's ModelConfig as JSON) in text format.
+
+    Parsed as Triton parses it (protobuf's JSON mapping of ModelConfig), so a field that
+    ModelConfig does not have is an error here, as there.
+
+    Raises:
+        InvalidInput: Not a string, or not a ModelConfig in JSON.
+    """
+    if not isinstance(value, str):
+        raise InvalidInput(
+            f"failed to load '{name}': parameter 'config' must be a string holding the "
+            f"model's config as JSON, got {type(value).__name__}"
+        )
+    message = ModelConfig()
+    try:
+        json_format.Parse(value, message)
+    except json_format.ParseError as error:
+        raise InvalidInput(
+            f"failed to load '{name}': parameter 'config' is not a model config in JSON: {error}"
+        ) from None
+    return text_format.MessageToString(message)
+
+
+def _with_composing(folders: RepositoryFolders, name: str) -> set[str]:
+    """The model and, for an ensemble, every model its steps use, however deep (blocking)."""
+    found: set[str] = set()
+    todo = [name]
+    while todo:
+        model = todo.pop()
+        if model in found:
+            continue
+        found.add(model)
+        folder = folders.folder(model)
+        layout = None if folder is None else read_model_folder(folder)
+        if layout is not None and layout.config.ensemble is not None:
+            todo += [step.model for step in layout.config.ensemble.steps]
+    return found
