@@ -21,7 +21,7 @@ import pytest
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
-from coserve import ConfigError, ModelRepository
+from coserve import ConfigError, InvalidInput, ModelRepository
 from coserve.models._config import ModelConfig, VersionPolicy
 from coserve.models._layout import ModelFolder, read_model_folder
 from coserve.models._repository import bundled_repository, load_backend
@@ -532,16 +532,52 @@ output { name: "y" data_type: TYPE_FP32 dims: [ 1 ] reshape { shape: [ ] } }
     np.testing.assert_array_equal(outputs["y"], [[1.5], [2.5]])
 
 
-def test_optional_inputs_are_a_warning_naming_the_line(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    io = IO.replace("dims: [ 16 ] },", "dims: [ 16 ] optional: true },", 1)
-    folder = model_folder(tmp_path, "simple", f'name: "simple" backend: "onnxruntime"\n{io}')
-    with caplog.at_level(logging.WARNING, logger="coserve.models"):
-        read(folder)
-    [warning] = warnings_of(caplog)
-    assert warning.startswith(where(folder, "optional"))
-    assert "input 'INPUT0' is optional in Triton; coserve needs it in every request" in warning
+OPTIONAL_CONFIG = """
+backend: "python"
+max_batch_size: 8
+dynamic_batching { max_queue_delay_microseconds: 100000 }
+input [ { name: "A" data_type: TYPE_INT32 dims: [ 1 ] },
+        { name: "B" data_type: TYPE_INT32 dims: [ 1 ] optional: true } ]
+output [ { name: "SUM" data_type: TYPE_INT32 dims: [ 1 ] } ]
+"""
+
+OPTIONAL_MODEL = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            a = pb_utils.get_input_tensor_by_name(request, "A").as_numpy()
+            b = pb_utils.get_input_tensor_by_name(request, "B")
+            total = a if b is None else a + b.as_numpy()
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("SUM", total)]))
+        return responses
+"""
+
+
+async def test_an_optional_input_may_be_left_out(tmp_path: Path) -> None:
+    """The model runs without it; requests with and without it never share a batch."""
+    folder = model_folder(tmp_path, "optional", OPTIONAL_CONFIG, model=None)
+    (folder / "1" / "model.py").write_text(OPTIONAL_MODEL)
+    config = read(folder)
+    assert [(s.name, s.optional) for s in config.inputs or ()] == [("A", False), ("B", True)]
+    one = np.array([[1]], np.int32)
+    async with ModelRepository(tmp_path) as repository:
+        handle = repository.get("optional")
+        alone, both, again = await asyncio.gather(
+            handle.infer({"A": one}),
+            handle.infer({"A": one, "B": one * 10}),
+            handle.infer({"A": one * 2}),
+        )
+        with pytest.raises(InvalidInput, match=r"missing input 'A'; expected: A INT32\[-1, 1\], B"):
+            await handle.infer({"B": one})
+        stats = handle.statistics()
+    assert [int(r["SUM"][0, 0]) for r in (alone, both, again)] == [1, 11, 2]
+    assert stats.batches == 1  # one batch, run as two groups: with B and without
+    triton = config.triton or {}
+    assert triton["input"][1]["optional"] is True
 
 
 def test_label_filename_gives_the_labels(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

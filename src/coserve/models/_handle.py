@@ -343,9 +343,10 @@ class ModelHandle:
         request the model cannot take (one no check before the queue could catch) fails alone,
         never anyone else's rows.
         """
-        groups: dict[tuple[tuple[int, ...], ...], list[int]] = {}
+        groups: dict[tuple[tuple[str, tuple[int, ...]], ...], list[int]] = {}
         for index, request in enumerate(requests):
-            key = tuple(array.shape[1:] for array in request.values())
+            # By shape, and by which inputs it has (an optional one may be left out).
+            key = tuple((name, array.shape[1:]) for name, array in request.items())
             groups.setdefault(key, []).append(index)
         results: list[Response | Exception] = [None] * len(requests)  # type: ignore[list-item]
         for members in groups.values():
@@ -398,7 +399,7 @@ class ModelHandle:
     def _run_group(
         self, group: list[Request], members: list[int], results: list[Response | Exception]
     ) -> None:
-        names = [spec.name for spec in self.inputs]
+        names = list(group[0])
         if len(group) == 1:
             batch = dict(group[0])
         else:

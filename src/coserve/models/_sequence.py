@@ -520,12 +520,12 @@ class SequenceHandle(ModelHandle):
         applied some of them).
         """
         results: list[Response | Exception] = [{} for _ in items]  # a skipped step's: unread
-        groups: dict[tuple[tuple[int, ...], ...], list[int]] = {}
+        groups: dict[tuple[tuple[str, tuple[int, ...]], ...], list[int]] = {}
         for index, item in enumerate(items):
             if item.withdrawn:
                 continue
             item.ran = True
-            key = tuple(array.shape for array in item.arrays.values())
+            key = tuple((name, array.shape) for name, array in item.arrays.items())
             groups.setdefault(key, []).append(index)
         for members in groups.values():
             group = [items[i] for i in members]
@@ -567,6 +567,8 @@ class SequenceHandle(ModelHandle):
             flags[row] = item.flags
         batch = {}
         for spec in self._client_inputs:
+            if spec.name not in items[0].arrays:  # an optional input this group lacks
+                continue
             sample = items[0].arrays[spec.name]
             if sample.dtype == np.object_:
                 array = np.full((rows, *sample.shape[1:]), b"", dtype=object)

@@ -65,15 +65,23 @@ class TensorSpec:
         name: The tensor's name, as requests and responses use it.
         dtype: Its numpy dtype (object for BYTES).
         shape: Its shape; -1 is a dimension of any size. The first dimension is the batch.
+        optional: An input that a request may leave out (Triton's ``optional``): the model
+            then runs without it, never in one batch with requests that have it.
     """
 
     name: str
     dtype: np.dtype[np.generic]
     shape: tuple[int, ...]
+    optional: bool = False
 
     @classmethod
     def of(
-        cls, name: str, dtype: str | np.dtype[np.generic] | type, shape: Sequence[int]
+        cls,
+        name: str,
+        dtype: str | np.dtype[np.generic] | type,
+        shape: Sequence[int],
+        *,
+        optional: bool = False,
     ) -> TensorSpec:
         """Build a spec from a protocol datatype name or anything numpy takes as a dtype."""
         resolved = (
@@ -82,7 +90,7 @@ class TensorSpec:
         dims = tuple(int(d) for d in shape)
         if any(d < -1 for d in dims):
             raise ValueError(f"tensor {name!r}: dimensions are sizes or -1, got {list(dims)}")
-        return cls(name, resolved, dims)
+        return cls(name, resolved, dims, optional)
 
     @property
     def datatype(self) -> str:

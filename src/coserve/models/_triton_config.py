@@ -27,7 +27,8 @@ what would serve the model wrongly is a :class:`ConfigError` for that model alon
   and whole (densenet's ``[3, 224, 224]`` in, ``[1000]`` out), and counts as one inference.
 - ``data_type`` ``TYPE_X`` is ``X`` (``TYPE_STRING`` is ``BYTES``; ``TYPE_BF16`` is refused);
   ``reshape`` is applied around the model (``_adapted``); ``label_filename`` is ``labels`` (the
-  first output's; a second is a warning); ``optional`` is a warning: every input is required.
+  first output's; a second is a warning); an ``optional`` input may be left out of a request
+  (the model runs without it, never batched with requests that have it).
 - ``dynamic_batching`` present: requests are combined. ``max_queue_delay_microseconds`` is
   ``max_wait``; ``default_queue_policy.max_queue_size`` is ``max_queue_size`` (0, unbounded in
   Triton, keeps coserve's bound, logged); ``default_timeout_microseconds`` is ``timeout``.
@@ -295,6 +296,7 @@ class _Tensor:
     datatype: str
     dims: tuple[int, ...]
     reshape: tuple[int, ...] | None
+    optional: bool = False
 
 
 class _Reader:
@@ -377,7 +379,10 @@ class _Reader:
             inputs = self._without_controls(inputs, sequence, values)
         lead = (-1,) if max_batch_size > 0 else ()
         try:
-            api_inputs = tuple(TensorSpec.of(t.name, t.datatype, (*lead, *t.dims)) for t in inputs)
+            api_inputs = tuple(
+                TensorSpec.of(t.name, t.datatype, (*lead, *t.dims), optional=t.optional)
+                for t in inputs
+            )
             api_outputs = tuple(
                 TensorSpec.of(t.name, t.datatype, (*lead, *t.dims)) for t in outputs
             )
@@ -729,13 +734,6 @@ class _Reader:
             self._check_reshape(entry, label, dims, reshape, max_batch_size)
         if entry.get("is_shape_tensor"):
             raise self.fail(entry, "is_shape_tensor", f"{label}: shape tensors are not supported")
-        if entry.get("optional"):
-            self.warn(
-                entry,
-                "optional",
-                f"{label} is optional in Triton; coserve needs it in every "
-                "request (a request without it is refused)",
-            )
         if entry.get("allow_ragged_batch"):
             self.warn(
                 entry,
@@ -749,7 +747,8 @@ class _Reader:
                 "is_non_linear_format_io",
                 f"{label}: is_non_linear_format_io is not applied (it is TensorRT's)",
             )
-        return _Tensor(name, _DATATYPES[triton_type], dims, reshape)
+        optional = bool(entry.get("optional")) and kind == "input"
+        return _Tensor(name, _DATATYPES[triton_type], dims, reshape, optional)
 
     def _check_reshape(
         self,

@@ -95,19 +95,26 @@ def check_inputs(
             shape; inputs disagree on their number of rows; or there are no or too many rows.
     """
     if len(inputs) != len(specs) or any(spec.name not in inputs for spec in specs):
-        expected = ", ".join(f"{s.name} {s.describe()}" for s in specs)
+        expected = ", ".join(
+            f"{s.name} {s.describe()}{' (optional)' if s.optional else ''}" for s in specs
+        )
         known = {spec.name for spec in specs}
         unknown = [name for name in inputs if name not in known]
         if unknown:
             raise InvalidInput(
                 f"model {model!r} has no input {unknown[0]!r}; its inputs are: {expected}"
             )
-        missing = next(s.name for s in specs if s.name not in inputs)
-        raise InvalidInput(f"model {model!r}: missing input {missing!r}; expected: {expected}")
+        missing = next((s.name for s in specs if s.name not in inputs and not s.optional), None)
+        if missing is not None:
+            raise InvalidInput(f"model {model!r}: missing input {missing!r}; expected: {expected}")
+        if not inputs:
+            raise InvalidInput(f"model {model!r}: the request has no inputs; expected: {expected}")
 
     arrays: dict[str, np.ndarray] = {}
     rows: int | None = None
     for spec in specs:
+        if spec.name not in inputs:  # an optional input left out
+            continue
         value = inputs[spec.name]
         try:
             array = value if isinstance(value, np.ndarray) else np.asarray(value)

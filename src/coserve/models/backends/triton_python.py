@@ -330,7 +330,9 @@ class TritonPythonModelBackend(Backend):
                 response's error has another code, or an output is missing or of the wrong type.
         """
         request = pb_utils.InferenceRequest(
-            inputs=[pb_utils.Tensor(name, inputs[name]) for name in self._input_names],
+            inputs=[
+                pb_utils.Tensor(name, inputs[name]) for name in self._input_names if name in inputs
+            ],
             requested_output_names=self._output_names,
             model_name=self.name,
         )
@@ -363,6 +365,7 @@ class TritonPythonModelBackend(Backend):
                 inputs=[
                     pb_utils.Tensor(name, inputs[name][r : r + 1] if self.batched else inputs[name])
                     for name in self._input_names
+                    if name in inputs  # an optional input left out: get_input_tensor... is None
                 ],
                 requested_output_names=self._output_names,
                 model_name=self.name,
