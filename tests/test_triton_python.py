@@ -172,8 +172,8 @@ async def test_bytes_in_and_out(repository: Path) -> None:
 async def test_a_triton_error_fails_only_its_request(repository: Path) -> None:
     """INVALID_ARG is the request's fault (400), the default INTERNAL the model's (500).
 
-    The three requests run as one batch, which fails; the handle then runs each alone, so the
-    good one is answered.
+    The three requests run in one execute() (one batch), each its own InferenceRequest; each
+    response's error fails its own request only, and the good one is answered.
     """
     async with ModelRepository(repository) as models:
         handle = models.get("refuse")
@@ -410,3 +410,54 @@ def test_finalize_waits_for_a_running_execute(tmp_path: Path) -> None:
     backend.close()
     runner.join()
     assert float(final.read_text()) >= float(done.read_text())
+
+
+PER_REQUEST_CONFIG = """
+backend: "python"
+max_batch_size: 8
+dynamic_batching { max_queue_delay_microseconds: 200000 }
+input [ { name: "X" data_type: TYPE_INT32 dims: [ 1 ] } ]
+output [ { name: "TOTAL" data_type: TYPE_INT32 dims: [ 1 ] },
+         { name: "REQUESTS" data_type: TYPE_INT32 dims: [ 1 ] } ]
+"""
+
+PER_REQUEST_MODEL = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            rows = len(x)
+            total = np.full((rows, 1), x.sum(), dtype=np.int32)  # across this request's rows
+            count = np.full((rows, 1), len(requests), dtype=np.int32)
+            responses.append(pb_utils.InferenceResponse(
+                [pb_utils.Tensor("TOTAL", total), pb_utils.Tensor("REQUESTS", count)]
+            ))
+        return responses
+"""
+
+
+async def test_execute_gets_each_batched_request_as_its_own(tmp_path: Path) -> None:
+    """Requests batched together reach execute() as a list, each with its own rows.
+
+    As in Triton: a model that computes across a request's rows mixes nobody's.
+    """
+    folder = tmp_path / "per_request"
+    (folder / "1").mkdir(parents=True)
+    (folder / "config.pbtxt").write_text(PER_REQUEST_CONFIG)
+    (folder / "1" / "model.py").write_text(PER_REQUEST_MODEL)
+    async with ModelRepository(tmp_path) as models:
+        handle = models.get("per_request")
+        results = await asyncio.gather(
+            handle.infer({"X": np.array([[1], [2]], dtype=np.int32)}),
+            handle.infer({"X": np.array([[10]], dtype=np.int32)}),
+            handle.infer({"X": np.array([[100], [200], [300]], dtype=np.int32)}),
+        )
+        stats = handle.statistics()
+    assert [r["TOTAL"][:, 0].tolist() for r in results] == [[3, 3], [10], [600, 600, 600]]
+    assert all(r["REQUESTS"][0, 0] == 3 for r in results)  # one execute() for the three
+    assert (stats.batches, stats.completed_rows) == (1, 6)

@@ -82,6 +82,7 @@ class AdaptedBackend(Backend):
             else inner.platform
         )
         self.strict_shapes = inner.strict_shapes
+        self.takes_requests = inner.takes_requests
         self.signature_name = inner.signature_name
         self.signatures = inner.signatures
         self._inner = inner
@@ -100,6 +101,13 @@ class AdaptedBackend(Backend):
     def predict(self, inputs: Tensors) -> dict[str, np.ndarray]:
         """Reshape and convert the inputs, run the model, and do the reverse to its outputs."""
         return self._back(self._inner.predict(self._feed(inputs)))
+
+    def predict_requests(
+        self, requests: Sequence[Tensors]
+    ) -> list[dict[str, np.ndarray] | Exception]:
+        """:meth:`predict` for a model that answers each request on its own."""
+        answers = self._inner.predict_requests([self._feed(request) for request in requests])
+        return [a if isinstance(a, Exception) else self._back(a) for a in answers]
 
     def predict_sequence(
         self, inputs: Tensors, rows: Sequence[SequenceFlags | None]

@@ -95,6 +95,10 @@ class Backend(ABC):
 
     platform: str = "unknown"
     strict_shapes: bool = True
+    takes_requests: bool = False
+    """True: the model answers each request of a batch on its own (a Triton Python model's
+    ``execute`` gets a list of requests), so the handle calls :meth:`predict_requests` with
+    the batch's requests as they came instead of concatenating their rows."""
     batched: bool = True
     """False: the tensors have no batch dimension (Triton's ``max_batch_size: 0``); each request
     runs alone and whole, never split or combined."""
@@ -116,6 +120,22 @@ class Backend(ABC):
     @abstractmethod
     def predict(self, inputs: Tensors) -> dict[str, np.ndarray]:
         """Run the model on one batch: every input array has the same first dimension."""
+
+    def predict_requests(
+        self, requests: Sequence[Tensors]
+    ) -> list[dict[str, np.ndarray] | Exception]:
+        """Run one batch given as its requests; each answer, or the error that failed it alone.
+
+        Called instead of :meth:`predict` when :attr:`takes_requests` is set. The default runs
+        :meth:`predict` on each request in turn.
+        """
+        answers: list[dict[str, np.ndarray] | Exception] = []
+        for request in requests:
+            try:
+                answers.append(self.predict(request))
+            except Exception as error:
+                answers.append(error)
+        return answers
 
     def predict_sequence(
         self, inputs: Tensors, rows: Sequence[SequenceFlags | None]

@@ -343,6 +343,8 @@ class ModelHandle:
         request the model cannot take (one no check before the queue could catch) fails alone,
         never anyone else's rows.
         """
+        if self.backend.takes_requests:
+            return self._run_requests(requests)
         groups: dict[tuple[tuple[str, tuple[int, ...]], ...], list[int]] = {}
         for index, request in enumerate(requests):
             # By shape, and by which inputs it has (an optional one may be left out).
@@ -366,6 +368,52 @@ class ModelHandle:
                 )
                 for i in members:
                     self._run_alone(requests[i], i, results)
+        return results
+
+    def _run_requests(self, requests: list[Request]) -> list[Response | Exception]:
+        """Hand the model the batch's requests as they came, for a model that takes them so.
+
+        A whole batch that fails (the model raised) with more than one request runs again one
+        request at a time, as a concatenated batch does.
+        """
+        try:
+            answers = self.backend.predict_requests(requests)
+            if len(answers) != len(requests):
+                raise ModelError(
+                    f"model {self.name!r} answered {len(answers)} of {len(requests)} requests"
+                )
+        except Exception as error:
+            if len(requests) == 1:
+                return [self._failure(error)]
+            logger.error(
+                "model %s v%s failed on a batch of %d requests; running each alone",
+                self.name,
+                self.version,
+                len(requests),
+                exc_info=error,
+            )
+            return [self._run_requests([request])[0] for request in requests]
+        results: list[Response | Exception] = []
+        for request, answer in zip(requests, answers, strict=True):
+            if isinstance(answer, Exception):
+                results.append(self._failure(answer))
+                continue
+            rows = next(iter(request.values())).shape[0]
+            missing = [name for name in self._output_names if name not in answer]
+            short = [
+                name
+                for name in self._output_names
+                if self.backend.batched and name in answer and len(answer[name]) != rows
+            ]
+            if missing or short:
+                problem = (
+                    f"no output {missing[0]!r}"
+                    if missing
+                    else f"{len(answer[short[0]])} rows for output {short[0]!r}; expected {rows}"
+                )
+                results.append(self._failure(ModelError(f"model {self.name!r} returned {problem}")))
+                continue
+            results.append({name: answer[name] for name in self._output_names})
         return results
 
     def _run_alone(self, request: Request, index: int, results: list[Response | Exception]) -> None:

@@ -21,31 +21,30 @@ model's ``execute`` never runs in two threads at once. ``finalize()`` is called 
 of the instance's own, in a thread of its own, kept for the model's lifetime (so what a model
 binds to its loop in ``initialize`` still works in ``execute``); never on the server's loop.
 
-Requests and batches (the decision). Triton hands ``execute`` one ``InferenceRequest`` per client
-request; coserve's :class:`~coserve.models.ModelHandle` hands a backend one batch, the rows of
-the requests it combined concatenated, and nothing in ``predict`` tells where one request ends.
-So ``execute`` gets a list of **one** request holding the whole batch, and returns one response:
+Requests and batches. As in Triton, ``execute`` gets one ``InferenceRequest`` per client
+request (the backend ``takes_requests``: the handle hands it the batch's requests as they came,
+never concatenated), and returns one response per request:
 
-- Without ``dynamic_batching`` (or with ``max_batch_size: 0``) coserve runs each request alone,
-  so the one request is the client's, exactly as in Triton (a request over ``max_batch_size``
-  rows, which Triton refuses, arrives in chunks of at most ``max_batch_size`` rows).
-- With ``dynamic_batching``, the one request holds the rows of several client requests (at most
-  ``max_batch_size``). That is a request Triton could have been sent, so a model whose rows are
-  independent of each other (what batching already assumes) answers it as Triton would; a model
-  that computes across the rows of a request (a per-request sum, say) would mix requests, and
-  should not enable ``dynamic_batching``.
+- Without ``dynamic_batching`` (or with ``max_batch_size: 0``) each request runs alone: a list of
+  one. With it, the list holds the requests batched together (at most ``max_batch_size`` rows in
+  all), each with its own rows, so a model that computes across a request's rows mixes nobody's.
+  A request over ``max_batch_size`` rows, which Triton refuses, arrives in chunks of at most
+  ``max_batch_size`` rows, each a request of its own.
+- A stateful model (``sequence_batching``) gets one request per sequence step, with
+  ``correlation_id()`` and the START/END ``flags()`` (``predict_sequence``).
 - ``request_id()`` is ``""``, ``parameters()`` is ``"{}"`` and ``requested_output_names()`` is
   every output of the config (coserve returns what each client asked for).
 
-A response's ``TritonError`` fails the batch; the handle then runs each of its requests alone,
-so only the requests the model refuses fail. The status follows Triton's for the error's code:
-``INVALID_ARG``, ``UNKNOWN``, ``ALREADY_EXISTS`` and ``CANCELLED`` are the request's fault
-(:class:`~coserve.InvalidInput`, 400); the others, ``INTERNAL`` by default, are a 500 (Triton gives
-``NOT_FOUND`` 404, ``UNAVAILABLE`` 503 and ``UNSUPPORTED`` 501; coserve's handle reports every
-model failure but a refused input as a 500). An exception from ``execute`` is a
-:class:`~coserve.ModelError` (500) with its message, as in Triton. Outputs must be named in the
-config and have its data type (a BYTES output may hold ``bytes`` or ``str``, sent as UTF-8);
-tensors the config does not name are dropped, as Triton drops outputs nobody asked for.
+A response's ``TritonError`` fails its own request only. The status follows Triton's for the
+error's code: ``INVALID_ARG``, ``UNKNOWN``, ``ALREADY_EXISTS`` and ``CANCELLED`` are the request's
+fault (:class:`~coserve.InvalidInput`, 400); the others, ``INTERNAL`` by default, are a 500
+(Triton gives ``NOT_FOUND`` 404, ``UNAVAILABLE`` 503 and ``UNSUPPORTED`` 501; coserve's handle
+reports every model failure but a refused input as a 500). An exception from ``execute`` is a
+:class:`~coserve.ModelError` (500) with its message, as in Triton (a batch of several requests
+then runs again one request at a time, so the exception fails only the requests it comes back
+for). Outputs must be named in the config and have its data type (a BYTES output may hold
+``bytes`` or ``str``, sent as UTF-8); tensors the config does not name are dropped, as Triton
+drops outputs nobody asked for.
 """
 
 from __future__ import annotations
@@ -248,6 +247,7 @@ class TritonPythonModelBackend(Backend):
     """
 
     platform = "triton_python"
+    takes_requests = True
 
     def __init__(
         self,
@@ -324,6 +324,8 @@ class TritonPythonModelBackend(Backend):
     def predict(self, inputs: Tensors) -> dict[str, np.ndarray]:
         """Run ``execute`` on an idle instance with the batch as one request; check its answer.
 
+        For direct calls: a handle calls :meth:`predict_requests`, one request per client's.
+
         Raises:
             InvalidInput: The response's error has a code Triton answers with a 400.
             ModelError: ``execute`` raised, returned something else than one response, the
@@ -336,14 +338,57 @@ class TritonPythonModelBackend(Backend):
             requested_output_names=self._output_names,
             model_name=self.name,
         )
+        [response] = self._execute([request])
+        error = self._error(response)
+        if error is not None:
+            raise error
+        return self._outputs(response)
+
+    def predict_requests(
+        self, requests: Sequence[Tensors]
+    ) -> list[dict[str, np.ndarray] | Exception]:
+        """Run ``execute`` once with one ``InferenceRequest`` per client request, as Triton does.
+
+        A response's error fails its own request only (Triton's 400 codes as ``InvalidInput``,
+        the others as ``ModelError``), as does a response with a missing or mistyped output.
+
+        Raises:
+            ModelError: ``execute`` raised, or did not answer one response per request.
+        """
+        built = [
+            pb_utils.InferenceRequest(
+                inputs=[
+                    pb_utils.Tensor(name, request[name])
+                    for name in self._input_names
+                    if name in request  # an optional input left out
+                ],
+                requested_output_names=self._output_names,
+                model_name=self.name,
+            )
+            for request in requests
+        ]
+        answers: list[dict[str, np.ndarray] | Exception] = []
+        for response in self._execute(built):
+            failure = self._error(response)
+            if failure is None:
+                try:
+                    answers.append(self._outputs(response))
+                except ModelError as error:
+                    answers.append(error)
+            else:
+                answers.append(failure)
+        return answers
+
+    def _execute(self, requests: list[pb_utils.InferenceRequest]) -> list[Any]:
+        """``execute(requests)`` on an idle instance; its responses, one per request, checked."""
         instance = self._idle.get()
         try:
-            responses = instance.call(instance.model.execute, [request])
+            responses = instance.call(instance.model.execute, requests)
         except Exception as error:
             raise ModelError(f"model {self.name!r}: execute raised {error!r}") from error
         finally:
             self._idle.put(instance)
-        return self._outputs(self._response(responses))
+        return self._responses(responses, len(requests))
 
     def predict_sequence(
         self, inputs: Tensors, rows: Sequence[SequenceFlags | None]
@@ -374,16 +419,9 @@ class TritonPythonModelBackend(Backend):
             )
             for r, flags in live
         ]
-        instance = self._idle.get()
-        try:
-            responses = instance.call(instance.model.execute, requests)
-        except Exception as error:
-            raise ModelError(f"model {self.name!r}: execute raised {error!r}") from error
-        finally:
-            self._idle.put(instance)
         errors: dict[int, Exception] = {}
         answers: dict[int, dict[str, np.ndarray]] = {}
-        for (r, _), response in zip(live, self._responses(responses, len(requests)), strict=True):
+        for (r, _), response in zip(live, self._execute(requests), strict=True):
             failure = self._error(response)
             if failure is None:
                 answers[r] = self._outputs(response)
@@ -410,13 +448,6 @@ class TritonPythonModelBackend(Backend):
                 array[r] = answer[name][0]
             outputs[name] = array
         return outputs, errors
-
-    def _response(self, responses: Any) -> pb_utils.InferenceResponse:
-        [response] = self._responses(responses, 1)
-        error = self._error(response)
-        if error is not None:
-            raise error
-        return response
 
     def _responses(self, responses: Any, count: int) -> list[pb_utils.InferenceResponse]:
         if responses is None:
