@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from coserve import InvalidInput
 from helpers import ServerProcess
 from server_models import SLOW_CONFIG, SLOW_MODEL, TYPES_CONFIG, TYPES_MODEL, add_model
 
@@ -359,3 +360,18 @@ def test_a_load_with_a_config_serves_that_config_until_a_load_without(
         client.close()
     finally:
         server.close()
+
+
+def test_a_config_override_must_be_a_model_config_object() -> None:
+    from coserve.server._model_control import config_text
+
+    assert "max_batch_size: 4" in config_text("m", '{"max_batch_size": 4}')
+    for bad, says in [
+        ("[]", "must hold a JSON object"),
+        ('{"max_batch_size": "many"}', "is not a model config in JSON"),
+        ('{"no_such_field": 1}', "is not a model config in JSON"),
+    ]:
+        with pytest.raises(InvalidInput, match=says):
+            config_text("m", bad)
+    with pytest.raises(InvalidInput, match="must be a string"):
+        config_text("m", {"max_batch_size": 4})

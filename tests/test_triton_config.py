@@ -580,6 +580,31 @@ async def test_an_optional_input_may_be_left_out(tmp_path: Path) -> None:
     assert triton["input"][1]["optional"] is True
 
 
+async def test_an_onnx_input_without_a_default_cannot_be_left_out(tmp_path: Path) -> None:
+    """Simple's file requires INPUT1: optional in the config, a request without it is a 400."""
+    io = IO.replace(
+        '{ name: "INPUT1" data_type: TYPE_INT32 dims: [ 16 ] }',
+        '{ name: "INPUT1" data_type: TYPE_INT32 dims: [ 16 ] optional: true }',
+    )
+    folder = model_folder(tmp_path, "simple", f'backend: "onnxruntime" max_batch_size: 8\n{io}')
+    assert [s.optional for s in read(folder).inputs or ()] == [False, True]
+    with pytest.raises(InvalidInput, match="needs input 'INPUT1': its file gives it no default"):
+        await infer(folder, {"INPUT0": np.ones((1, 16), np.int32)})
+
+
+def test_optional_is_a_warning_where_the_model_needs_every_input(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    io = IO.replace("dims: [ 16 ] },", "dims: [ 16 ] optional: true },", 1)
+    text = f'platform: "tensorflow_savedmodel" max_batch_size: 8\n{io}'
+    folder = model_folder(tmp_path, "simple", text, model=None)
+    with caplog.at_level(logging.WARNING, logger="coserve.models"):
+        config = read(folder)
+    assert not any(spec.optional for spec in config.inputs or ())
+    [warning] = warnings_of(caplog)
+    assert "input 'INPUT0': optional is not applied (a tensorflow_savedmodel model" in warning
+
+
 def test_label_filename_gives_the_labels(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The first output's; a second is named in a warning."""
     io = IO.replace(

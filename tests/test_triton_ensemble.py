@@ -22,7 +22,14 @@ import pytest
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
-from coserve import BatcherClosed, BatchFailed, ConfigError, DeadlineExceeded, ModelRepository
+from coserve import (
+    BatcherClosed,
+    BatchFailed,
+    ConfigError,
+    DeadlineExceeded,
+    InvalidInput,
+    ModelRepository,
+)
 from coserve.models._triton_config import read_triton_config, triton_model_config
 from helpers import ServerProcess
 
@@ -454,3 +461,51 @@ def test_tritonclient_infers_on_the_ensemble(server: ServerProcess) -> None:
     metrics = httpx.get(f"{url}/metrics").text
     assert 'model="diamond"' in metrics
     assert json.loads(httpx.get(f"{url}/v2/models/chain").text)["platform"] == "ensemble"
+
+
+DENSENET_ENSEMBLE = """
+name: "classify"
+platform: "ensemble"
+max_batch_size: 0
+input [ { name: "IMAGE" data_type: TYPE_FP32 dims: [ 3, 4, 4 ] optional: true } ]
+output [ { name: "SCORES" data_type: TYPE_FP32 dims: [ 5 ] } ]
+ensemble_scheduling {
+  step [ {
+    model_name: "tiny_densenet"
+    model_version: -1
+    input_map { key: "data_0" value: "IMAGE" }
+    output_map { key: "fc6_1" value: "SCORES" }
+  } ]
+}
+"""
+
+
+async def test_an_ensemble_without_batch_dimension_takes_whole_tensors(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """max_batch_size 0: a request is the whole [3, 4, 4] image, one inference, as its model's."""
+    shutil.copytree(
+        Path(__file__).parent / "data" / "triton" / "tiny_densenet", tmp_path / "tiny_densenet"
+    )
+    (tmp_path / "classify" / "1").mkdir(parents=True)
+    (tmp_path / "classify" / "config.pbtxt").write_text(DENSENET_ENSEMBLE)
+    image = np.random.default_rng(3).random((3, 4, 4), dtype=np.float32)
+    with caplog.at_level(logging.WARNING, logger="coserve.models"):
+        repository = ModelRepository(tmp_path)
+        await repository.__aenter__()
+    try:
+        handle = repository.get("classify")
+        assert not handle.backend.batched
+        direct = await repository.get("tiny_densenet").infer({"data_0": image})
+        through = await handle.infer({"IMAGE": image})
+        np.testing.assert_array_equal(through["SCORES"], direct["fc6_1"])
+        assert through["SCORES"].shape == (5,)
+        with pytest.raises(InvalidInput, match="dimension 0 must be 3"):
+            await handle.infer({"IMAGE": image[:2]})
+        assert handle.statistics().completed_rows == 1
+    finally:
+        await repository.aclose()
+    assert any(
+        "input 'IMAGE': optional is not applied (an ensemble's steps" in r.getMessage()
+        for r in caplog.records
+    )

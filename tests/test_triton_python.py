@@ -461,3 +461,21 @@ async def test_execute_gets_each_batched_request_as_its_own(tmp_path: Path) -> N
     assert [r["TOTAL"][:, 0].tolist() for r in results] == [[3, 3], [10], [600, 600, 600]]
     assert all(r["REQUESTS"][0, 0] == 3 for r in results)  # one execute() for the three
     assert (stats.batches, stats.completed_rows) == (1, 6)
+
+
+async def test_a_request_over_max_batch_size_is_refused_as_triton_refuses_it(
+    tmp_path: Path,
+) -> None:
+    """Split in chunks, it would reach execute() as several requests: refused instead."""
+    folder = tmp_path / "per_request"
+    (folder / "1").mkdir(parents=True)
+    (folder / "config.pbtxt").write_text(PER_REQUEST_CONFIG)
+    (folder / "1" / "model.py").write_text(PER_REQUEST_MODEL)
+    async with ModelRepository(tmp_path) as models:
+        handle = models.get("per_request")
+        with pytest.raises(
+            InvalidInput, match="inference request batch-size must be <= 8 for 'per_request'"
+        ):
+            await handle.infer({"X": np.ones((9, 1), dtype=np.int32)})
+        whole = await handle.infer({"X": np.ones((8, 1), dtype=np.int32)})
+    assert whole["TOTAL"][:, 0].tolist() == [8] * 8

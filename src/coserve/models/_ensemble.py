@@ -193,6 +193,8 @@ class EnsembleHandle(ModelHandle):
         outputs: tuple[TensorSpec, ...] = config.outputs or ()
         self.config = config
         self.backend = _EnsembleBackend(config.name, version, inputs, outputs)
+        # max_batch_size 0: its tensors are whole (checked in every dimension, one row each).
+        self.backend.batched = config.batched
         self.batching = config.batching
         self.labels = config.labels
         self._output_names = tuple(spec.name for spec in outputs)

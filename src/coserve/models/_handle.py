@@ -184,6 +184,8 @@ class ModelHandle:
         wanted = self.check_outputs(outputs)
         arrays, rows = self._checked(inputs)
         limit = self.batching.max_batch_size
+        if rows > limit and self.backend.takes_requests:
+            raise InvalidInput(self._too_many_rows(limit))
         if rows <= limit:
             result = await self._batcher.submit(
                 arrays, timeout=timeout, priority=priority, size=rows
@@ -216,11 +218,18 @@ class ModelHandle:
         """
         arrays, rows = self._checked(inputs)
         limit = self.batching.max_batch_size
+        if rows > limit and self.backend.takes_requests:
+            raise InvalidInput(self._too_many_rows(limit))
         if rows <= limit:
             return self._batcher.submit_nowait(
                 arrays, timeout=timeout, priority=priority, size=rows
             )
         return asyncio.ensure_future(self._infer_in_chunks(arrays, rows, limit, timeout, priority))
+
+    def _too_many_rows(self, limit: int) -> str:
+        # A model that answers each request on its own would see a larger one in chunks, each
+        # as a request of its own: refused, as Triton refuses it (its words).
+        return f"inference request batch-size must be <= {limit} for {self.name!r}"
 
     def _checked(self, inputs: Mapping[str, Any]) -> tuple[Request, int]:
         """The request's arrays checked against the model's inputs, and its rows."""

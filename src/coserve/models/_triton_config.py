@@ -66,6 +66,7 @@ and Triton warms up only when ``model_warmup`` asks.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import math
@@ -174,6 +175,10 @@ _NOT_APPLIED = {
     "metric_tags": "coserve's metrics carry no extra labels",
     "cc_model_filenames": "coserve runs on the CPU and loads default_model_filename",
 }
+
+# The platforms whose models can run with an optional input left out: a Triton Python model
+# (get_input_tensor_by_name answers None) and an ONNX model whose file gives the input a default.
+_LEAVE_OUT = frozenset({"triton_python", "onnx_onnxv1"})
 
 _CONTROL_KINDS = {
     "CONTROL_SEQUENCE_START": "start",
@@ -337,7 +342,11 @@ class _Reader:
             raise self.fail(
                 d, "max_batch_size", f"max_batch_size must be >= 0, got {max_batch_size}"
             )
-        inputs = self._tensors("input", max_batch_size)
+        inputs = self._optional_where_applied(
+            self._tensors("input", max_batch_size),
+            coserve_platform in _LEAVE_OUT,
+            f"a {coserve_platform} model is given every input",
+        )
         outputs = self._tensors("output", max_batch_size)
         values = _plain(d)
         dynamic = "dynamic_batching" in d
@@ -453,7 +462,11 @@ class _Reader:
             raise self.fail(
                 d, "max_batch_size", f"max_batch_size must be >= 0, got {max_batch_size}"
             )
-        inputs = self._tensors("input", max_batch_size)
+        inputs = self._optional_where_applied(
+            self._tensors("input", max_batch_size),
+            False,
+            "an ensemble's steps are given every input",
+        )
         outputs = self._tensors("output", max_batch_size)
         for kind, tensors in (("input", inputs), ("output", outputs)):
             if not tensors:
@@ -694,6 +707,22 @@ class _Reader:
         return VersionPolicy("latest", latest=count)
 
     # -- tensors ---------------------------------------------------------------------------
+
+    def _optional_where_applied(
+        self, inputs: list[_Tensor], applied: bool, reason: str
+    ) -> list[_Tensor]:
+        """The inputs, ``optional`` kept only where the model can run without them."""
+        if applied:
+            return inputs
+        for tensor in inputs:
+            if tensor.optional:
+                self.warn(
+                    self.decoded,
+                    "input",
+                    f"input {tensor.name!r}: optional is not applied ({reason}): a request "
+                    "without it is refused",
+                )
+        return [dataclasses.replace(t, optional=False) for t in inputs]
 
     def _tensors(self, kind: str, max_batch_size: int) -> list[_Tensor]:
         d = self.decoded

@@ -55,6 +55,9 @@ class ModelControl:
         self._repository = repository
         self._folders = folders
         self._mode = mode
+        # One load or unload at a time: each changes what is wanted, then reloads, and a
+        # failed load puts back what it changed; two at once would undo each other's.
+        self._changing = asyncio.Lock()
 
     # -- the one implementation, shared by HTTP and gRPC -----------------------------------
 
@@ -92,14 +95,17 @@ class ModelControl:
 
         ``config`` (a string: Triton's ``ModelConfig`` as JSON) serves the model with that
         config in place of its folder's; a later load without one goes back to the folder's.
-        An ensemble's composing models are loaded with it.
+        An ensemble's composing models are loaded with it. Loads and unloads run one at a time.
 
         Raises:
             Unsupported: Not in explicit mode, or a files override (``file:...``).
             InvalidInput: No such model folder, a config that is not a ModelConfig, or the
                 model failed to load.
         """
-        parameters = parameters or {}
+        async with self._changing:
+            await self._load(name, parameters or {})
+
+    async def _load(self, name: str, parameters: Mapping[str, Any]) -> None:
         files = [key for key in parameters if key.startswith("file:")]
         if files:
             raise Unsupported(
@@ -153,6 +159,10 @@ class ModelControl:
             Unsupported: Not in explicit mode.
             ModelNotFound: The model is not loaded.
         """
+        async with self._changing:
+            await self._unload(name)
+
+    async def _unload(self, name: str) -> None:
         folders = self._explicit("unload")
         assert folders.wanted is not None
         if name not in folders.wanted and not any(
@@ -212,6 +222,11 @@ def config_text(name: str, value: Any) -> str:
             f"failed to load '{name}': parameter 'config' must be a string holding the "
             f"model's config as JSON, got {type(value).__name__}"
         )
+    if not value.lstrip().startswith("{"):
+        raise InvalidInput(
+            f"failed to load '{name}': parameter 'config' must hold a JSON object (the "
+            "model's config)"
+        )
     message = ModelConfig()
     try:
         json_format.Parse(value, message)
@@ -224,15 +239,19 @@ def config_text(name: str, value: Any) -> str:
 
 def _with_composing(folders: RepositoryFolders, name: str) -> set[str]:
     """The model and, for an ensemble, every model its steps use, however deep (blocking)."""
-    found: set[str] = set()
+    found: set[str] = {name}
+    seen: set[str] = set()
     todo = [name]
     while todo:
         model = todo.pop()
-        if model in found:
+        if model in seen:
+            continue
+        seen.add(model)
+        folder = folders.folder(model)
+        if folder is None:  # a step's model with no folder: the ensemble's load says so
             continue
         found.add(model)
-        folder = folders.folder(model)
-        layout = None if folder is None else read_model_folder(folder)
+        layout = read_model_folder(folder)
         if layout is not None and layout.config.ensemble is not None:
             todo += [step.model for step in layout.config.ensemble.steps]
     return found

@@ -160,7 +160,10 @@ def _columns(
         raise InvalidInput(
             "the request needs exactly one of 'instances' (rows) and 'inputs' (columns)"
         )
-    single = len(specs) == 1
+    # Unnamed values go to the model's one input, or its one required input.
+    required = [spec for spec in specs if not spec.optional]
+    sole = specs[0] if len(specs) == 1 else required[0] if len(required) == 1 else None
+    single = sole is not None
     if "instances" in body:
         rows = _decode_b64(body["instances"], "'instances'") if b64 else body["instances"]
         if not isinstance(rows, list) or not rows:
@@ -172,27 +175,28 @@ def _columns(
                 "object naming them"
             )
         columns: dict[str, Any] = {}
+        if not named:
+            assert sole is not None
+            return {sole.name: _array(sole, rows)}, True
         for spec in specs:
-            if named:
-                missing = [i for i, row in enumerate(rows) if spec.name not in row]
-                if missing:
-                    raise InvalidInput(f"instance {missing[0]} has no input {spec.name!r}")
-                columns[spec.name] = [row[spec.name] for row in rows]
-            else:
-                columns[spec.name] = rows
-        if named:
-            extra = {key for row in rows for key in row} - {s.name for s in specs}
-            if extra:
-                raise InvalidInput(f"model {model!r} has no input {sorted(extra)[0]!r}")
-        return {s.name: _array(s, columns[s.name]) for s in specs}, True
+            missing = [i for i, row in enumerate(rows) if spec.name not in row]
+            if spec.optional and len(missing) == len(rows):
+                continue  # left out by every instance
+            if missing:
+                raise InvalidInput(f"instance {missing[0]} has no input {spec.name!r}")
+            columns[spec.name] = [row[spec.name] for row in rows]
+        extra = {key for row in rows for key in row} - {s.name for s in specs}
+        if extra:
+            raise InvalidInput(f"model {model!r} has no input {sorted(extra)[0]!r}")
+        return {s.name: _array(s, columns[s.name]) for s in specs if s.name in columns}, True
     inputs = _decode_b64(body["inputs"], "'inputs'") if b64 else body["inputs"]
     if isinstance(inputs, dict):  # named columns (a bare tensor value is never an object)
         return {
             name: _array(_spec(model, specs, name), value) for name, value in inputs.items()
         }, False
-    if not single:
+    if sole is None:
         raise InvalidInput(f"model {model!r} has {len(specs)} inputs: name them in 'inputs'")
-    return {specs[0].name: _array(specs[0], inputs)}, False
+    return {sole.name: _array(sole, inputs)}, False
 
 
 def _spec(model: str, specs: tuple[TensorSpec, ...], name: str) -> TensorSpec:

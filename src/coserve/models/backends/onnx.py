@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from coserve._exceptions import ModelLoadError
+from coserve._exceptions import InvalidInput, ModelLoadError
 from coserve.models._backend import Backend, Tensors, override_specs, require
 from coserve.models._config import ThreadConfig
 from coserve.models._specs import TensorSpec
@@ -83,9 +83,22 @@ class OnnxModel(Backend):
             override_specs(name, "outputs", read_outputs, outputs),
         )
         self._output_names = [spec.name for spec in read_outputs]
+        # The graph inputs without a default (an initializer): a request must give them all.
+        self._required = [node.name for node in self._session.get_inputs()]
 
     def predict(self, inputs: Tensors) -> dict[str, np.ndarray]:
-        """Run the session on one batch."""
+        """Run the session on one batch.
+
+        Raises:
+            InvalidInput: An input the model file requires is left out (an optional one in
+                the config that the file gives no default).
+        """
+        missing = [name for name in self._required if name not in inputs]
+        if missing:
+            raise InvalidInput(
+                f"model {self.name!r} needs input {missing[0]!r}: its file gives it no "
+                "default, so it cannot be left out"
+            )
         results = self._session.run(self._output_names, dict(inputs))
         return dict(zip(self._output_names, results, strict=True))
 

@@ -28,8 +28,8 @@ never concatenated), and returns one response per request:
 - Without ``dynamic_batching`` (or with ``max_batch_size: 0``) each request runs alone: a list of
   one. With it, the list holds the requests batched together (at most ``max_batch_size`` rows in
   all), each with its own rows, so a model that computes across a request's rows mixes nobody's.
-  A request over ``max_batch_size`` rows, which Triton refuses, arrives in chunks of at most
-  ``max_batch_size`` rows, each a request of its own.
+  A request over ``max_batch_size`` rows is refused, as in Triton (in chunks, each would be a
+  request of its own).
 - A stateful model (``sequence_batching``) gets one request per sequence step, with
   ``correlation_id()`` and the START/END ``flags()`` (``predict_sequence``).
 - ``request_id()`` is ``""``, ``parameters()`` is ``"{}"`` and ``requested_output_names()`` is
