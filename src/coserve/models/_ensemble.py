@@ -280,12 +280,7 @@ class EnsembleHandle(ModelHandle):
         An ensemble keeps no sequences: ``sequence`` is ignored, as by any stateless model.
         """
         wanted = self.check_outputs(outputs)
-        future = self._submit(inputs, timeout, priority, wanted)
-        try:
-            result = await future
-        finally:
-            future.cancel()  # a no-op once done; stops the steps if this task was cancelled
-        return {name: result[name] for name in wanted}
+        return await self._answer(self._submit(inputs, timeout, priority, wanted), wanted)
 
     def infer_nowait(
         self,

@@ -196,6 +196,17 @@ class ModelHandle:
             return result  # already every output, in order: no need to rebuild it
         return {name: result[name] for name in wanted}
 
+    @staticmethod
+    async def _answer(
+        future: asyncio.Future[dict[str, np.ndarray]], wanted: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """Await a request's future, withdrawing it if the awaiting task is cancelled."""
+        try:
+            result = await future
+        finally:
+            future.cancel()  # a no-op once done; withdraws the request if this task was cancelled
+        return {name: result[name] for name in wanted}
+
     def infer_nowait(
         self,
         inputs: Mapping[str, Any],

@@ -231,11 +231,7 @@ class SequenceHandle(ModelHandle):
         future = self.infer_nowait(
             inputs, timeout=timeout, priority=priority, outputs=outputs, sequence=sequence
         )
-        try:
-            result = await future
-        finally:
-            future.cancel()  # a no-op once done; withdraws the step if this task was cancelled
-        return {name: result[name] for name in wanted}
+        return await self._answer(future, wanted)
 
     def infer_nowait(
         self,
