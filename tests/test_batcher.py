@@ -770,3 +770,81 @@ class TestCumulativeDurations:
         assert stats.completed_seconds == pytest.approx(1 + 1)
         assert stats.error_seconds == pytest.approx(1 + 1 + 0.5)
         assert stats.batch_execution_seconds == {1: pytest.approx(2.0), 2: pytest.approx(1.0)}
+
+
+class TestBuckets:
+    """Items submitted with a key share batches only with items of the same key."""
+
+    async def test_items_of_different_keys_never_share_a_batch(self, model: RecordingModel) -> None:
+        async with Batcher(model, max_batch_size=8) as batcher:
+            model.hold()
+            first = asyncio.create_task(batcher.submit(0, key="a"))
+            await settle()
+            rest = [asyncio.create_task(batcher.submit(i, key="ab"[i % 2])) for i in range(1, 9)]
+            await settle()
+            model.release()
+            results = await asyncio.gather(first, *rest)
+        assert results == [i * 10 for i in range(9)]
+        # The bucket whose next item came first goes first: b's item 1 before a's item 2.
+        assert model.batches == [[0], [1, 3, 5, 7], [2, 4, 6, 8]]
+
+    async def test_the_bucket_waiting_longest_goes_first_so_none_starves(
+        self, model: RecordingModel
+    ) -> None:
+        """A busy bucket refilled all the time does not hold back one that waits."""
+        async with Batcher(model, max_batch_size=2) as batcher:
+            model.hold()
+            tasks = [asyncio.create_task(batcher.submit(0, key="busy"))]
+            await settle()
+            tasks += [asyncio.create_task(batcher.submit(1, key="busy"))]
+            tasks += [asyncio.create_task(batcher.submit(2, key="busy"))]
+            tasks += [asyncio.create_task(batcher.submit(100, key="quiet"))]
+            tasks += [asyncio.create_task(batcher.submit(3, key="busy"))]
+            await settle()
+            model.release()
+            await asyncio.gather(*tasks)
+        assert model.batches == [[0], [1, 2], [100], [3]]
+
+    async def test_priority_comes_before_age_across_buckets(self, model: RecordingModel) -> None:
+        async with Batcher(model, max_batch_size=4) as batcher:
+            model.hold()
+            tasks = [asyncio.create_task(batcher.submit(0, key="a"))]
+            await settle()
+            tasks += [asyncio.create_task(batcher.submit(1, key="a"))]
+            tasks += [asyncio.create_task(batcher.submit(2, key="b", priority=5))]
+            await settle()
+            model.release()
+            await asyncio.gather(*tasks)
+        assert model.batches == [[0], [2], [1]]
+
+    @pytest.mark.looptime
+    async def test_a_full_bucket_runs_while_another_lingers(self, model: RecordingModel) -> None:
+        """max_wait is per bucket: one that fills goes at once, the other when its wait ends."""
+        loop = asyncio.get_running_loop()
+        async with Batcher(model, max_batch_size=2, max_wait=1.0) as batcher:
+            start = loop.time()
+            lone = asyncio.create_task(batcher.submit(9, key="slow"))
+            await asyncio.sleep(0.1)
+            pair = [asyncio.create_task(batcher.submit(i, key="fast")) for i in (1, 2)]
+            await asyncio.gather(*pair)
+            assert model.batches == [[1, 2]]
+            assert model.started_at[0] - start == pytest.approx(0.1)
+            await lone
+        assert model.batches == [[1, 2], [9]]
+        assert model.started_at[1] - start == pytest.approx(1.0)
+
+    async def test_cancelled_items_leave_their_bucket(self, model: RecordingModel) -> None:
+        async with Batcher(model, max_batch_size=4, max_queue_size=3) as batcher:
+            model.hold()
+            first = asyncio.create_task(batcher.submit(0, key="a"))
+            await settle()
+            gone = batcher.submit_nowait(1, key="b")
+            kept = batcher.submit_nowait(2, key="b")
+            other = batcher.submit_nowait(3, key="c")
+            assert batcher.full
+            gone.cancel()
+            assert not batcher.full  # its place is free at once
+            model.release()
+            assert (await first, await kept, await other) == (0, 20, 30)
+        assert model.batches == [[0], [2], [3]]
+        assert batcher.statistics().cancelled == 1

@@ -59,6 +59,7 @@ class Request:
     priority: int
     cancel_after: float | None
     nowait: bool  # submit_nowait, awaiting the future (a cancellation withdraws it)
+    key: int = 0  # the bucket: only equal keys share a batch
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ def batcher_scenarios(draw: st.DrawFn) -> BatcherScenario:
                 priority=st.integers(0, 2),
                 cancel_after=st.none() | times,
                 nowait=st.booleans(),
+                key=st.integers(0, 2),
             ),
             min_size=1,
             max_size=25,
@@ -172,7 +174,9 @@ async def play(scenario: BatcherScenario) -> BatcherRun:
             await asyncio.sleep(request.arrives_at)
             attempts.add(item)
             submit = batcher.submit_nowait if request.nowait else batcher.submit
-            result = await submit(item, timeout=request.timeout, priority=request.priority)
+            result = await submit(
+                item, timeout=request.timeout, priority=request.priority, key=request.key
+            )
             outcomes[item] = ("ok", result)
         except asyncio.CancelledError:
             outcomes[item] = ("cancelled", loop.time())
@@ -197,7 +201,8 @@ async def play(scenario: BatcherScenario) -> BatcherRun:
 def test_every_request_gets_exactly_one_outcome(scenario: BatcherScenario) -> None:
     """Every request ends exactly once, nothing runs twice, and dropped requests never run.
 
-    The scenarios mix submits, deadlines, cancellations, failing and slow batches, and close.
+    The scenarios mix submits to three buckets, deadlines, cancellations, failing and slow
+    batches, and close.
     """
     run = run_virtual(play(scenario))
     outcomes, stats = run.outcomes, run.stats
@@ -205,9 +210,11 @@ def test_every_request_gets_exactly_one_outcome(scenario: BatcherScenario) -> No
     # Every client finished with one recorded outcome.
     assert set(outcomes) == set(range(len(scenario.requests)))
 
-    # Nothing was passed to the batch function twice.
+    # Nothing was passed to the batch function twice, and no batch mixed buckets.
     ran = Counter(item for _, items, _ in run.batches for item in items)
     assert all(n == 1 for n in ran.values()), ran
+    for _, items, _ in run.batches:
+        assert len({scenario.requests[item].key for item in items}) == 1, items
 
     started_at = {item: at for at, items, _ in run.batches for item in items}
     behaviour_of = {item: kind for _, items, kind in run.batches for item in items}

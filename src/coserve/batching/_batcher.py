@@ -21,7 +21,7 @@ import logging
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
@@ -32,7 +32,7 @@ from coserve._exceptions import (
     DeadlineExceeded,
     QueueFull,
 )
-from coserve.batching._queue import QueuedRequest, RequestFuture, RequestQueue, RequestState
+from coserve.batching._queue import BucketedQueue, QueuedRequest, RequestFuture, RequestState
 from coserve.batching._statistics import BatcherStatistics, CloseReason, Counters
 
 __all__ = ["AsyncBatchFunction", "BatchFunction", "Batcher", "SyncBatchFunction"]
@@ -150,7 +150,7 @@ class Batcher(Generic[T, R]):
         self._grace_period = grace_period
         self._name = name or getattr(fn, "__qualname__", None) or type(fn).__name__
 
-        self._queue: RequestQueue[T] = RequestQueue()
+        self._queue: BucketedQueue[T] = BucketedQueue()
         self._counters = Counters()
         self._running: dict[asyncio.Future[Any], list[QueuedRequest[T]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -198,6 +198,7 @@ class Batcher(Generic[T, R]):
         timeout: float | None = None,  # noqa: ASYNC109 - a deadline the batcher enforces itself
         priority: int = 0,
         size: int = 1,
+        key: Hashable = None,
     ) -> R:
         """Queue ``item``, wait for its batch to run, and return its result.
 
@@ -207,6 +208,10 @@ class Batcher(Generic[T, R]):
                 request still queued at its deadline is never run.
             priority: Higher runs first; equal priorities run first come, first served.
             size: How many rows this item counts for against ``max_batch_size``.
+            key: The bucket: only items of equal keys share a batch (rows padded to one length,
+                say). Of the buckets ready to run, the next batch is the one whose next item has
+                the highest priority, then the one that has waited longest, so none starves;
+                ``max_wait`` lingers per bucket.
 
         Returns:
             The batch function's result for this item.
@@ -218,7 +223,7 @@ class Batcher(Generic[T, R]):
             BatchFailed: The batch function raised, or returned the wrong number of results.
             Exception: The per-item error the batch function returned for this item.
         """
-        request = self._enqueue(item, timeout, priority, size)
+        request = self._enqueue(item, timeout, priority, size, key)
         future: asyncio.Future[R] = request.future
         try:
             return await future
@@ -233,6 +238,7 @@ class Batcher(Generic[T, R]):
         timeout: float | None = None,
         priority: int = 0,
         size: int = 1,
+        key: Hashable = None,
     ) -> asyncio.Future[R]:
         """Queue ``item`` and return a future of its result, for callers that cannot await.
 
@@ -243,7 +249,7 @@ class Batcher(Generic[T, R]):
         not started, never runs; it is counted as cancelled. Must be called from the batcher's
         event loop.
         """
-        future: asyncio.Future[R] = self._enqueue(item, timeout, priority, size).future
+        future: asyncio.Future[R] = self._enqueue(item, timeout, priority, size, key).future
         return future
 
     async def wait_for_room(self) -> None:
@@ -349,7 +355,7 @@ class Batcher(Generic[T, R]):
     # -- queueing ---------------------------------------------------------------------------
 
     def _enqueue(
-        self, item: T, timeout: float | None, priority: int, size: int
+        self, item: T, timeout: float | None, priority: int, size: int, key: Hashable = None
     ) -> QueuedRequest[T]:
         counters = self._counters
         if self._closing:
@@ -372,7 +378,7 @@ class Batcher(Generic[T, R]):
             raise ValueError(f"timeout must be > 0, got {timeout!r}")
 
         future = RequestFuture(loop=loop)
-        request = QueuedRequest(item, future, priority, size, loop.time())
+        request = QueuedRequest(item, future, priority, size, loop.time(), key)
         # A cycle (future -> partial -> request -> future) until the request settles, when
         # every settling path clears on_cancel: no garbage for the collector per request.
         future.on_cancel = functools.partial(self._cancelled, request)
@@ -383,7 +389,7 @@ class Batcher(Generic[T, R]):
         queue.push(request)
         counters.submitted += 1
         waiter = self._waiter
-        if waiter is not None and queue.rows >= self._wake_rows and not waiter.done():
+        if waiter is not None and queue.rows_in(key) >= self._wake_rows and not waiter.done():
             waiter.set_result(None)
         return request
 
@@ -521,19 +527,14 @@ class Batcher(Generic[T, R]):
                             continue
                     await self._sleep(1)
                     continue
-                if (
-                    max_wait
-                    and queue.rows < max_rows
-                    and (self._max_requests is None or queue.count < self._max_requests)
-                    and not self._closing
-                ):
-                    oldest = queue.oldest_enqueued_at()
-                    assert oldest is not None
-                    deadline = oldest + max_wait
-                    if loop.time() < deadline:
-                        await self._sleep(max_rows, deadline)
-                        continue
-                batch, rows, full = queue.take(max_rows, self._max_requests)
+                # Lingering (max_wait) is per bucket: one is ready when full or old enough.
+                key, found, ready_at = queue.choose(
+                    loop.time(), max_rows, self._max_requests, 0.0 if self._closing else max_wait
+                )
+                if not found:
+                    await self._sleep(max_rows, ready_at)  # or a submit that fills a bucket
+                    continue
+                batch, rows, full = queue.take(key, max_rows, self._max_requests)
                 if full:
                     reason = CloseReason.FULL
                 elif self._closing:

@@ -1,8 +1,12 @@
-"""The batcher's request queue: priority lanes, FIFO within a lane, O(1) removal.
+"""The batcher's request queue: buckets, priority lanes, FIFO within a lane, O(1) removal.
 
 Removal is lazy: a cancelled or expired request leaves the counts at once but stays in its lane
 until it reaches the head, where ``take`` drops it. Dead entries are compacted away when they
 outnumber the live ones, so the memory held stays bounded by the queue's bound.
+
+Requests that may not share a batch (rows padded to different lengths, say) go to different
+*buckets*, by the key they were submitted with: :class:`BucketedQueue` holds a
+:class:`RequestQueue` per key and says which bucket the next batch comes from.
 """
 
 from __future__ import annotations
@@ -10,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import bisect
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from enum import IntEnum
 from typing import Any, Generic, TypeVar
 
-__all__ = ["QueuedRequest", "RequestFuture", "RequestQueue", "RequestState"]
+__all__ = ["BucketedQueue", "QueuedRequest", "RequestFuture", "RequestQueue", "RequestState"]
 
 T = TypeVar("T")
 
@@ -58,7 +62,16 @@ class RequestFuture(asyncio.Future[Any]):
 class QueuedRequest(Generic[T]):
     """One submitted item, with its caller's future and its place in the queue."""
 
-    __slots__ = ("deadline_timer", "enqueued_at", "future", "item", "priority", "size", "state")
+    __slots__ = (
+        "deadline_timer",
+        "enqueued_at",
+        "future",
+        "item",
+        "key",
+        "priority",
+        "size",
+        "state",
+    )
 
     def __init__(
         self,
@@ -67,12 +80,14 @@ class QueuedRequest(Generic[T]):
         priority: int,
         size: int,
         enqueued_at: float,
+        key: Hashable = None,
     ) -> None:
         self.item = item
         self.future = future
         self.priority = priority
         self.size = size
         self.enqueued_at = enqueued_at
+        self.key = key
         self.state = RequestState.QUEUED
         self.deadline_timer: asyncio.TimerHandle | None = None
 
@@ -111,6 +126,15 @@ class RequestQueue(Generic[T]):
         self._dead += 1
         if self._dead > _COMPACT_MIN_DEAD and self._dead > self.count:
             self._compact()
+
+    def head(self) -> tuple[int, float] | None:
+        """The next request ``take`` would start with: its priority and when it was queued."""
+        for priority in self._descending:
+            lane = self._lanes[priority]
+            self._drop_dead_head(lane)
+            if lane:
+                return priority, lane[0].enqueued_at
+        return None
 
     def oldest_enqueued_at(self) -> float | None:
         """When the longest-waiting live request was queued, or None if none is."""
@@ -203,3 +227,108 @@ class RequestQueue(Generic[T]):
         for priority, lane in self._lanes.items():
             self._lanes[priority] = deque(r for r in lane if r.state is RequestState.QUEUED)
         self._dead = 0
+
+
+class BucketedQueue(Generic[T]):
+    """Queued requests in buckets by key, each a :class:`RequestQueue`; a batch is one bucket's.
+
+    ``count`` and ``rows`` are over every bucket (the batcher's bound). :meth:`choose` picks the
+    bucket the next batch comes from: of the buckets that are *ready* (full, or lingered long
+    enough), the one whose next request has the highest priority, then the one waiting longest.
+    Oldest first means no bucket starves: a bucket's wait is bounded by the batches of the
+    buckets whose requests came before its own. With one key (every submit's is None), it is
+    exactly one :class:`RequestQueue`.
+    """
+
+    __slots__ = ("_buckets", "count", "rows")
+
+    def __init__(self) -> None:
+        self._buckets: dict[Hashable, RequestQueue[T]] = {}
+        self.count = 0
+        """Live requests queued, in every bucket."""
+        self.rows = 0
+        """Sum of the live requests' sizes, in every bucket."""
+
+    def push(self, request: QueuedRequest[T]) -> None:
+        """Queue a request at the back of its priority's lane in its key's bucket."""
+        bucket = self._buckets.get(request.key)
+        if bucket is None:
+            bucket = self._buckets[request.key] = RequestQueue()
+        bucket.push(request)
+        self.count += 1
+        self.rows += request.size
+
+    def rows_in(self, key: Hashable) -> int:
+        """The live rows queued in one bucket."""
+        bucket = self._buckets.get(key)
+        return 0 if bucket is None else bucket.rows
+
+    def discard(self, request: QueuedRequest[T]) -> None:
+        """Forget a queued request (cancelled or expired) and mark it done."""
+        bucket = self._buckets[request.key]
+        bucket.discard(request)
+        self.count -= 1
+        self.rows -= request.size
+        if not bucket.count:
+            del self._buckets[request.key]  # its dead entries go with it
+
+    def choose(
+        self,
+        now: float,
+        max_rows: int,
+        max_requests: int | None,
+        max_wait: float,
+    ) -> tuple[Hashable, bool, float | None]:
+        """The bucket to take the next batch from, or when one will be ready.
+
+        A bucket is ready when it is full (``max_rows`` rows or ``max_requests`` requests), or
+        its oldest request has waited ``max_wait`` (0: at once). Returns ``(key, True, None)``
+        for the chosen ready bucket, else ``(None, False, when)``: the earliest time one will
+        be ready by waiting alone (a submit may fill one sooner; None: nothing is queued).
+        """
+        best: tuple[int, float, Hashable] | None = None
+        soonest: float | None = None
+        for key, bucket in self._buckets.items():
+            head = bucket.head()
+            if head is None:
+                continue
+            priority, enqueued_at = head
+            full = bucket.rows >= max_rows or (
+                max_requests is not None and bucket.count >= max_requests
+            )
+            if not full and max_wait:
+                oldest = bucket.oldest_enqueued_at()
+                assert oldest is not None
+                ready_at = oldest + max_wait
+                if now < ready_at:
+                    soonest = ready_at if soonest is None else min(soonest, ready_at)
+                    continue
+            if best is None or (-priority, enqueued_at) < (-best[0], best[1]):
+                best = (priority, enqueued_at, key)
+        if best is not None:
+            return best[2], True, None
+        return None, False, soonest
+
+    def take(
+        self, key: Hashable, max_rows: int, max_requests: int | None = None
+    ) -> tuple[list[QueuedRequest[T]], int, bool]:
+        """``RequestQueue.take`` from one bucket."""
+        bucket = self._buckets[key]
+        batch, rows, full = bucket.take(max_rows, max_requests)
+        self.count -= len(batch)
+        self.rows -= rows
+        if not bucket.count:
+            del self._buckets[key]
+        return batch, rows, full
+
+    def queued(self) -> list[QueuedRequest[T]]:
+        """Every live request, in no particular order."""
+        return [r for bucket in self._buckets.values() for r in bucket.queued()]
+
+    def drain(self) -> list[QueuedRequest[T]]:
+        """Remove and return every live request (used when aborting; the caller settles them)."""
+        live = [r for bucket in self._buckets.values() for r in bucket.drain()]
+        self._buckets.clear()
+        self.count = 0
+        self.rows = 0
+        return live
