@@ -16,6 +16,7 @@ from coserve.models._config import (
     PLATFORMS,
     BatchingConfig,
     ModelConfig,
+    PaddingConfig,
     SequenceConfig,
     SequenceControl,
     ThreadConfig,
@@ -24,6 +25,7 @@ from coserve.models._config import (
 from coserve.models._handle import ModelHandle
 from coserve.models._layout import ModelFolder
 from coserve.models._node import ModelNode
+from coserve.models._padding import BucketStatistics
 from coserve.models._repository import (
     ModelRepository,
     ModelStatus,
@@ -38,12 +40,14 @@ __all__ = [
     "PLATFORMS",
     "Backend",
     "BatchingConfig",
+    "BucketStatistics",
     "ModelConfig",
     "ModelFolder",
     "ModelHandle",
     "ModelNode",
     "ModelRepository",
     "ModelStatus",
+    "PaddingConfig",
     "PythonModel",
     "SequenceConfig",
     "SequenceControl",

@@ -22,6 +22,17 @@ The format, with every key (all optional but ``platform``)::
     combine_requests = true             # false: each request runs alone, never batched with
                                         # others (TF Serving without --enable_batching)
 
+    [padding]                           # variable-length inputs, padded so requests batch
+    inputs = ["tokens"]                 # the inputs whose length (dimension 1) varies
+    buckets = [16, 32, 64, 128]         # padded lengths: each row goes to the first that holds
+                                        # it, and a batch holds one bucket's rows
+    max_length = 128                    # longer ones are refused (default: the last bucket;
+                                        # with no buckets, powers of two from 8 up to it)
+    value = 0                           # what pads them
+    mask = "attention_mask"             # optional: an input coserve adds, 1 where real, 0 padded
+    lengths = "lengths"                 # optional: an input coserve adds, each row's length
+    trim = ["token_logits"]             # outputs cut back to each request's length (dimension 1)
+
     [sequence]                          # a stateful model (Triton's sequence batching): every
                                         # request names a sequence (sequence_id, _start, _end)
     strategy = "direct"                 # direct: a sequence owns one batch row, its slot;
@@ -55,6 +66,8 @@ The format, with every key (all optional but ``platform``)::
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import math
 import tomllib
 from collections.abc import Mapping
@@ -72,6 +85,7 @@ __all__ = [
     "EnsembleConfig",
     "EnsembleStep",
     "ModelConfig",
+    "PaddingConfig",
     "SequenceConfig",
     "SequenceControl",
     "ThreadConfig",
@@ -90,6 +104,46 @@ PLATFORMS = (
 
 
 @dataclass(frozen=True, slots=True)
+class PaddingConfig:
+    """Variable-length inputs, padded to a few lengths (buckets) so that requests batch.
+
+    Attributes:
+        inputs: The inputs whose dimension 1 (the first after the rows) varies; in a request
+            they all have the same length there.
+        buckets: The padded lengths, ascending: a request is padded to the first that holds
+            it, and batched only with requests of its bucket. The last is ``max_length``.
+        value: What the padding holds.
+        mask: The name of an input coserve adds (INT32, rows x bucket): 1 where a row is real,
+            0 where padded; None: none.
+        lengths: The name of an input coserve adds (INT32, one per row): each row's length.
+        trim: Outputs that carry the padded dimension (1): cut back to the request's length.
+    """
+
+    inputs: tuple[str, ...]
+    buckets: tuple[int, ...]
+    value: float = 0
+    mask: str | None = None
+    lengths: str | None = None
+    trim: tuple[str, ...] = ()
+
+    @property
+    def max_length(self) -> int:
+        """The longest length a request may have."""
+        return self.buckets[-1]
+
+    def bucket(self, length: int) -> int | None:
+        """The padded length for a request of ``length`` (None: over ``max_length``)."""
+        index = bisect.bisect_left(self.buckets, length)
+        return self.buckets[index] if index < len(self.buckets) else None
+
+    @staticmethod
+    def powers_of_two(max_length: int) -> tuple[int, ...]:
+        """Buckets 8, 16, 32... up to ``max_length`` (which is the last)."""
+        sizes = [size for size in (8 * 2**i for i in range(32)) if size < max_length]
+        return (*sizes, max_length)
+
+
+@dataclass(frozen=True, slots=True)
 class BatchingConfig:
     """The batching policy of one model: the Batcher's options plus batch-size padding."""
 
@@ -104,6 +158,9 @@ class BatchingConfig:
     combine_requests: bool = True
     """False runs each request as a batch of its own (a large one still split at
     ``max_batch_size``): no batching across requests."""
+    padding: PaddingConfig | None = None
+    """Variable-length inputs padded to buckets (``[padding]``); None: requests batch with
+    requests of exactly their shapes."""
 
     def warm_up_sizes(self) -> list[int]:
         """The batch sizes a warm-up should run: the allowed ones, else powers of two.
@@ -328,6 +385,7 @@ class _Parser:
                 "batching",
                 "threads",
                 "versions",
+                "padding",
                 "sequence",
                 "inputs",
                 "outputs",
@@ -355,10 +413,75 @@ class _Parser:
         for key in ("inputs", "outputs"):
             if key in top:
                 options[key] = self.specs(top[key], key)
+        if "padding" in top:
+            batching = options.get("batching", BatchingConfig())
+            options["batching"] = dataclasses.replace(
+                batching, padding=self.padding(top["padding"], batching)
+            )
         if "sequence" in top:
             batching = options.get("batching", BatchingConfig())
             options["sequence"] = self.sequence(top["sequence"], batching)
         return ModelConfig(**options)
+
+    def padding(self, raw: Any, batching: BatchingConfig) -> PaddingConfig:
+        where = "padding."
+        table = self.table(
+            raw,
+            "padding",
+            ("inputs", "buckets", "max_length", "value", "mask", "lengths", "trim"),
+        )
+        names: dict[str, tuple[str, ...]] = {}
+        for key in ("inputs", "trim"):
+            value = self.typed(table, key, list, where) if key in table else []
+            if any(not isinstance(v, str) or not v for v in value):
+                raise self.fail(where + key, f"expected a list of names, got {value}")
+            names[key] = tuple(value)
+        if not names["inputs"]:
+            raise self.fail(where + "inputs", "required: the inputs whose length varies")
+        max_length = None
+        if "max_length" in table:
+            max_length = self.typed(table, "max_length", int, where)
+            if max_length < 1:
+                raise self.fail(where + "max_length", f"must be >= 1, got {max_length}")
+        if "buckets" in table:
+            buckets = self.typed(table, "buckets", list, where)
+            if (
+                not buckets
+                or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in buckets)
+                or sorted(set(buckets)) != buckets
+            ):
+                raise self.fail(
+                    where + "buckets", f"expected ascending lengths >= 1, got {buckets}"
+                )
+            if max_length is not None and buckets[-1] != max_length:
+                if buckets[-1] > max_length:
+                    raise self.fail(
+                        where + "buckets",
+                        f"the largest ({buckets[-1]}) is over max_length ({max_length})",
+                    )
+                buckets = [*buckets, max_length]
+        elif max_length is not None:
+            buckets = list(PaddingConfig.powers_of_two(max_length))
+        else:
+            raise self.fail(where + "buckets", "give buckets, or max_length (powers of two)")
+        value = float(self.typed(table, "value", (int, float), where)) if "value" in table else 0.0
+        generated = {}
+        for key in ("mask", "lengths"):
+            if key in table:
+                generated[key] = self.typed(table, key, str, where)
+        if batching.pad_to_allowed_batch_size:
+            raise self.fail(
+                "batching.pad_to_allowed_batch_size",
+                "not with [padding]: a batch of padded rows is padded by length, not by rows",
+            )
+        return PaddingConfig(
+            names["inputs"],
+            tuple(buckets),
+            value,
+            generated.get("mask"),
+            generated.get("lengths"),
+            names["trim"],
+        )
 
     def sequence(self, raw: Any, batching: BatchingConfig) -> SequenceConfig:
         where = "sequence."
@@ -389,6 +512,8 @@ class _Parser:
                 "a sequence model's batches are never padded: a copied row would be a step "
                 "of another sequence",
             )
+        if batching.padding is not None:
+            raise self.fail("padding", "not with [sequence]: a sequence model is not padded yet")
         return SequenceConfig(strategy, max_idle, max_sequences, controls)
 
     def labels(self, relative: str) -> tuple[str, ...]:

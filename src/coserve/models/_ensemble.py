@@ -195,6 +195,8 @@ class EnsembleHandle(ModelHandle):
         self.backend = _EnsembleBackend(config.name, version, inputs, outputs)
         # max_batch_size 0: its tensors are whole (checked in every dimension, one row each).
         self.backend.batched = config.batched
+        self._client_inputs = inputs
+        self.padder = None
         self.batching = config.batching
         self.labels = config.labels
         self._output_names = tuple(spec.name for spec in outputs)

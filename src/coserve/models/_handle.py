@@ -21,6 +21,7 @@ from coserve._exceptions import (
 from coserve.batching import Batcher, BatcherStatistics
 from coserve.models._backend import Backend, SequenceFlags
 from coserve.models._config import BatchingConfig
+from coserve.models._padding import Padded, Padder, shape_key
 from coserve.models._specs import TensorSpec
 from coserve.models._validation import check_inputs
 
@@ -39,8 +40,11 @@ class ModelHandle:
     than ``max_batch_size`` is split across batches and its rows come back together, in order;
     at most ``chunk_window`` of its chunks are queued or running at once, so it takes a bounded
     share of the queue and other requests interleave with it.
-    Rows whose trailing shapes differ are never concatenated: each batch is grouped by shape
-    and the model runs once per group. With ``pad_to_allowed_batch_size``, a group is padded with
+    Rows whose trailing shapes differ are never concatenated: each request goes to the
+    batcher's bucket of its shapes, so a batch holds one shape (the batcher picks buckets
+    oldest first, so none starves). With a ``[padding]`` table, variable-length inputs are
+    padded to a few lengths first (:mod:`coserve.models._padding`), so requests of different
+    lengths share batches. With ``pad_to_allowed_batch_size``, a group is padded with
     copies of its last row up to the next allowed batch size, and the padding is cut from the
     outputs.
 
@@ -64,6 +68,13 @@ class ModelHandle:
         """The most chunks of one large request queued or running at once (1/16 of the queue)."""
         self._signature_handles: dict[str, ModelHandle] = {}
         self._closing = False
+        self.padder = (
+            None
+            if batching.padding is None
+            else Padder(backend.name, batching.padding, backend.inputs, backend.outputs)
+        )
+        """The model's variable-length padding, if it has a ``[padding]`` table."""
+        self._client_inputs = backend.inputs if self.padder is None else self.padder.client_inputs
         self._batcher: Batcher[Any, Response] = self._new_batcher(self._run_batch, batching)
 
     def _new_batcher(
@@ -99,8 +110,8 @@ class ModelHandle:
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
-        """The model's input specs."""
-        return self.backend.inputs
+        """The inputs requests give (a padded one of any length; no mask or lengths input)."""
+        return self._client_inputs
 
     @property
     def outputs(self) -> tuple[TensorSpec, ...]:
@@ -182,13 +193,13 @@ class ModelHandle:
             BatchFailed: The model failed on this request's batch.
         """
         wanted = self.check_outputs(outputs)
-        arrays, rows = self._checked(inputs)
+        arrays, rows = self._prepared(inputs)
         limit = self.batching.max_batch_size
         if rows > limit and self.backend.takes_requests:
             raise InvalidInput(self._too_many_rows(limit))
         if rows <= limit:
             result = await self._batcher.submit(
-                arrays, timeout=timeout, priority=priority, size=rows
+                arrays, timeout=timeout, priority=priority, size=rows, key=shape_key(arrays)
             )
         else:
             result = await self._infer_in_chunks(arrays, rows, limit, timeout, priority)
@@ -227,13 +238,13 @@ class ModelHandle:
         withdraw the request: rows that have not run yet never run. Pick outputs from the result
         with names that :meth:`check_outputs` accepted.
         """
-        arrays, rows = self._checked(inputs)
+        arrays, rows = self._prepared(inputs)
         limit = self.batching.max_batch_size
         if rows > limit and self.backend.takes_requests:
             raise InvalidInput(self._too_many_rows(limit))
         if rows <= limit:
             return self._batcher.submit_nowait(
-                arrays, timeout=timeout, priority=priority, size=rows
+                arrays, timeout=timeout, priority=priority, size=rows, key=shape_key(arrays)
             )
         return asyncio.ensure_future(self._infer_in_chunks(arrays, rows, limit, timeout, priority))
 
@@ -241,6 +252,13 @@ class ModelHandle:
         # A model that answers each request on its own would see a larger one in chunks, each
         # as a request of its own: refused, as Triton refuses it (its words).
         return f"inference request batch-size must be <= {limit} for {self.name!r}"
+
+    def _prepared(self, inputs: Mapping[str, Any]) -> tuple[Request, int]:
+        """The request checked, and padded if the model pads; its rows."""
+        arrays, rows = self._checked(inputs)
+        if self.padder is not None:
+            return self.padder.pad(arrays, rows), rows
+        return arrays, rows
 
     def _checked(self, inputs: Mapping[str, Any]) -> tuple[Request, int]:
         """The request's arrays checked against the model's inputs, and its rows."""
@@ -283,9 +301,15 @@ class ModelHandle:
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 raise DeadlineExceeded(f"the deadline of {timeout:g}s passed between chunks")
-            chunk = {name: array[start : start + limit] for name, array in arrays.items()}
+            chunk: Request = (
+                arrays.rows(start, start + limit)
+                if isinstance(arrays, Padded)
+                else {name: array[start : start + limit] for name, array in arrays.items()}
+            )
             size = min(limit, rows - start)
-            future = batcher.submit_nowait(chunk, timeout=remaining, priority=priority, size=size)
+            future = batcher.submit_nowait(
+                chunk, timeout=remaining, priority=priority, size=size, key=shape_key(chunk)
+            )
             pending[future] = index
 
         try:
@@ -491,12 +515,16 @@ class ModelHandle:
                 raise ModelError(
                     f"model {self.name!r} returned {got} for output {name!r}; expected {padded}"
                 )
+        padder = self.padder
+        if padder is not None:
+            padder.count_batch(padder.bucket_of(group[0]))
         offset = 0
         for index, request in zip(members, group, strict=True):
             n = next(iter(request.values())).shape[0]
-            results[index] = {
-                name: outputs[name][offset : offset + n] for name in self._output_names
-            }
+            result = {name: outputs[name][offset : offset + n] for name in self._output_names}
+            if padder is not None and isinstance(request, Padded):
+                result = padder.trim(result, request.length)
+            results[index] = result
             offset += n
 
     def _padded_size(self, rows: int) -> int:
