@@ -219,3 +219,100 @@ def test_the_padding_table(tmp_path: Path) -> None:
         (tmp_path / "config.toml").write_text(PADDED_CONFIG.replace(bad, ""))
         with pytest.raises(ConfigError, match=says):
             ModelConfig.load(tmp_path / "config.toml")
+
+
+PADDED_MODEL = """
+import numpy as np
+
+def predict(inputs):
+    tokens, mask = inputs["tokens"], inputs["mask"]
+    real = tokens * mask
+    return {"running": np.cumsum(real, axis=1), "total": real.sum(axis=1)}
+"""
+
+SERVED_CONFIG = """
+platform = "python"
+warm_up = false
+[batching]
+max_batch_size = 16
+max_wait = 0.05
+[padding]
+inputs = ["tokens"]
+buckets = [4, 8, 16]
+mask = "mask"
+trim = ["running"]
+[[inputs]]
+name = "tokens"
+datatype = "INT64"
+shape = [-1, -1]
+[[inputs]]
+name = "mask"
+datatype = "INT64"
+shape = [-1, -1]
+[[outputs]]
+name = "running"
+datatype = "INT64"
+shape = [-1, -1]
+[[outputs]]
+name = "total"
+datatype = "INT64"
+shape = [-1]
+"""
+
+
+@pytest.mark.slow
+def test_a_served_padded_model_over_rest_and_its_metrics(tmp_path: Path) -> None:
+    """Concurrent V2 requests of mixed lengths: each answered as alone; /metrics per bucket."""
+    import concurrent.futures
+
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from helpers import ServerProcess
+    from server_models import add_model
+
+    add_model(tmp_path, "padded", SERVED_CONFIG, PADDED_MODEL)
+    server = ServerProcess("--model-repository", str(tmp_path))
+    try:
+        server.wait_ready()
+        metadata = httpx.get(f"{server.url}/v2/models/padded", timeout=10).json()
+        assert [(t["name"], t["shape"]) for t in metadata["inputs"]] == [("tokens", [-1, -1])]
+        lengths = [1, 2, 3, 5, 6, 7, 9, 12, 16, 4, 8, 2]
+
+        def call(length: int) -> dict[str, list[int]]:
+            tokens = list(range(1, length + 1))
+            body = {
+                "inputs": [
+                    {"name": "tokens", "datatype": "INT64", "shape": [1, length], "data": tokens}
+                ]
+            }
+            answer = httpx.post(f"{server.url}/v2/models/padded/infer", json=body, timeout=30)
+            assert answer.status_code == 200, answer.text
+            return {o["name"]: o["data"] for o in answer.json()["outputs"]}
+
+        with concurrent.futures.ThreadPoolExecutor(len(lengths)) as pool:
+            answers = list(pool.map(call, lengths))
+        for length, answer in zip(lengths, answers, strict=True):
+            assert answer["running"] == np.cumsum(np.arange(1, length + 1)).tolist()
+            assert answer["total"] == [length * (length + 1) // 2]
+        metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+        samples = [
+            sample
+            for family in text_string_to_metric_families(metrics)
+            if family.name.startswith("coserve_padding")
+            for sample in family.samples
+        ]
+        requests = {
+            s.labels["length"]: s.value
+            for s in samples
+            if s.name == "coserve_padding_bucket_requests_total"
+        }
+        assert requests == {"4": 5.0, "8": 4.0, "16": 3.0}
+        elements = {
+            s.labels["kind"]: s.value
+            for s in samples
+            if s.name == "coserve_padding_elements_total" and s.labels["length"] == "16"
+        }
+        assert elements == {"real": 9 + 12 + 16, "padded": 3 * 16}
+    finally:
+        server.close()

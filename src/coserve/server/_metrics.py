@@ -63,7 +63,33 @@ class _BatcherCollector(Collector):
         exec_time = SummaryMetricFamily(
             "coserve_batch_execution_seconds", "Wall time of each model call", labels=labels
         )
+        bucket_labels = [*labels, "length"]
+        bucket_requests = CounterMetricFamily(
+            "coserve_padding_bucket_requests",
+            "Requests padded to each bucket length ([padding] models)",
+            labels=bucket_labels,
+        )
+        bucket_rows = CounterMetricFamily(
+            "coserve_padding_bucket_rows", "Rows padded to each bucket length", labels=bucket_labels
+        )
+        bucket_batches = CounterMetricFamily(
+            "coserve_padding_bucket_batches", "Batches run of each bucket", labels=bucket_labels
+        )
+        elements = CounterMetricFamily(
+            "coserve_padding_elements",
+            "Elements of the padded inputs: the requests' own (real) and after padding (padded);"
+            " padded / real is the padding ratio",
+            labels=[*bucket_labels, "kind"],
+        )
         for handle in self._repository.handles():
+            if handle.padder is not None:
+                for bucket in handle.padder.statistics():
+                    where = [handle.name, handle.version, str(bucket.length)]
+                    bucket_requests.add_metric(where, bucket.requests)
+                    bucket_rows.add_metric(where, bucket.rows)
+                    bucket_batches.add_metric(where, bucket.batches)
+                    elements.add_metric([*where, "real"], bucket.real)
+                    elements.add_metric([*where, "padded"], bucket.padded)
             stats = handle.statistics()
             key = [handle.name, handle.version]
             for outcome in _OUTCOMES:
@@ -87,6 +113,7 @@ class _BatcherCollector(Collector):
             ):
                 family.add_metric(key, summary.count, summary.mean * summary.count)
         yield from (outcomes, rejected, queued, running, closes, sizes, queue_time, exec_time)
+        yield from (bucket_requests, bucket_rows, bucket_batches, elements)
 
 
 class _SessionCollector(Collector):
