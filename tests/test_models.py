@@ -36,11 +36,18 @@ class TestBundledModels:
     async def test_default_repository_serves_both_demo_models(
         self, repository: ModelRepository
     ) -> None:
-        """With no path, the repository is the bundled one, with the TF and ONNX digits models."""
+        """With no path, the repository is the bundled one, with its demo models.
+
+        The TF and ONNX digits models, and the text demo: its classifier, its tokenizer, and
+        the ensemble of the two.
+        """
         assert repository.path == bundled_repository()
         assert [(m.name, m.version, m.platform) for m in repository.models()] == [
             ("digits", "1", "tensorflow_savedmodel"),
             ("digits_onnx", "1", "onnx_onnxv1"),
+            ("sentiment", "1", "tensorflow_savedmodel"),
+            ("sentiment_text", "1", "ensemble"),
+            ("sentiment_tokenizer", "1", "python"),
         ]
         handle = repository.get("digits")
         assert [s.describe() for s in handle.inputs] == ["FP32[-1, 8, 8, 1]"]
@@ -194,3 +201,47 @@ class TestBadInputs:
             await handle.infer({"image": images[:1]}, outputs=["logits"])
         result = await handle.infer({"image": images[:1]}, outputs=["probabilities"])
         assert list(result) == ["probabilities"]
+
+
+class TestTextDemo:
+    """sentiment: variable-length token ids, padded to buckets so sentences batch."""
+
+    async def test_sentences_of_mixed_lengths_share_batches_and_get_their_own_answer(
+        self, repository: ModelRepository
+    ) -> None:
+        """Each caller gets what the model gives its own unpadded row, asked alone."""
+        handle = repository.get("sentiment")
+        rng = np.random.default_rng(5)
+        sentences = [
+            rng.integers(2, 42, size=(1, int(n)), dtype=np.int32) for n in rng.integers(1, 65, 48)
+        ]
+        # The model itself on each sentence alone, unpadded (no handle, no batching).
+        alone = [
+            (await asyncio.to_thread(handle.backend.predict, {"tokens": t}))["probabilities"]
+            for t in sentences
+        ]
+        before = handle.statistics().batches
+        together = await asyncio.gather(*(handle.infer({"tokens": t}) for t in sentences))
+        batches = handle.statistics().batches - before
+        assert batches <= 4  # one per bucket in use: 8, 16, 32, 64 (not 48)
+        for answer, expected in zip(together, alone, strict=True):
+            # The padding is id 0, which the model leaves out (its embedding is zero): the
+            # answers agree to the last float32 bits a batched matmul may change.
+            np.testing.assert_allclose(answer["probabilities"], expected, rtol=1e-6, atol=1e-7)
+        assert handle.padder is not None
+        assert {b.length for b in handle.padder.statistics()} <= {8, 16, 32, 64}
+
+    async def test_raw_text_through_the_tokenizer_ensemble(
+        self, repository: ModelRepository
+    ) -> None:
+        texts = ["The movie was great and I love it", "awful food, terrible service", "ok"]
+        result = await repository.get("sentiment_text").infer(
+            {"text": np.array([t.encode() for t in texts], dtype=object)}
+        )
+        probabilities = result["probabilities"]
+        assert probabilities.shape == (3, 2)
+        assert probabilities[0].argmax() == 1  # positive
+        assert probabilities[1].argmax() == 0  # negative
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+        with pytest.raises(InvalidInput, match="over the max_length of 64"):
+            await repository.get("sentiment").infer({"tokens": np.ones((1, 65), np.int32)})
