@@ -516,8 +516,9 @@ class ModelHandle:
                     f"model {self.name!r} returned {got} for output {name!r}; expected {padded}"
                 )
         padder = self.padder
-        if padder is not None:
-            padder.count_batch(padder.bucket_of(group[0]))
+        bucket = None if padder is None else padder.bucket_of(group[0])
+        if padder is not None and bucket is not None:
+            padder.count_batch(bucket)
         offset = 0
         for index, request in zip(members, group, strict=True):
             n = next(iter(request.values())).shape[0]

@@ -204,10 +204,10 @@ class Padder:
         with self._lock:
             self._counts.setdefault(length, [0, 0, 0, 0, 0])[4] += 1
 
-    def bucket_of(self, request: Mapping[str, np.ndarray]) -> int:
-        """The padded length of a padded request."""
-        name = next(name for name in self.config.inputs if name in request)
-        return int(request[name].shape[1])
+    def bucket_of(self, request: Mapping[str, np.ndarray]) -> int | None:
+        """The padded length of a padded request (None: it has none of the padded inputs)."""
+        name = next((name for name in self.config.inputs if name in request), None)
+        return None if name is None else int(request[name].shape[1])
 
     def statistics(self) -> list[BucketStatistics]:
         """Each bucket that has seen a request, shortest first."""
