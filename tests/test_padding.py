@@ -151,7 +151,14 @@ def test_any_mix_of_lengths_answers_each_request_as_alone(
             assert stats.completed == len(requests)
             assert stats.submitted == len(requests)
 
-    answers = asyncio.run(run())
+    # A loop of its own, closed here (asyncio.run would also unset the loop that
+    # pytest-asyncio gave the thread, which the next async test still holds).
+    loop = asyncio.new_event_loop()
+    try:
+        answers = loop.run_until_complete(run())
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
     for answer, tokens in zip(answers, requests, strict=True):
         check(answer, tokens)
 
