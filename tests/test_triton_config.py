@@ -575,7 +575,7 @@ async def test_an_optional_input_may_be_left_out(tmp_path: Path) -> None:
             await handle.infer({"B": one})
         stats = handle.statistics()
     assert [int(r["SUM"][0, 0]) for r in (alone, both, again)] == [1, 11, 2]
-    assert stats.batches == 1  # one batch, run as two groups: with B and without
+    assert stats.batches == 2  # one per set of inputs: with B, and the two without
     triton = config.triton or {}
     assert triton["input"][1]["optional"] is True
 

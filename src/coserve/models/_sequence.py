@@ -51,6 +51,7 @@ from coserve._exceptions import (
     ModelLoadError,
     QueueFull,
 )
+from coserve.batching._queue import RequestFuture
 from coserve.models._backend import Backend, SequenceFlags
 from coserve.models._config import BatchingConfig, SequenceConfig, SequenceControl
 from coserve.models._handle import ModelHandle, Response
@@ -298,7 +299,9 @@ class SequenceHandle(ModelHandle):
         known.idle_since = None
         if timeout is None:
             timeout = self.batching.timeout
-        future: asyncio.Future[Response] = loop.create_future()
+        # A RequestFuture marks its step withdrawn inside cancel() itself: a batch taken in
+        # the same loop pass as the cancel still skips it.
+        future = RequestFuture(loop=loop)
         step = _Step(
             arrays,
             sequence.start,
@@ -309,6 +312,7 @@ class SequenceHandle(ModelHandle):
         )
         if step.deadline is not None and timeout is not None:
             step.timer = loop.call_at(step.deadline, self._expire_step, step, timeout)
+        future.on_cancel = functools.partial(_mark_withdrawn, step)
         self._held += 1
         future.add_done_callback(self._answered)
         future.add_done_callback(functools.partial(_withdraw, step))
@@ -347,6 +351,7 @@ class SequenceHandle(ModelHandle):
             if step.item is None
             else "was in the model's queue or running"
         )
+        _mark_withdrawn(step)
         step.future.set_exception(
             DeadlineExceeded(f"the deadline of {timeout:g}s passed while the request {where}")
         )
@@ -596,6 +601,12 @@ class SequenceHandle(ModelHandle):
             f"<SequenceHandle {self.name} v{self.version} ({self.platform}, "
             f"{self.sequence.strategy})>"
         )
+
+
+def _mark_withdrawn(step: _Step) -> None:
+    """Its caller has its answer: if the model has not run the step yet, its batch skips it."""
+    if step.item is not None:
+        step.item.withdrawn = True
 
 
 def _withdraw(step: _Step, _: asyncio.Future[Response]) -> None:
