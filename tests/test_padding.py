@@ -323,3 +323,39 @@ def test_a_served_padded_model_over_rest_and_its_metrics(tmp_path: Path) -> None
         assert elements == {"real": 9 + 12 + 16, "padded": 3 * 16}
     finally:
         server.close()
+
+
+async def test_padding_with_the_first_element_and_every_variable_input() -> None:
+    """TF Serving's way (pad_variable_length_inputs).
+
+    No input named (every one whose dimension 1 varies), each tensor's first element as the
+    padding.
+    """
+    seen: list[list[int]] = []
+
+    def model(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        seen.extend(inputs["a"].tolist())
+        return {"y": inputs["a"]}
+
+    backend = PythonModel(
+        model,
+        name="first",
+        inputs=(TensorSpec.of("a", "INT64", [-1, -1]), TensorSpec.of("fixed", "INT64", [-1, 2])),
+        outputs=(TensorSpec.of("y", "INT64", [-1, -1]),),
+    )
+    padding = PaddingConfig((), (4, 8), value=None)
+    handle = ModelHandle(backend, BatchingConfig(padding=padding))
+    try:
+        await handle.infer({"a": np.array([[5, 3]]), "fixed": np.zeros((1, 2), np.int64)})
+    finally:
+        await handle.aclose()
+    assert seen == [[5, 3, 5, 5]]
+    assert handle.padder is not None
+    assert [s.name for s in handle.inputs] == ["a", "fixed"]
+    fixed_only = PythonModel(
+        model,
+        name="fixed",
+        inputs=(TensorSpec.of("fixed", "INT64", [-1, 2]),),
+        outputs=(TensorSpec.of("y", "INT64", [-1, 2]),),
+    )
+    assert ModelHandle(fixed_only, BatchingConfig(padding=padding)).padder is None  # none varies

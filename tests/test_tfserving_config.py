@@ -93,6 +93,13 @@ def test_batching_parameters_map_onto_coserves(tmp_path: Path) -> None:
     assert config.max_queue_size == 128
     assert config.allowed_batch_sizes == (8, 16, 32)
     assert config.pad_to_allowed_batch_size
+    assert config.padding is None
+    path.write_text("max_batch_size { value: 32 }\npad_variable_length_inputs: true\n")
+    padding = batching_parameters(path).padding
+    assert padding is not None
+    assert padding.inputs == ()  # every input whose dimension 1 varies
+    assert padding.value is None  # each tensor's first element, as TF Serving pads
+    assert padding.buckets[:3] == (8, 16, 32)
     path.write_text("max_batch_size { value: 32 }\nallowed_batch_sizes: [8, 16]\n")
     with pytest.raises(
         ConfigError, match=r"batching\.config:2:\d+: the last of allowed_batch_sizes"

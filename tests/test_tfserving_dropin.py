@@ -18,12 +18,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from coserve.models import bundled_repository
 from helpers import ServerProcess
 
 pytestmark = pytest.mark.slow
 
 DATA = Path(__file__).parent / "data" / "tfserving"
 MODEL = DATA / "saved_model_half_plus_two_cpu"
+SENTIMENT = bundled_repository() / "sentiment" / "1" / "model.savedmodel"
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +35,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     labelled = root / "labelled"
     shutil.copytree(MODEL / "00000123", labelled / "1")
     shutil.copytree(MODEL / "00000123", labelled / "2")
+    # A model with a variable-length input, in TF Serving's layout: the text demo's SavedModel.
+    shutil.copytree(SENTIMENT, root / "sentiment" / "1")
     (root / "batching.config").write_text(
         "max_batch_size { value: 8 }\n"
         "batch_timeout_micros { value: 1000 }\n"
@@ -54,6 +58,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "    model_version_policy { all {} }\n"
         "    version_labels { key: 'stable' value: 1 }\n"
         "    version_labels { key: 'canary' value: 2 }\n"
+        "  }\n"
+        "  config {\n"
+        "    name: 'sentiment'\n"
+        "    base_path: 'sentiment'\n"
+        "    model_platform: 'tensorflow'\n"
         "  }\n"
         "}\n"
     )
@@ -192,7 +201,7 @@ def test_flags_and_files_say_what_they_do_not_apply(server: ServerProcess) -> No
     """An unused flag and an unused batching field are warnings that name them."""
     output = server.output()
     assert "--rest_api_num_threads is TensorFlow Serving's; coserve does not apply it" in output
-    assert "batching.config:5:1: pad_variable_length_inputs is not applied" in output
+    assert "pad_variable_length_inputs is not applied" not in output  # it is: see below
 
 
 def test_a_new_version_folder_loads_while_serving(server: ServerProcess, models: Path) -> None:
@@ -282,3 +291,39 @@ def test_grpc_metadata_lists_every_signature_and_labels_pick_versions(stub: obje
     answer = stub.Predict(predict, timeout=30)  # type: ignore[attr-defined]
     assert answer.model_spec.version.value == 2
     assert tf.make_ndarray(answer.outputs["y"]).tolist() == [[2.5], [3.0]]
+
+
+def test_pad_variable_length_inputs_batches_requests_of_mixed_lengths(
+    server: ServerProcess,
+) -> None:
+    """pad_variable_length_inputs: true pads dimension 1, to power-of-two lengths.
+
+    As TF Serving pads it (with each tensor's first element), so sentences of lengths 1 to 8
+    all go to the bucket of 8, where they may share batches; a sentence's answer is the same
+    whether it came alone or among others.
+    """
+    import concurrent.futures
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sentences = [[2 + (i * 7 + j) % 30 for j in range(n)] for i, n in enumerate(range(1, 17))]
+
+    def predict(tokens: list[int]) -> list[float]:
+        answer = post(server, "/v1/models/sentiment:predict", {"instances": [tokens]})
+        assert answer.status_code == 200, answer.text
+        prediction: list[float] = answer.json()["predictions"][0]
+        return prediction
+
+    alone = [predict(tokens) for tokens in sentences]
+    with concurrent.futures.ThreadPoolExecutor(len(sentences)) as pool:
+        together = list(pool.map(predict, sentences))
+    assert together == alone
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    requests = {
+        sample.labels["length"]: sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "coserve_padding_bucket_requests_total"
+        and sample.labels["model"] == "sentiment"
+    }
+    assert requests == {"8": 2 * 8.0, "16": 2 * 8.0}  # lengths 1-8 and 9-16, twice each

@@ -28,7 +28,7 @@ The format, with every key (all optional but ``platform``)::
                                         # it, and a batch holds one bucket's rows
     max_length = 128                    # longer ones are refused (default: the last bucket;
                                         # with no buckets, powers of two from 8 up to it)
-    value = 0                           # what pads them
+    value = 0                           # what pads them ("first": each tensor's first element)
     mask = "attention_mask"             # optional: an input coserve adds, 1 where real, 0 padded
     lengths = "lengths"                 # optional: an input coserve adds, each row's length
     trim = ["token_logits"]             # outputs cut back to each request's length (dimension 1)
@@ -109,10 +109,12 @@ class PaddingConfig:
 
     Attributes:
         inputs: The inputs whose dimension 1 (the first after the rows) varies; in a request
-            they all have the same length there.
+            they all have the same length there. Empty: every input of the model whose
+            dimension 1 is variable (TF Serving's ``pad_variable_length_inputs``).
         buckets: The padded lengths, ascending: a request is padded to the first that holds
             it, and batched only with requests of its bucket. The last is ``max_length``.
-        value: What the padding holds.
+        value: What the padding holds; None: each tensor's own first element, as TF Serving
+            pads (so the padding is a value the model already takes).
         mask: The name of an input coserve adds (INT32, rows x bucket): 1 where a row is real,
             0 where padded; None: none.
         lengths: The name of an input coserve adds (INT32, one per row): each row's length.
@@ -121,7 +123,7 @@ class PaddingConfig:
 
     inputs: tuple[str, ...]
     buckets: tuple[int, ...]
-    value: float = 0
+    value: float | None = 0
     mask: str | None = None
     lengths: str | None = None
     trim: tuple[str, ...] = ()
@@ -432,10 +434,10 @@ class _Parser:
         )
         names: dict[str, tuple[str, ...]] = {}
         for key in ("inputs", "trim"):
-            value = self.typed(table, key, list, where) if key in table else []
-            if any(not isinstance(v, str) or not v for v in value):
-                raise self.fail(where + key, f"expected a list of names, got {value}")
-            names[key] = tuple(value)
+            listed = self.typed(table, key, list, where) if key in table else []
+            if any(not isinstance(v, str) or not v for v in listed):
+                raise self.fail(where + key, f"expected a list of names, got {listed}")
+            names[key] = tuple(listed)
         if not names["inputs"]:
             raise self.fail(where + "inputs", "required: the inputs whose length varies")
         max_length = None
@@ -464,7 +466,12 @@ class _Parser:
             buckets = list(PaddingConfig.powers_of_two(max_length))
         else:
             raise self.fail(where + "buckets", "give buckets, or max_length (powers of two)")
-        value = float(self.typed(table, "value", (int, float), where)) if "value" in table else 0.0
+        value: float | None = 0.0
+        if "value" in table:
+            raw_value = self.typed(table, "value", (int, float, str), where)
+            if isinstance(raw_value, str) and raw_value != "first":
+                raise self.fail(where + "value", f'expected a number or "first", got {raw_value!r}')
+            value = None if isinstance(raw_value, str) else float(raw_value)
         generated = {}
         for key in ("mask", "lengths"):
             if key in table:

@@ -68,11 +68,12 @@ class ModelHandle:
         """The most chunks of one large request queued or running at once (1/16 of the queue)."""
         self._signature_handles: dict[str, ModelHandle] = {}
         self._closing = False
-        self.padder = (
+        padder = (
             None
             if batching.padding is None
             else Padder(backend.name, batching.padding, backend.inputs, backend.outputs)
         )
+        self.padder = padder if padder is not None and padder.pads else None
         """The model's variable-length padding, if it has a ``[padding]`` table."""
         self._client_inputs = backend.inputs if self.padder is None else self.padder.client_inputs
         self._batcher: Batcher[Any, Response] = self._new_batcher(self._run_batch, batching)

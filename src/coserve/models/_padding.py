@@ -105,7 +105,10 @@ class Padder:
         def fail(problem: str) -> ModelLoadError:
             return ModelLoadError(f"model {model!r}: [padding]: {problem}")
 
-        for name in config.inputs:
+        padded = config.inputs or tuple(
+            spec.name for spec in inputs if len(spec.shape) >= 2 and spec.shape[1] == -1
+        )
+        for name in padded:
             spec = specs.get(name)
             if spec is None:
                 raise fail(f"{name!r} is not an input; the inputs are: {', '.join(specs)}")
@@ -131,7 +134,8 @@ class Padder:
                 )
             if len(spec.shape) < 2:
                 raise fail(f"output {name!r} {spec.describe()} has no dimension 1 to cut")
-        self._padded = frozenset(config.inputs)
+        self._padded = frozenset(padded)
+        self._order = padded
         self._trimmed = frozenset(config.trim)
         self.client_inputs = tuple(
             TensorSpec(spec.name, spec.dtype, (spec.shape[0], -1, *spec.shape[2:]), spec.optional)
@@ -144,6 +148,11 @@ class Padder:
         self._lock = threading.Lock()  # batches are counted in executor threads
         self._counts: dict[int, list[int]] = {}  # length -> requests, rows, real, padded, batches
 
+    @property
+    def pads(self) -> bool:
+        """Whether the model has an input to pad (an empty ``inputs`` may find none)."""
+        return bool(self._padded)
+
     def pad(self, arrays: dict[str, np.ndarray], rows: int) -> Padded:
         """Pad a checked request's variable-length inputs up to its bucket; add mask, lengths.
 
@@ -154,7 +163,7 @@ class Padder:
         lengths = {arrays[name].shape[1] for name in self._padded if name in arrays}
         if len(lengths) > 1:
             given = ", ".join(
-                f"{name} {arrays[name].shape[1]}" for name in config.inputs if name in arrays
+                f"{name} {arrays[name].shape[1]}" for name in self._order if name in arrays
             )
             raise InvalidInput(
                 f"model {self._model!r}: the variable-length inputs of a request must have one "
@@ -206,7 +215,7 @@ class Padder:
 
     def bucket_of(self, request: Mapping[str, np.ndarray]) -> int | None:
         """The padded length of a padded request (None: it has none of the padded inputs)."""
-        name = next((name for name in self.config.inputs if name in request), None)
+        name = next((name for name in self._order if name in request), None)
         return None if name is None else int(request[name].shape[1])
 
     def statistics(self) -> list[BucketStatistics]:
@@ -217,10 +226,17 @@ class Padder:
             ]
 
 
-def _pad(array: np.ndarray, length: int, value: float) -> np.ndarray:
-    """``array`` padded along dimension 1 to ``length`` with ``value`` (``b""`` for BYTES)."""
+def _pad(array: np.ndarray, length: int, value: float | None) -> np.ndarray:
+    """``array`` padded along dimension 1 to ``length``.
+
+    With ``value``, or its first element (None; TF Serving's choice); ``b""`` for BYTES.
+    """
     shape = (array.shape[0], length, *array.shape[2:])
-    fill: object = b"" if array.dtype == np.object_ else value
+    fill: object
+    if value is None:
+        fill = array.flat[0] if array.size else (b"" if array.dtype == np.object_ else 0)
+    else:
+        fill = b"" if array.dtype == np.object_ else value
     out = np.full(shape, fill, dtype=array.dtype)
     out[:, : array.shape[1]] = array
     return out

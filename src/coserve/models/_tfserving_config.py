@@ -16,11 +16,16 @@
   ``max_enqueued_batches``    ``max_queue_size`` = that * ``max_batch_size`` (default 10)
   ``allowed_batch_sizes``     ``allowed_batch_sizes`` with ``pad_to_allowed_batch_size``
                               (TF Serving always pads a batch up to the next allowed size)
+  ``pad_variable_length_      ``[padding]`` of every input whose dimension 1 varies, padded
+  inputs``                    with the tensor's first element as TF Serving pads, to
+                              power-of-two buckets (TF Serving pads to the batch's longest,
+                              and every dimension; coserve pads dimension 1, and batches the
+                              others by exact shape)
   ==========================  ==============================================================
 
-A field coserve does not apply (``pad_variable_length_inputs``, large-batch splitting, thread
-pool names, ``logging_config``...) is a warning that names it and its line; a field neither
-message has is an error naming the file and line (``_textproto``).
+A field coserve does not apply (large-batch splitting, thread pool names,
+``logging_config``...) is a warning that names it and its line; a field neither message has is
+an error naming the file and line (``_textproto``).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from coserve._exceptions import ConfigError
-from coserve.models._config import BatchingConfig, VersionPolicy
+from coserve.models._config import BatchingConfig, PaddingConfig, VersionPolicy
 from coserve.models._layout import ModelFolder
 from coserve.models._textproto import Decoded, load
 from coserve.models._textproto_schemas import (
@@ -54,8 +59,12 @@ _APPLIED_BATCHING = frozenset(
         "num_batch_threads",
         "max_enqueued_batches",
         "allowed_batch_sizes",
+        "pad_variable_length_inputs",
     }
 )
+
+TFS_MAX_LENGTH = 65536
+"""The longest dimension 1 ``pad_variable_length_inputs`` pads to (TF Serving has no bound)."""
 
 
 def _wrapped(decoded: Decoded, key: str, default: int) -> int:
@@ -108,6 +117,9 @@ def batching_parameters(path: Path | None) -> BatchingConfig:
                 f"{where}: the last of allowed_batch_sizes ({allowed[-1]}) must equal "
                 f"max_batch_size ({max_batch_size})"
             )
+    padding = None
+    if decoded.get("pad_variable_length_inputs"):
+        padding = PaddingConfig((), PaddingConfig.powers_of_two(TFS_MAX_LENGTH), value=None)
     return BatchingConfig(
         max_batch_size=max_batch_size,
         max_wait=timeout_micros / 1e6,
@@ -115,6 +127,7 @@ def batching_parameters(path: Path | None) -> BatchingConfig:
         max_queue_size=enqueued * max_batch_size,
         allowed_batch_sizes=allowed,
         pad_to_allowed_batch_size=bool(allowed),
+        padding=padding,
     )
 
 
