@@ -848,3 +848,19 @@ class TestBuckets:
             assert (await first, await kept, await other) == (0, 20, 30)
         assert model.batches == [[0], [2], [3]]
         assert batcher.statistics().cancelled == 1
+
+    @pytest.mark.looptime
+    async def test_a_bucket_full_of_requests_stops_the_lingering(
+        self, model: RecordingModel
+    ) -> None:
+        """max_requests_per_batch reached: the batch goes at once, not after max_wait."""
+        loop = asyncio.get_running_loop()
+        async with Batcher(
+            model, max_batch_size=8, max_requests_per_batch=2, max_wait=1.0
+        ) as batcher:
+            start = loop.time()
+            first = asyncio.create_task(batcher.submit(1, key="k"))
+            await asyncio.sleep(0.1)  # the dispatcher lingers for more
+            await asyncio.gather(first, batcher.submit(2, key="k"))
+        assert model.batches == [[1, 2]]
+        assert model.started_at[0] - start == pytest.approx(0.1)

@@ -359,3 +359,76 @@ async def test_padding_with_the_first_element_and_every_variable_input() -> None
         outputs=(TensorSpec.of("y", "INT64", [-1, 2]),),
     )
     assert ModelHandle(fixed_only, BatchingConfig(padding=padding)).padder is None  # none varies
+
+
+# -- what a review found: each of these failed once -----------------------------------------------
+
+
+async def test_review_cases_of_padding() -> None:
+    seen: list[dict[str, tuple[int, ...]]] = []
+
+    def model(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        seen.append({name: array.shape for name, array in inputs.items()})
+        rows = len(next(iter(inputs.values())))
+        shifted = np.zeros((rows, inputs["q"].shape[1] + 1), np.int64) if "q" in inputs else None
+        return {
+            "out": inputs["q"] if "q" in inputs else np.zeros((rows, 5), np.int64),
+            "plus_one": shifted if shifted is not None else np.zeros((rows, 6), np.int64),
+        }
+
+    backend = PythonModel(
+        model,
+        name="review",
+        inputs=(
+            TensorSpec("q", np.dtype(np.int64), (-1, -1), optional=True),
+            TensorSpec.of("d", "INT64", [-1, -1]),
+        ),
+        outputs=(
+            TensorSpec.of("out", "INT64", [-1, -1]),
+            TensorSpec.of("plus_one", "INT64", [-1, -1]),
+        ),
+    )
+    # TF Serving's way: no inputs named, so q and d are padded each to its own bucket.
+    each = ModelHandle(backend, BatchingConfig(padding=PaddingConfig((), (4, 8), value=0)))
+    try:
+        await each.infer({"q": np.ones((1, 3), np.int64), "d": np.ones((1, 5), np.int64)})
+    finally:
+        await each.aclose()
+    assert seen[-1] == {"q": (1, 4), "d": (1, 8)}
+    # Named inputs, trim: an output of another length than the bucket's is not cut; a request
+    # without the (optional) padded input is left as it is.
+    named = ModelHandle(
+        backend, BatchingConfig(padding=PaddingConfig(("q",), (4, 8), trim=("out", "plus_one")))
+    )
+    try:
+        cut = await named.infer({"q": np.ones((1, 3), np.int64), "d": np.ones((1, 2), np.int64)})
+        without = await named.infer({"d": np.ones((2, 2), np.int64)})
+        with pytest.raises(InvalidInput, match="over the max_length"):
+            await named.infer({"q": np.ones((1, 9), np.int64), "d": np.ones((1, 2), np.int64)})
+    finally:
+        await named.aclose()
+    assert cut["out"].shape == (1, 3)
+    assert cut["plus_one"].shape == (1, 5)  # bucket 4 + 1: not the padded dimension, kept
+    assert without["out"].shape == (2, 5)
+    assert named.padder is not None
+    # Counted once run: the refused request (over max_length) and the unpadded one are not.
+    assert [(b.length, b.requests, b.rows, b.batches) for b in named.padder.statistics()] == [
+        (4, 1, 1, 1)
+    ]
+
+
+def test_a_mask_or_trim_of_the_wrong_shape_is_a_load_error() -> None:
+    def backend(mask_shape: list[int], out_shape: list[int]) -> PythonModel:
+        return PythonModel(
+            lambda inputs: {"y": inputs["t"]},
+            name="shapes",
+            inputs=(TensorSpec.of("t", "INT64", [-1, -1]), TensorSpec.of("m", "INT64", mask_shape)),
+            outputs=(TensorSpec.of("y", "INT64", out_shape),),
+        )
+
+    padding = PaddingConfig(("t",), (4, 8), mask="m", trim=("y",))
+    with pytest.raises(ModelLoadError, match=r"the mask input 'm' is INT64\[-1\]"):
+        ModelHandle(backend([-1], [-1, -1]), BatchingConfig(padding=padding))
+    with pytest.raises(ModelLoadError, match="has no variable dimension 1 to cut back"):
+        ModelHandle(backend([-1, -1], [-1, 16]), BatchingConfig(padding=padding))
+    assert ModelHandle(backend([-1, -1, 1], [-1, -1]), BatchingConfig(padding=padding)).padder

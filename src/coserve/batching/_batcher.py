@@ -389,7 +389,20 @@ class Batcher(Generic[T, R]):
         queue.push(request)
         counters.submitted += 1
         waiter = self._waiter
-        if waiter is not None and queue.rows_in(key) >= self._wake_rows and not waiter.done():
+        if (
+            waiter is not None
+            and not waiter.done()
+            and (
+                queue.rows_in(key) >= self._wake_rows
+                # a bucket full of requests (max_requests_per_batch) is ready too, unless
+                # every slot is busy (then only a finished batch wakes the dispatcher)
+                or (
+                    self._max_requests is not None
+                    and self._wake_rows != _NEVER
+                    and queue.count_in(key) >= self._max_requests
+                )
+            )
+        ):
             waiter.set_result(None)
         return request
 

@@ -263,6 +263,11 @@ class BucketedQueue(Generic[T]):
         bucket = self._buckets.get(key)
         return 0 if bucket is None else bucket.rows
 
+    def count_in(self, key: Hashable) -> int:
+        """The live requests queued in one bucket."""
+        bucket = self._buckets.get(key)
+        return 0 if bucket is None else bucket.count
+
     def discard(self, request: QueuedRequest[T]) -> None:
         """Forget a queued request (cancelled or expired) and mark it done."""
         bucket = self._buckets[request.key]

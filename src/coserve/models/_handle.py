@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -136,7 +137,10 @@ class ModelHandle:
         if handle is None:
             if self._closing or self.closed:
                 raise BatcherClosed(f"model {self.name!r} v{self.version} is being unloaded")
-            handle = ModelHandle(backend, self.batching, labels=self.labels)
+            # Padding names this signature's inputs; another signature's are not padded.
+            handle = ModelHandle(
+                backend, dataclasses.replace(self.batching, padding=None), labels=self.labels
+            )
             self._signature_handles[name] = handle
         return handle
 
@@ -517,17 +521,16 @@ class ModelHandle:
                     f"model {self.name!r} returned {got} for output {name!r}; expected {padded}"
                 )
         padder = self.padder
-        bucket = None if padder is None else padder.bucket_of(group[0])
-        if padder is not None and bucket is not None:
-            padder.count_batch(bucket)
         offset = 0
         for index, request in zip(members, group, strict=True):
             n = next(iter(request.values())).shape[0]
             result = {name: outputs[name][offset : offset + n] for name in self._output_names}
             if padder is not None and isinstance(request, Padded):
-                result = padder.trim(result, request.length)
+                result = padder.trim(result, request)
             results[index] = result
             offset += n
+        if padder is not None:  # counted once it ran (a refused or failed one is not)
+            padder.count([r for r in group if isinstance(r, Padded)])
 
     def _padded_size(self, rows: int) -> int:
         allowed = self.batching.allowed_batch_sizes

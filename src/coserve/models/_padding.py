@@ -36,17 +36,20 @@ def shape_key(arrays: Mapping[str, np.ndarray]) -> ShapeKey:
 
 
 class Padded(dict[str, np.ndarray]):
-    """A request's arrays after padding, with the length its rows had (for cutting outputs)."""
+    """A request's arrays after padding: the length its rows had, and the bucket's."""
 
-    __slots__ = ("length",)
+    __slots__ = ("bucket", "length")
 
-    def __init__(self, arrays: Mapping[str, np.ndarray], length: int) -> None:
+    def __init__(self, arrays: Mapping[str, np.ndarray], length: int, bucket: int) -> None:
         super().__init__(arrays)
         self.length = length
+        self.bucket = bucket
 
     def rows(self, start: int, stop: int) -> Padded:
         """Rows ``start`` to ``stop`` of every array, as a padded request of the same length."""
-        return Padded({name: array[start:stop] for name, array in self.items()}, self.length)
+        return Padded(
+            {name: array[start:stop] for name, array in self.items()}, self.length, self.bucket
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,10 +124,30 @@ class Padder:
                     f"be {fixed}, not {list(config.buckets)}"
                 )
         self._generated: dict[str, TensorSpec] = {}
-        for name in (n for n in (config.mask, config.lengths) if n is not None):
+        for kind, given in (("mask", config.mask), ("lengths", config.lengths)):
+            if given is None:
+                continue
+            name = given
             spec = specs.get(name)
             if spec is None:
-                raise fail(f"{name!r} (mask or lengths) is not an input of the model")
+                raise fail(f"{name!r} ({kind}) is not an input of the model")
+            if name in padded or name in self._generated:
+                raise fail(f"{name!r} ({kind}) is also a padded input, or the other one")
+            trailing = spec.shape[2:] if kind == "mask" else spec.shape[1:]
+            wanted = (
+                "[rows, length] (more dimensions of 1 may follow)"
+                if kind == "mask"
+                else "[rows] or [rows, 1]"
+            )
+            if (
+                (
+                    kind == "mask"
+                    and (len(spec.shape) < 2 or spec.shape[1] not in (-1, *_only(config)))
+                )
+                or any(d not in (-1, 1) for d in trailing)
+                or (kind == "lengths" and len(spec.shape) > 2)
+            ):
+                raise fail(f"the {kind} input {name!r} is {spec.describe()}; it must be {wanted}")
             self._generated[name] = spec
         for name in config.trim:
             spec = produced.get(name)
@@ -132,8 +155,10 @@ class Padder:
                 raise fail(
                     f"{name!r} (trim) is not an output; the outputs are: {', '.join(produced)}"
                 )
-            if len(spec.shape) < 2:
-                raise fail(f"output {name!r} {spec.describe()} has no dimension 1 to cut")
+            if len(spec.shape) < 2 or spec.shape[1] >= 0:
+                raise fail(
+                    f"output {name!r} {spec.describe()} has no variable dimension 1 to cut back"
+                )
         self._padded = frozenset(padded)
         self._order = padded
         self._trimmed = frozenset(config.trim)
@@ -153,14 +178,29 @@ class Padder:
         """Whether the model has an input to pad (an empty ``inputs`` may find none)."""
         return bool(self._padded)
 
-    def pad(self, arrays: dict[str, np.ndarray], rows: int) -> Padded:
+    def pad(self, arrays: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
         """Pad a checked request's variable-length inputs up to its bucket; add mask, lengths.
+
+        A request that left out every padded input (optional ones) is returned as it is.
+        Without named inputs (TF Serving's ``pad_variable_length_inputs``), each input is
+        padded to its own bucket, as TF Serving pads each tensor on its own.
 
         Raises:
             InvalidInput: Its padded inputs differ in length, or it is over ``max_length``.
         """
         config = self.config
-        lengths = {arrays[name].shape[1] for name in self._padded if name in arrays}
+        present = [name for name in self._order if name in arrays]
+        if not present:
+            return arrays
+        for name in present:
+            if arrays[name].ndim < 2:
+                raise InvalidInput(
+                    f"model {self._model!r}: input {name!r} needs a dimension 1 (its length) "
+                    f"to be padded; got shape {list(arrays[name].shape)}"
+                )
+        if not config.inputs:
+            return self._pad_each(arrays, present)
+        lengths = {arrays[name].shape[1] for name in present}
         if len(lengths) > 1:
             given = ", ".join(
                 f"{name} {arrays[name].shape[1]}" for name in self._order if name in arrays
@@ -177,12 +217,9 @@ class Padder:
                 f"max_length of {config.max_length}"
             )
         padded: dict[str, np.ndarray] = {}
-        real = 0
         for name, array in arrays.items():
-            if name in self._padded:
-                real += array.size
-                if bucket > length:
-                    array = _pad(array, bucket, config.value)
+            if name in self._padded and bucket > length:
+                array = _pad(array, bucket, config.value)
             padded[name] = array
         for name, spec in self._generated.items():
             if name == config.mask:
@@ -192,31 +229,58 @@ class Padder:
             else:
                 shape = (rows,) if len(spec.shape) < 2 else (rows, 1)
                 padded[name] = np.full(shape, length, dtype=spec.dtype)
-        with self._lock:
-            counts = self._counts.setdefault(bucket, [0, 0, 0, 0, 0])
-            counts[0] += 1
-            counts[1] += rows
-            counts[2] += real
-            counts[3] += real // length * bucket if length else 0
-        return Padded(padded, length)
+        return Padded(padded, length, bucket)
 
-    def trim(self, outputs: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
-        """A request's outputs with the padded dimension cut back to its own length."""
+    def _pad_each(self, arrays: dict[str, np.ndarray], present: list[str]) -> Padded:
+        """Each variable-length input padded to its own bucket (no mask, lengths or trim)."""
+        padded = dict(arrays)
+        longest = 0
+        for name in present:
+            length = arrays[name].shape[1]
+            bucket = self.config.bucket(length)
+            if bucket is None:
+                raise InvalidInput(
+                    f"model {self._model!r}: input {name!r} has length {length}, over the "
+                    f"max_length of {self.config.max_length}"
+                )
+            if bucket > length:
+                padded[name] = _pad(arrays[name], bucket, self.config.value)
+            longest = max(longest, length)
+        return Padded(padded, longest, self.config.bucket(longest) or longest)
+
+    def trim(self, outputs: dict[str, np.ndarray], request: Padded) -> dict[str, np.ndarray]:
+        """A request's outputs with the padded dimension cut back to its own length.
+
+        Only an output as long as the request's bucket there is cut (one of another length
+        does not carry the padded dimension).
+        """
         for name in self._trimmed:
             array = outputs.get(name)
-            if array is not None and array.ndim > 1 and array.shape[1] > length:
-                outputs[name] = array[:, :length]
+            if array is not None and array.ndim > 1 and array.shape[1] == request.bucket:
+                outputs[name] = array[:, : request.length]
         return outputs
 
-    def count_batch(self, length: int) -> None:
-        """One batch of a bucket ran (its padded length: ``length``)."""
+    def count(self, requests: list[Padded]) -> None:
+        """One batch of a bucket ran, with these requests (counted once they ran)."""
+        if not requests:
+            return
+        real = padded = rows = 0
+        for request in requests:
+            for name in self._order:
+                array = request.get(name)
+                if array is None:
+                    continue
+                per_position = array.size // array.shape[1] if array.shape[1] else 0
+                real += per_position * min(request.length, array.shape[1])
+                padded += array.size
+            rows += next(iter(request.values())).shape[0]
         with self._lock:
-            self._counts.setdefault(length, [0, 0, 0, 0, 0])[4] += 1
-
-    def bucket_of(self, request: Mapping[str, np.ndarray]) -> int | None:
-        """The padded length of a padded request (None: it has none of the padded inputs)."""
-        name = next((name for name in self._order if name in request), None)
-        return None if name is None else int(request[name].shape[1])
+            counts = self._counts.setdefault(requests[0].bucket, [0, 0, 0, 0, 0])
+            counts[0] += len(requests)
+            counts[1] += rows
+            counts[2] += real
+            counts[3] += padded
+            counts[4] += 1
 
     def statistics(self) -> list[BucketStatistics]:
         """Each bucket that has seen a request, shortest first."""
@@ -224,6 +288,11 @@ class Padder:
             return [
                 BucketStatistics(length, *counts) for length, counts in sorted(self._counts.items())
             ]
+
+
+def _only(config: PaddingConfig) -> tuple[int, ...]:
+    """The fixed length a mask may have: the only bucket's, when there is one bucket."""
+    return config.buckets if len(config.buckets) == 1 else ()
 
 
 def _pad(array: np.ndarray, length: int, value: float | None) -> np.ndarray:
