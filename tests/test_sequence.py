@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from coserve import InvalidInput, PythonModel, SequenceFlags, SequenceHandle, TensorSpec
-from coserve._exceptions import ConfigError, DeadlineExceeded, ModelLoadError
+from coserve._exceptions import ConfigError, DeadlineExceeded, ModelLoadError, QueueFull
 from coserve.models import (
     BatchingConfig,
     ModelConfig,
@@ -601,3 +601,26 @@ async def test_a_triton_python_response_error_fails_its_own_request_only(tmp_pat
     assert int(good["OUTPUT"][0, 0]) == 30
     assert isinstance(bad, InvalidInput)
     assert "negative" in str(bad)
+
+
+async def test_a_full_sequence_model_refuses_and_counts_it() -> None:
+    """Its bound is its requests in flight; a refusal shows in its statistics, as a batcher's."""
+    model = RowTotals(1)
+    handle = handle_for(model, rows=1, max_queue_size=2)
+    gate = model.gate = threading.Event()
+    try:
+        held = [
+            handle.infer_nowait({"x": [[1]]}, sequence=SequenceFlags(1, start=i == 0))
+            for i in range(2)
+        ]
+        assert handle.queue_full
+        with pytest.raises(QueueFull):
+            handle.infer_nowait({"x": [[1]]}, sequence=SequenceFlags(2, start=True))
+        stats = handle.statistics()
+        assert (stats.rejected, stats.rejected_queue_full) == (1, 1)
+        gate.set()
+        await asyncio.gather(*held)
+        assert not handle.queue_full
+    finally:
+        gate.set()
+        await handle.aclose()

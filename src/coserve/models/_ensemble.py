@@ -53,9 +53,9 @@ from coserve._exceptions import (
     DeadlineExceeded,
     ModelError,
     ModelNotFound,
-    QueueFull,
 )
 from coserve.batching import BatcherStatistics
+from coserve.models._admission import InFlightAdmission
 from coserve.models._backend import Backend, SequenceFlags, Tensors
 from coserve.models._config import EnsembleStep, ModelConfig
 from coserve.models._handle import ModelHandle
@@ -161,18 +161,17 @@ class _Counters:
         "expired",
         "failed",
         "rejected_closed",
-        "rejected_queue_full",
         "submitted",
     )
 
     def __init__(self) -> None:
         self.submitted = self.completed = self.failed = self.expired = 0
-        self.cancelled = self.aborted = self.rejected_queue_full = self.rejected_closed = 0
+        self.cancelled = self.aborted = self.rejected_closed = 0
         self.completed_rows = 0
         self.completed_seconds = self.error_seconds = 0.0
 
 
-class EnsembleHandle(ModelHandle):
+class EnsembleHandle(InFlightAdmission, ModelHandle):
     """A Triton ensemble behind a :class:`ModelHandle`'s interface, running its steps per request.
 
     It is a subclass so that every protocol driver takes it where it takes a model's handle;
@@ -218,6 +217,7 @@ class EnsembleHandle(ModelHandle):
         self._running: set[asyncio.Task[Response]] = set()
         self._aborted: set[asyncio.Task[Response]] = set()  # cancelled at the grace period's end
         self._room_waiters: deque[Callable[[], bool]] = deque()
+        self._refused_queue_full = 0
         self._counters = _Counters()
 
     # -- admission ---------------------------------------------------------------------------
@@ -227,34 +227,8 @@ class EnsembleHandle(ModelHandle):
         """Whether the ensemble has begun shutting down."""
         return self._closing
 
-    @property
-    def queue_full(self) -> bool:
-        """Whether as many requests are in flight as the ensemble takes."""
-        return len(self._running) >= self.batching.max_queue_size
-
-    def refuse_if_full(self) -> None:
-        """Raise ``QueueFull`` (counted as a refusal) if the ensemble is at its bound."""
-        if self.queue_full:
-            self._counters.rejected_queue_full += 1
-            raise QueueFull(f"ensemble {self.name!r} has a full queue; retry later")
-
-    @property
-    def waiting_for_room(self) -> int:
-        """How many callers wait for a request in flight to finish."""
-        return len(self._room_waiters)
-
-    def notify_when_room(self, callback: Callable[[], bool]) -> None:
-        """Call ``callback()`` once a request may be admitted (or the ensemble closes)."""
-        self._room_waiters.append(callback)
-        self._wake_room_waiters()
-
-    def _wake_room_waiters(self) -> None:
-        # First come, first served, one per free place; a callback whose caller has gone
-        # (returns False) gives its turn to the next.
-        free = self.batching.max_queue_size - len(self._running)
-        while self._room_waiters and (free > 0 or self._closing):
-            if self._room_waiters.popleft()():
-                free -= 1
+    def _in_flight(self) -> int:
+        return len(self._running)
 
     def for_signature(self, name: str) -> ModelHandle:
         """This handle for its own signature (``""``); an ensemble has no others.
@@ -438,8 +412,8 @@ class EnsembleHandle(ModelHandle):
             expired=c.expired,
             cancelled=c.cancelled,
             aborted=c.aborted,
-            rejected=c.rejected_queue_full + c.rejected_closed,
-            rejected_queue_full=c.rejected_queue_full,
+            rejected=self._refused_queue_full + c.rejected_closed,
+            rejected_queue_full=self._refused_queue_full,
             rejected_closed=c.rejected_closed,
             batches=0,
             completed_rows=c.completed_rows,

@@ -33,6 +33,7 @@ the sequence's next step. (The batcher counts a skipped step as completed.)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 from collections import OrderedDict, deque
@@ -49,9 +50,10 @@ from coserve._exceptions import (
     InvalidInput,
     ModelError,
     ModelLoadError,
-    QueueFull,
 )
+from coserve.batching import BatcherStatistics
 from coserve.batching._queue import RequestFuture
+from coserve.models._admission import InFlightAdmission
 from coserve.models._backend import Backend, SequenceFlags
 from coserve.models._config import BatchingConfig, SequenceConfig, SequenceControl
 from coserve.models._handle import ModelHandle, Response
@@ -108,7 +110,7 @@ class _Item:
     ran: bool = False
 
 
-class SequenceHandle(ModelHandle):
+class SequenceHandle(InFlightAdmission, ModelHandle):
     """A stateful model's handle: requests name their sequence, and run in its order.
 
     See the module's documentation for how sequences are scheduled. ``inputs`` are what
@@ -169,6 +171,7 @@ class SequenceHandle(ModelHandle):
         self._expired: OrderedDict[int | str, None] = OrderedDict()
         self._held = 0  # steps accepted and not yet answered
         self._room_waiters: deque[Callable[[], bool]] = deque()
+        self._refused_queue_full = 0
         self._drained: asyncio.Future[None] | None = None
 
     @property
@@ -183,31 +186,17 @@ class SequenceHandle(ModelHandle):
 
     # -- admission ---------------------------------------------------------------------------
 
-    @property
-    def queue_full(self) -> bool:
-        """Whether as many steps wait or run as the queue holds."""
-        return self._held >= self.batching.max_queue_size
+    def _in_flight(self) -> int:
+        return self._held
 
-    def refuse_if_full(self) -> None:
-        """Raise ``QueueFull`` if the queue is at its bound."""
-        if self.queue_full:
-            raise QueueFull(f"model {self.name!r} has {self._held} requests queued, its maximum")
-
-    @property
-    def waiting_for_room(self) -> int:
-        """How many callers wait in line for a place in the queue."""
-        return len(self._room_waiters)
-
-    def notify_when_room(self, callback: Callable[[], bool]) -> None:
-        """Call ``callback()`` once the queue has room (or the model closes)."""
-        self._room_waiters.append(callback)
-        self._wake_room_waiters()
-
-    def _wake_room_waiters(self) -> None:
-        free = self.batching.max_queue_size - self._held
-        while self._room_waiters and (free > 0 or self._closing):
-            if self._room_waiters.popleft()():
-                free -= 1
+    def statistics(self) -> BatcherStatistics:
+        """The batcher's statistics, with the requests this handle refused itself."""
+        stats = self._batcher.statistics()
+        return dataclasses.replace(
+            stats,
+            rejected=stats.rejected + self._refused_queue_full,
+            rejected_queue_full=stats.rejected_queue_full + self._refused_queue_full,
+        )
 
     # -- requests ----------------------------------------------------------------------------
 
