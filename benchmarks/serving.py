@@ -132,8 +132,10 @@ class Served:
         formats: tuple[str, ...] = ("json",),
         grpc_target: str | None = None,
         metrics_url: str | None = None,
+        model: str = "digits",
     ) -> None:
         self.name, self.url, self.ready, self.workers = name, url, ready, workers
+        self.model = model
         self.formats = formats
         """The request kinds this server is measured with: json, binary, grpc, grpc-stream, ws."""
         self.grpc_target = grpc_target
@@ -163,18 +165,22 @@ class Served:
 
     def batches(self) -> tuple[float, float]:
         """(rows, batches) so far, for the mean batch size over a cell; (0, 0) if unknown."""
-        if self.name == "mlserver" and self.metrics_url is not None:
-            return mlserver_batches(self.metrics_url)
+        if self.name.startswith("mlserver") and self.metrics_url is not None:
+            return mlserver_batches(self.metrics_url, self.model)
         if not self.name.startswith("coserve"):
             return 0.0, 0.0
         return sum(self._batch_samples("sum")), sum(self._batch_samples("count"))
 
     def _batch_samples(self, key: str) -> list[float]:
-        """The digits model's batch-size ``sum`` or ``count``, one value per worker."""
-        text = httpx.get(self.url.split("/v2/")[0] + "/metrics", timeout=10).text
-        labels = r'model="digits",version="1"(?:,worker="\d+")?'
+        """The model's batch-size ``sum`` or ``count``, one value per worker."""
+        text = self.metrics()
+        labels = rf'model="{self.model}",version="1"(?:,worker="\d+")?'
         pattern = rf"^coserve_batch_size_{key}{{{labels}}} (\S+)$"
         return [float(value) for value in re.findall(pattern, text, re.M)]
+
+    def metrics(self) -> str:
+        """The text of coserve's ``/metrics``."""
+        return httpx.get(self.url.split("/v2/")[0] + "/metrics", timeout=10).text
 
     def stop(self) -> None:
         """SIGTERM, and SIGKILL if it does not go within 30 s."""

@@ -512,6 +512,25 @@ async def test_decoder_pool_refuses_work_beyond_its_bound() -> None:
         await pool.aclose()
 
 
+async def test_decoder_pool_bounds_the_bytes_it_holds() -> None:
+    """Beyond max_pending_bytes of pending JSON one more is refused; alone, any size is taken."""
+    pool = DecoderPool(workers=1, max_pending=8, max_pending_bytes=1000)
+    try:
+        big = pool.submit(time.sleep, 1, size=1500)  # larger than the bound, but alone
+        with pytest.raises(QueueFull, match="1 large JSON bodies \\(1500 bytes\\)"):
+            pool.submit(len, b"", size=1)
+        assert pool.statistics().pending_bytes == 1500
+        await big
+        assert pool.statistics().pending_bytes == 0  # given back when it ended
+        small = [pool.submit(len, b"abc", size=400) for _ in range(2)]
+        with pytest.raises(QueueFull):
+            pool.submit(len, b"", size=400)  # 1200 > 1000
+        assert await asyncio.gather(*small) == [3, 3]
+        assert pool.statistics().pending_bytes == 0
+    finally:
+        await pool.aclose()
+
+
 async def test_a_decoder_process_that_dies_fails_one_decode_and_is_replaced() -> None:
     """A killed decoder process fails the decode it held; the next decode runs in a new one."""
     pool = DecoderPool(workers=1, max_pending=2)

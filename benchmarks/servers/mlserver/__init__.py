@@ -1,4 +1,4 @@
-"""MLServer 1.7.1 as a gRPC peer for benchmarks/serving.py, serving the bundled digits model.
+"""MLServer 1.7.1 as a peer for the serving benchmarks, serving a SavedModel (default: digits).
 
 Stdlib only: this module is imported by the benchmark in coserve's environment, while MLServer
 itself runs in ``benchmarks/.venv-mlserver`` (created by :func:`ensure_mlserver_venv`). From
@@ -13,8 +13,10 @@ shadow the real one)::
     Served("mlserver", launch.command, launch.infer_url, launch.ready_url, launch.env)
     # gRPC: launch.grpc_target ("127.0.0.1:PORT"), model "digits", input "image" FP32 [1, 8, 8, 1]
 
-The model folder is this folder: ``model-settings.json`` names ``runtime.DigitsRuntime``
-(``runtime.py``), with adaptive batching (max batch 64, 2 ms). Server settings come from
+The model folder is this folder: ``model-settings.json`` names ``runtime.SavedModelRuntime``
+(``runtime.py``), with adaptive batching (max batch 64, 2 ms). Another model is served from a
+folder :func:`write_model_settings` fills, with ``BENCH_MODEL`` naming its SavedModel in
+``base_env`` (``peer_model.py``). Server settings come from
 ``MLSERVER_*`` environment variables (no ``settings.json``, so nothing else in the tree is read).
 ``parallel_workers=1`` (MLServer's default): the main process runs the HTTP/gRPC front ends and
 the adaptive batcher and hands each batch to one inference worker process, the shape of mosec's
@@ -24,6 +26,7 @@ event loop, a setup that neither MLServer's docs nor the mosec peer use.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -78,6 +81,7 @@ class MLServerLaunch:
     grpc_port: int
     metrics_port: int
     scratch: Path = field(repr=False)
+    model: str = "digits"
 
     @property
     def grpc_target(self) -> str:
@@ -87,7 +91,7 @@ class MLServerLaunch:
     @property
     def infer_url(self) -> str:
         """REST inference URL (Open Inference Protocol JSON body, as coserve's)."""
-        return f"http://127.0.0.1:{self.http_port}/v2/models/digits/infer"
+        return f"http://127.0.0.1:{self.http_port}/v2/models/{self.model}/infer"
 
     @property
     def metrics_url(self) -> str:
@@ -97,7 +101,7 @@ class MLServerLaunch:
     @property
     def ready_url(self) -> str:
         """200 once the model is loaded in its inference worker(s)."""
-        return f"http://127.0.0.1:{self.http_port}/v2/models/digits/ready"
+        return f"http://127.0.0.1:{self.http_port}/v2/models/{self.model}/ready"
 
 
 def mlserver_launch(
@@ -108,6 +112,8 @@ def mlserver_launch(
     metrics_port: int,
     parallel_workers: int = 1,
     base_env: dict[str, str] | None = None,
+    model_folder: Path = HERE,
+    model: str = "digits",
 ) -> MLServerLaunch:
     """``mlserver start`` on this folder, listening on 127.0.0.1 only.
 
@@ -127,11 +133,47 @@ def mlserver_launch(
         "MLSERVER_DEBUG": "false",
         "MLSERVER_METRICS_DIR": str(scratch / "metrics"),
         "MLSERVER_ENVIRONMENTS_DIR": str(scratch / "envs"),
+        # runtime.py, for a model folder that is not this one
+        "PYTHONPATH": str(HERE),
     }
     mlserver = python.parent / "mlserver"
     return MLServerLaunch(
-        [str(mlserver), "start", str(HERE)], env, http_port, grpc_port, metrics_port, scratch
+        [str(mlserver), "start", str(model_folder)],
+        env,
+        http_port,
+        grpc_port,
+        metrics_port,
+        scratch,
+        model,
     )
+
+
+def write_model_settings(
+    folder: Path,
+    *,
+    name: str,
+    input: tuple[str, str, list[int]],
+    output: tuple[str, str, list[int]],
+    max_batch_size: int = 64,
+) -> Path:
+    """A model folder for :func:`mlserver_launch`: ``model-settings.json`` with adaptive batching.
+
+    ``input`` and ``output`` are (name, datatype, shape) with the batch dimension as -1; the
+    batcher waits at most 2 ms for a batch to fill, as the other peers do.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "name": name,
+        "implementation": "runtime.SavedModelRuntime",
+        "platform": "tensorflow_savedmodel",
+        "max_batch_size": max_batch_size,
+        "max_batch_time": 0.002,
+        "inputs": [{"name": input[0], "datatype": input[1], "shape": input[2]}],
+        "outputs": [{"name": output[0], "datatype": output[1], "shape": output[2]}],
+        "parameters": {"version": "1"},
+    }
+    (folder / "model-settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+    return folder
 
 
 def mlserver_batches(metrics_url: str, model: str = "digits") -> tuple[float, float]:
