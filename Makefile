@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
-.PHONY: serve demo test lint typecheck unit bench bench-models bench-serving bench-sessions bench-overload clean
+.PHONY: serve demo test lint typecheck unit bench bench-models bench-serving bench-heavy bench-sessions bench-overload clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,9 @@ bench-models: $(VENV)/.installed-bench
 
 bench-serving: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/serving.py
+
+bench-heavy: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/heavy_models.py
 
 bench-overload: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/overload.py

@@ -212,6 +212,7 @@ def wait_idle(servers: list[Served], limit: float = 120.0) -> None:
         time.sleep(0.5)
         if sum(server_cpu_seconds(s.process.pid) for s in servers) - before < 0.05:
             return
+    print(f"warning: servers still busy after {limit:.0f} s; measuring anyway", file=sys.stderr)
 
 
 def padding_elements(server: Served) -> tuple[float, float]:
@@ -249,6 +250,10 @@ def run_cell(
     result["server_cpu_us_per_request"] = server_cpu / max(result["requests"], 1) * 1e6
     result["loadgen_cpu_us_per_request"] = loadgen_cpu / max(result["requests"], 1) * 1e6
     result["mean_batch"] = (rows1 - rows0) / (batches1 - batches0) if batches1 > batches0 else None
+    # Throughput counts answered requests only: an error answered fast is no throughput.
+    result["wrk_rps"] = result["rps"]
+    good = result["requests"] - result["errors"]
+    result["rps"] = result["rps"] * good / result["requests"] if result["requests"] else 0.0
     result["padding_ratio"] = None
     if counted:
         real1, padded1 = padding_elements(server)
@@ -314,8 +319,9 @@ def direct_rates(model: Model, folder: Path, batches: list[int], seconds: float)
         async with ModelRepository(repository) as models:
             backend = models.get(model.name).backend
             prepared = {size: calls_of(size) for size in batches}
-            for calls in prepared.values():
-                for call in calls[:3]:
+            for calls in prepared.values():  # every shape once, then the first calls again
+                shapes = {call[model.input].shape: call for call in calls}
+                for call in [*shapes.values(), *calls[:3]]:
                     backend.predict(call)
             print("ready", flush=True)
             sys.stdin.readline()
@@ -376,9 +382,18 @@ def in_process(
 
 
 def servers_for(
-    model: Model, scratch: Path, ports: dict[str, int], env: dict[str, str]
-) -> list[Served]:
-    """Every server of one model, started (not yet ready)."""
+    model: Model,
+    scratch: Path,
+    ports: dict[str, int],
+    env: dict[str, str],
+    venvs: tuple[Path, Path],
+    servers: list[Served],
+) -> None:
+    """Start every server of one model (not yet ready), appending each to ``servers`` at once.
+
+    ``venvs`` are the Pythons of mosec's and MLServer's environments. Appending as they start
+    lets the caller stop those already running if a later one fails to start.
+    """
     local = "http://127.0.0.1"
     formats = ("json", "binary") if model.binary else ("json",)
     folder = MODELS / model.name
@@ -402,10 +417,8 @@ def servers_for(
             model=model.name,
         )
 
-    servers = [
-        coserve("coserve", folder),
-        coserve("coserve-2w", two, "--workers", "2", workers=2),
-    ]
+    servers.append(coserve("coserve", folder))
+    servers.append(coserve("coserve-2w", two, "--workers", "2", workers=2))
     if model.text:
         exact = model_variant(
             model, scratch / "coserve-exact" / model.name, threads=False, padding=False
@@ -421,7 +434,7 @@ def servers_for(
             model=model.name,
         )
     )
-    mosec = ensure_mosec_venv()
+    mosec, mlserver = venvs
     for name, workers in (("mosec", 1), ("mosec-2w", 2)):
         mosec_env = {
             **peer_env,
@@ -455,7 +468,7 @@ def servers_for(
         max_batch_size=model.max_batch,
     )
     launch = mlserver_launch(
-        ensure_mlserver_venv(),
+        mlserver,
         http_port=ports["mlserver"],
         grpc_port=ports["mlserver-grpc"],
         metrics_port=ports["mlserver-metrics"],
@@ -475,7 +488,6 @@ def servers_for(
         )
     )
     (scratch / "mlserver-scratch").symlink_to(launch.scratch)  # removed with the scratch
-    return servers
 
 
 def summarise(
@@ -498,7 +510,7 @@ def summarise(
                 f"{model.name} c={c}: {mine['server']} {fmt} {mine['rps']:,.0f} rps "
                 f"(p99 {mine['p99_ms']:.1f} ms) vs best peer {best_peer['server']} "
                 f"{best_peer['rps']:,.0f} (p99 {best_peer['p99_ms']:.1f} ms): "
-                f"{mine['rps'] / best_peer['rps']:.2f}x"
+                f"{mine['rps'] / best_peer['rps'] if best_peer['rps'] else math.inf:.2f}x"
             )
             for server in ("coserve", "coserve-2w"):
                 own, rates = by.get((server, fmt, c)), direct.get(server)
@@ -508,8 +520,8 @@ def summarise(
                         f"  {server} {fmt}: in process at batch {size} {rates[size]:,.0f} "
                         f"items/s; served / in process {own['rps'] / rates[size]:.2f}"
                     )
-        if model.text and ("coserve-exact", "json", c) in by:
-            padded, exact = by["coserve", "json", c], by["coserve-exact", "json", c]
+        padded, exact = by.get(("coserve", "json", c)), by.get(("coserve-exact", "json", c))
+        if model.text and padded and exact and "reference_sorted" in padded and exact["rps"]:
             lines.append(
                 f"  padding on / off (one process): {padded['rps'] / exact['rps']:.2f}x "
                 f"({padded['rps']:,.0f} vs {exact['rps']:,.0f} rps, mean batch "
@@ -520,6 +532,121 @@ def summarise(
                 f"{(padded['padding_ratio'] or 0) / padded['reference_sorted']:.2f}"
             )
     return lines
+
+
+def aggregate(model: Model, cells: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per server, body and concurrency: medians over the rounds."""
+    rows = []
+    for key, done in cells.items():
+        server_name, fmt, c = key.split("|")
+        row: dict[str, Any] = {"server": server_name, "format": fmt, "concurrency": int(c)}
+        for field in (
+            "rps",
+            "p50_ms",
+            "p99_ms",
+            "server_cpu_us_per_request",
+            "loadgen_cpu_us_per_request",
+        ):
+            row[field] = statistics.median(r[field] for r in done)
+        for field in ("mean_batch", "padding_ratio"):
+            values = [r[field] for r in done if r[field] is not None]
+            row[field] = statistics.median(values) if values else None
+        row["errors"] = sum(r["errors"] for r in done)
+        row["socket_errors"] = [r["socket_errors"] for r in done if r["socket_errors"]]
+        row["rounds"] = done
+        if model.text and row["mean_batch"]:
+            reference = reference_padding(
+                text_lengths(1000, seed=2), int(c), round(row["mean_batch"])
+            )
+            row["reference_sorted"] = reference["sorted"]
+            row["reference_arrival"] = reference["arrival"]
+        rows.append(row)
+    return rows
+
+
+def measure(
+    model: Model, opts: argparse.Namespace, env: dict[str, str], venvs: tuple[Path, Path]
+) -> tuple[dict[str, Any], list[str]]:
+    """Every cell of one model, then its in-process rates: (results, the report's lines)."""
+    name = model.name
+    scratch = Path(tempfile.mkdtemp(prefix=f"heavy-{name}-"))
+    try:
+        script = scratch / "bodies.lua"
+        script.write_text(WRK_SCRIPT)
+        bodies = write_bodies(model, scratch / "bodies")
+        keys = ("coserve", "coserve-2w", "coserve-exact", "unbatched", "mosec", "mosec-2w")
+        keys += ("mlserver", "mlserver-grpc", "mlserver-metrics")
+        ports = {key: free_port() for key in keys}
+        servers: list[Served] = []
+        cells: dict[str, list[dict[str, Any]]] = {}
+        try:
+            servers_for(model, scratch, ports, env, venvs, servers)
+            for server in servers:
+                server.wait_ready()
+            for round_ in range(opts.repeats):
+                for c in CONCURRENCY:
+                    for server in servers:
+                        for fmt in server.formats:
+                            wait_idle(servers)
+                            result = run_cell(server, fmt, c, opts, bodies, script, model.text)
+                            cells.setdefault(f"{server.name}|{fmt}|{c}", []).append(result)
+                            print(
+                                f"{name} round {round_ + 1} {server.name} {fmt} c={c}: "
+                                f"{result['rps']:,.1f} rps, p99 {result['p99_ms']:.1f} ms, "
+                                f"batch {result['mean_batch'] or 0:.1f}, "
+                                f"errors {result['errors']}",
+                                file=sys.stderr,
+                                flush=True,
+                            )
+        finally:
+            for server in servers:
+                server.stop()
+            if (scratch / "mlserver-scratch").exists():
+                shutil.rmtree((scratch / "mlserver-scratch").resolve(), ignore_errors=True)
+        rows = aggregate(model, cells)
+        direct: dict[str, dict[int, float]] = {}
+        for server_name, folder, copies in (
+            ("coserve", MODELS / name, 1),
+            ("coserve-2w", scratch / "coserve-2w" / name, 2),
+        ):
+            formed = sorted(
+                {
+                    max(1, round(r["mean_batch"]))
+                    for r in rows
+                    if r["server"] == server_name and r["mean_batch"]
+                }
+            )
+            if formed:
+                direct[server_name] = in_process(model, folder, formed, opts.direct_seconds, copies)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    table = [
+        f"\n### {name}\n",
+        "| server | body | c | rps | p50 ms | p99 ms | mean batch | padding ratio | errors "
+        "| server CPU µs/req |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in sorted(rows, key=lambda r: (r["concurrency"], r["server"], r["format"])):
+        batch = (
+            f"{row['mean_batch']:.1f}"
+            if row["mean_batch"]
+            else ("1" if row["server"] == "unbatched" else "n/a")
+        )
+        ratio = f"{row['padding_ratio']:.2f}" if row["padding_ratio"] else ""
+        table.append(
+            f"| {row['server']} | {row['format']} | {row['concurrency']} | {row['rps']:,.1f} "
+            f"| {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {batch} | {ratio} "
+            f"| {row['errors']} | {row['server_cpu_us_per_request']:.0f} |"
+        )
+    for server_name, rates in direct.items():
+        table.append(
+            f"\nIn process, as {server_name} runs it (coserve's backend, direct predict, "
+            f"{'two processes' if server_name == 'coserve-2w' else 'one process'}): "
+            + ", ".join(f"batch {size} {rate:,.1f} items/s" for size, rate in rates.items())
+        )
+    table.append("")
+    table += summarise(model, rows, direct)
+    return {"rows": rows, "in_process": direct}, table
 
 
 def main() -> None:
@@ -553,121 +680,13 @@ def main() -> None:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     results: dict[str, Any] = {"command": shlex.join([sys.executable, *sys.argv]), "commit": commit}
     report: list[str] = []
+    venvs = (ensure_mosec_venv(), ensure_mlserver_venv())  # before any server starts
     for name in names:
-        model = SPECS[name]
-        scratch = Path(tempfile.mkdtemp(prefix=f"heavy-{name}-"))
-        script = scratch / "bodies.lua"
-        script.write_text(WRK_SCRIPT)
-        bodies = write_bodies(model, scratch / "bodies")
-        ports = {
-            key: free_port()
-            for key in (
-                "coserve",
-                "coserve-2w",
-                "coserve-exact",
-                "unbatched",
-                "mosec",
-                "mosec-2w",
-                "mlserver",
-                "mlserver-grpc",
-                "mlserver-metrics",
-            )
-        }
-        servers = servers_for(model, scratch, ports, env)
-        cells: dict[str, list[dict[str, Any]]] = {}
-        try:
-            for server in servers:
-                server.wait_ready()
-            for round_ in range(opts.repeats):
-                for c in CONCURRENCY:
-                    for server in servers:
-                        for fmt in server.formats:
-                            wait_idle(servers)
-                            result = run_cell(server, fmt, c, opts, bodies, script, model.text)
-                            cells.setdefault(f"{server.name}|{fmt}|{c}", []).append(result)
-                            print(
-                                f"{name} round {round_ + 1} {server.name} {fmt} c={c}: "
-                                f"{result['rps']:,.1f} rps, p99 {result['p99_ms']:.1f} ms, "
-                                f"batch {result['mean_batch'] or 0:.1f}",
-                                file=sys.stderr,
-                                flush=True,
-                            )
-        finally:
-            for server in servers:
-                server.stop()
-            shutil.rmtree((scratch / "mlserver-scratch").resolve(), ignore_errors=True)
-        rows = []
-        for key, done in cells.items():
-            server_name, fmt, c = key.split("|")
-            row: dict[str, Any] = {"server": server_name, "format": fmt, "concurrency": int(c)}
-            for field in (
-                "rps",
-                "p50_ms",
-                "p99_ms",
-                "server_cpu_us_per_request",
-                "loadgen_cpu_us_per_request",
-            ):
-                row[field] = statistics.median(r[field] for r in done)
-            for field in ("mean_batch", "padding_ratio"):
-                values = [r[field] for r in done if r[field] is not None]
-                row[field] = statistics.median(values) if values else None
-            row["errors"] = sum(r["errors"] for r in done)
-            row["socket_errors"] = [r["socket_errors"] for r in done if r["socket_errors"]]
-            row["rounds"] = done
-            if model.text and row["mean_batch"]:
-                reference = reference_padding(
-                    text_lengths(1000, seed=2), int(c), round(row["mean_batch"])
-                )
-                row["reference_sorted"] = reference["sorted"]
-                row["reference_arrival"] = reference["arrival"]
-            rows.append(row)
-        direct: dict[str, dict[int, float]] = {}
-        try:
-            for server, folder, copies in (
-                ("coserve", MODELS / name, 1),
-                ("coserve-2w", scratch / "coserve-2w" / name, 2),
-            ):
-                formed = sorted(
-                    {
-                        max(1, round(r["mean_batch"]))
-                        for r in rows
-                        if r["server"] == server and r["mean_batch"]
-                    }
-                )
-                direct[server] = in_process(model, folder, formed, opts.direct_seconds, copies)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        results[name] = {"rows": rows, "in_process": direct}
-        table = [
-            f"\n### {name}\n",
-            "| server | body | c | rps | p50 ms | p99 ms | mean batch | padding ratio | errors "
-            "| server CPU µs/req |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for row in sorted(rows, key=lambda r: (r["concurrency"], r["server"], r["format"])):
-            batch = (
-                f"{row['mean_batch']:.1f}"
-                if row["mean_batch"]
-                else ("1" if row["server"] == "unbatched" else "n/a")
-            )
-            ratio = f"{row['padding_ratio']:.2f}" if row["padding_ratio"] else ""
-            table.append(
-                f"| {row['server']} | {row['format']} | {row['concurrency']} | {row['rps']:,.1f} "
-                f"| {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {batch} | {ratio} "
-                f"| {row['errors']} | {row['server_cpu_us_per_request']:.0f} |"
-            )
-        for server, rates in direct.items():
-            table.append(
-                f"\nIn process, as {server} runs it (coserve's backend, direct predict, "
-                f"{'two processes' if server == 'coserve-2w' else 'one process'}): "
-                + ", ".join(f"batch {size} {rate:,.1f} items/s" for size, rate in rates.items())
-            )
-        table.append("")
-        table += summarise(model, rows, direct)
+        results[name], table = measure(SPECS[name], opts, env, venvs)
         print("\n".join(table), flush=True)
         report += table
-    opts.output.parent.mkdir(parents=True, exist_ok=True)
-    opts.output.write_text(json.dumps(results, indent=2) + "\n")
+        opts.output.parent.mkdir(parents=True, exist_ok=True)  # kept after each model
+        opts.output.write_text(json.dumps(results, indent=2) + "\n")
     print("\n".join(report))
     print(f"wrote {opts.output}")
 

@@ -115,7 +115,7 @@ def mlserver_launch(
     model_folder: Path = HERE,
     model: str = "digits",
 ) -> MLServerLaunch:
-    """``mlserver start`` on this folder, listening on 127.0.0.1 only.
+    """``mlserver start`` on ``model_folder`` (default: this one), on 127.0.0.1 only.
 
     MLServer writes its Prometheus multiprocess files and unpacked environments under the working
     directory by default; both go to a fresh temporary folder instead (``scratch``; delete it after
@@ -133,9 +133,9 @@ def mlserver_launch(
         "MLSERVER_DEBUG": "false",
         "MLSERVER_METRICS_DIR": str(scratch / "metrics"),
         "MLSERVER_ENVIRONMENTS_DIR": str(scratch / "envs"),
-        # runtime.py, for a model folder that is not this one
-        "PYTHONPATH": str(HERE),
     }
+    # runtime.py, for a model folder that is not this one
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(HERE), env.get("PYTHONPATH"))))
     mlserver = python.parent / "mlserver"
     return MLServerLaunch(
         [str(mlserver), "start", str(model_folder)],

@@ -39,7 +39,7 @@ import traceback
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 from typing import Any, TypeVar
 
 import numpy as np
@@ -229,8 +229,13 @@ class DecoderPool:
             workers, self._workers = self._workers, []
             jobs, self._jobs = self._jobs, SimpleQueue()
             waiting: list[_Job] = []
-            while not jobs.empty():
-                job = jobs.get_nowait()
+            # get_nowait until Empty, not empty() then get: a worker may take the last job
+            # between the two, without the lock.
+            while True:
+                try:
+                    job = jobs.get_nowait()
+                except Empty:
+                    break
                 if job is not None:
                     waiting.append(job)
             for worker in workers:
