@@ -4,17 +4,26 @@ Pure asyncio (and numpy for statistics); no web or ML imports. See ``Batcher`` f
 policy and its guarantees: every submitted item gets exactly one outcome.
 """
 
-from coserve.batching._batcher import AsyncBatchFunction, Batcher, BatchFunction, SyncBatchFunction
+from coserve.batching._batcher import (
+    UNSET,
+    AsyncBatchFunction,
+    Batcher,
+    BatchFunction,
+    BatchingOptions,
+    SyncBatchFunction,
+)
 from coserve.batching._decorator import Batched, BatchedMethod, batched
 from coserve.batching._statistics import BatcherStatistics, CloseReason, DurationSummary
 
 __all__ = [
+    "UNSET",
     "AsyncBatchFunction",
     "BatchFunction",
     "Batched",
     "BatchedMethod",
     "Batcher",
     "BatcherStatistics",
+    "BatchingOptions",
     "CloseReason",
     "DurationSummary",
     "SyncBatchFunction",

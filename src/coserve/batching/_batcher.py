@@ -15,6 +15,7 @@ deadlines are timers set once at submit.
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
 import inspect
 import logging
@@ -23,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
@@ -35,7 +37,14 @@ from coserve._exceptions import (
 from coserve.batching._queue import BucketedQueue, QueuedRequest, RequestFuture, RequestState
 from coserve.batching._statistics import BatcherStatistics, CloseReason, Counters
 
-__all__ = ["AsyncBatchFunction", "BatchFunction", "Batcher", "SyncBatchFunction"]
+__all__ = [
+    "UNSET",
+    "AsyncBatchFunction",
+    "BatchFunction",
+    "Batcher",
+    "BatchingOptions",
+    "SyncBatchFunction",
+]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -57,6 +66,51 @@ def is_async_callable(fn: object) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004 - we want the method, not callable()
     )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchingOptions:
+    """The options a :class:`Batcher` forms batches with now (see :meth:`Batcher.configure`)."""
+
+    max_batch_size: int
+    max_wait: float
+    max_concurrent_batches: int
+    max_queue_size: int
+    timeout: float | None
+    max_requests_per_batch: int | None
+
+
+class _Unset(enum.Enum):
+    UNSET = enum.auto()
+
+
+UNSET = _Unset.UNSET
+"""An option :meth:`Batcher.configure` leaves as it is (for those where None means something)."""
+
+
+def _check_options(
+    *,
+    max_batch_size: int | None = None,
+    max_wait: float | None = None,
+    max_concurrent_batches: int | None = None,
+    max_queue_size: int | None = None,
+    timeout: float | None = None,
+    max_requests_per_batch: int | None = None,
+) -> None:
+    """Check the batching options given (None: not given, or None where None is allowed)."""
+    for option, value in (
+        ("max_batch_size", max_batch_size),
+        ("max_concurrent_batches", max_concurrent_batches),
+        ("max_queue_size", max_queue_size),
+        ("max_requests_per_batch", max_requests_per_batch),
+    ):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{option} must be an int, got {value!r}")
+        _check_positive(option, value)
+    _check_positive("max_wait", max_wait, allow_zero=True)
+    _check_positive("timeout", timeout)
 
 
 def _check_positive(name: str, value: float | None, *, allow_zero: bool = False) -> None:
@@ -121,20 +175,14 @@ class Batcher(Generic[T, R]):
     ) -> None:
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
-        for option, value in (
-            ("max_batch_size", max_batch_size),
-            ("max_concurrent_batches", max_concurrent_batches),
-            ("max_queue_size", max_queue_size),
-            (
-                "max_requests_per_batch",
-                1 if max_requests_per_batch is None else max_requests_per_batch,
-            ),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{option} must be an int, got {value!r}")
-            _check_positive(option, value)
-        _check_positive("max_wait", max_wait, allow_zero=True)
-        _check_positive("timeout", timeout)
+        _check_options(
+            max_batch_size=max_batch_size,
+            max_wait=max_wait,
+            max_concurrent_batches=max_concurrent_batches,
+            max_queue_size=max_queue_size,
+            timeout=timeout,
+            max_requests_per_batch=max_requests_per_batch,
+        )
         _check_positive("grace_period", grace_period, allow_zero=True)
 
         self._fn = fn
@@ -175,6 +223,98 @@ class Batcher(Generic[T, R]):
     def max_batch_size(self) -> int:
         """The most rows in one batch."""
         return self._max_batch_size
+
+    def options(self) -> BatchingOptions:
+        """The options in force now (they change with :meth:`configure`)."""
+        return BatchingOptions(
+            max_batch_size=self._max_batch_size,
+            max_wait=self._max_wait,
+            max_concurrent_batches=self._slots,
+            max_queue_size=self._max_queue_size,
+            timeout=self._timeout,
+            max_requests_per_batch=self._max_requests,
+        )
+
+    def configure(
+        self,
+        *,
+        max_batch_size: int | None = None,
+        max_wait: float | None = None,
+        max_concurrent_batches: int | None = None,
+        max_queue_size: int | None = None,
+        timeout: float | _Unset | None = UNSET,
+        max_requests_per_batch: int | _Unset | None = UNSET,
+    ) -> BatchingOptions:
+        """Change batching options while the batcher serves; nothing queued or running is lost.
+
+        Options not given stay as they are (``timeout`` and ``max_requests_per_batch`` take
+        None as a value, so they are left out rather than passed None to keep them). Every
+        option is checked before any changes. The next batch is formed with the new options:
+
+        - ``max_batch_size``: a request queued under a larger limit still runs, alone if it
+          does not fit the new one;
+        - ``max_wait``: the lingering of the buckets waiting now is reckoned with the new value;
+        - ``max_concurrent_batches``: more slots start batches at once (the thread pool the
+          batcher owns grows); fewer let the running batches finish, starting none until one
+          is free under the new count;
+        - ``max_queue_size``: a smaller bound refuses new requests until the queue is below it
+          (nothing queued is dropped); a larger one lets waiters in;
+        - ``timeout``: the default deadline of requests submitted from now on.
+
+        Call it from the batcher's event loop (or before it starts).
+
+        Returns:
+            The options now in force.
+
+        Raises:
+            TypeError, ValueError: An option has the wrong type or is out of range; nothing
+                changed.
+            RuntimeError: Called from another event loop than the batcher's.
+        """
+        _check_options(
+            max_batch_size=max_batch_size,
+            max_wait=max_wait,
+            max_concurrent_batches=max_concurrent_batches,
+            max_queue_size=max_queue_size,
+            timeout=None if timeout is UNSET else timeout,
+            max_requests_per_batch=(
+                None if max_requests_per_batch is UNSET else max_requests_per_batch
+            ),
+        )
+        loop = self._loop
+        if loop is not None:
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is not loop:
+                raise RuntimeError(f"batcher {self._name!r}: configure it from its event loop")
+        if max_batch_size is not None:
+            self._max_batch_size = max_batch_size
+        if max_wait is not None:
+            self._max_wait = float(max_wait)
+        if max_queue_size is not None:
+            self._max_queue_size = max_queue_size
+        if not isinstance(timeout, _Unset):
+            self._timeout = timeout
+        if not isinstance(max_requests_per_batch, _Unset):
+            self._max_requests = max_requests_per_batch
+        if max_concurrent_batches is not None and max_concurrent_batches != self._slots:
+            if self._owns_executor and max_concurrent_batches > self._slots:
+                # A pool cannot grow in place: the old one finishes what it runs, then exits.
+                old = self._executor
+                assert old is not None
+                self._executor = ThreadPoolExecutor(
+                    max_workers=max_concurrent_batches,
+                    thread_name_prefix=f"coserve-batch-{self._name}",
+                )
+                old.shutdown(wait=False)
+            self._slots = max_concurrent_batches
+        logger.info("batcher %r: options now %s", self._name, self.options())
+        self._wake()  # the dispatcher decides again, with the new options
+        if self._room_waiters and self._queue.count < self._max_queue_size:
+            self._wake_room_waiters()
+        return self.options()
 
     @property
     def closed(self) -> bool:
@@ -524,10 +664,11 @@ class Batcher(Generic[T, R]):
         loop = self._loop
         assert loop is not None
         queue = self._queue
-        max_rows = self._max_batch_size
-        max_wait = self._max_wait
         try:
             while True:
+                # Read each pass: configure() may change them (and wakes this loop when it does).
+                max_rows = self._max_batch_size
+                max_wait = self._max_wait
                 if len(self._running) >= self._slots:
                     await self._sleep(_NEVER)  # until a batch finishes and frees a slot
                     continue

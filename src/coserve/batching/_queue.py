@@ -168,14 +168,16 @@ class RequestQueue(Generic[T]):
                     lane.popleft()
                     self._dead -= 1
                     continue
-                if rows + request.size > max_rows:
+                # A request larger than max_rows (queued before the limit was lowered) runs
+                # alone rather than never.
+                if rows + request.size > max_rows and batch:
                     self._account_taken(batch, rows)
                     return batch, rows, True
                 lane.popleft()
                 request.state = RequestState.RUNNING
                 batch.append(request)
                 rows += request.size
-                if rows == max_rows or len(batch) == max_requests:
+                if rows >= max_rows or len(batch) == max_requests:
                     self._account_taken(batch, rows)
                     return batch, rows, True
         self._account_taken(batch, rows)
