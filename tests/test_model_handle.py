@@ -266,3 +266,61 @@ async def test_a_request_to_a_model_without_batch_dimension_is_never_split() -> 
     finally:
         await handle.aclose()
     assert handle.statistics().batch_sizes == {1: 2}  # each request one inference
+
+
+class Gated(SumRows):
+    """SumRows that blocks each batch until released (a sync model runs in a thread)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self.gate = threading.Event()
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.gate.wait(10)  # set by the test; the bound only ends a failed run
+        return super().__call__(inputs)
+
+
+async def test_configure_changes_the_next_batches_and_loses_nothing() -> None:
+    """A lower max_batch_size splits the next batches; requests queued meanwhile all answer."""
+    model = Gated()
+    handle = handle_for(model, max_batch_size=8)
+    try:
+        first = asyncio.ensure_future(handle.infer({"x": [[1.0, 1.0]]}))
+        for _ in range(200):  # until the first batch holds the model's thread
+            await asyncio.sleep(0.01)
+            if handle.statistics().running_batches:
+                break
+        queued = [asyncio.ensure_future(handle.infer({"x": [[float(i), 0.0]]})) for i in range(6)]
+        await asyncio.sleep(0.05)
+        config = handle.configure({"max_batch_size": 2, "max_wait": 0.0, "timeout": 30.0})
+        assert (config.max_batch_size, config.timeout) == (2, 30.0)
+        assert handle.batching is config
+        model.gate.set()
+        results = await asyncio.gather(first, *queued)
+    finally:
+        await handle.aclose()
+    assert [r["total"].tolist() for r in results] == [[2.0], *[[float(i)] for i in range(6)]]
+    assert model.calls == [(1, 2), (2, 2), (2, 2), (2, 2)]
+
+
+async def test_configure_refuses_unknown_options_and_limits_above_the_loaded_ones() -> None:
+    """Unknown options, bad values and limits above those loaded are InvalidInput; none apply."""
+    handle = handle_for(SumRows(), max_batch_size=8, max_concurrent_batches=2)
+    try:
+        before = handle.batching
+        with pytest.raises(InvalidInput, match="'padding' cannot be changed while serving"):
+            handle.configure({"padding": None})
+        with pytest.raises(InvalidInput, match="max_batch_size 16 is above the 8"):
+            handle.configure({"max_batch_size": 16})
+        with pytest.raises(InvalidInput, match="max_concurrent_batches 3 is above the 2"):
+            handle.configure({"max_concurrent_batches": 3})
+        with pytest.raises(InvalidInput, match="max_wait must be >= 0"):
+            handle.configure({"max_batch_size": 4, "max_wait": -1})
+        assert handle.batching == before
+        handle.configure({"max_batch_size": 4})
+        handle.configure({"max_batch_size": 8})  # back up to the loaded limit
+        assert handle.batching.max_batch_size == 8
+    finally:
+        await handle.aclose()

@@ -19,7 +19,13 @@ import numpy as np
 import pytest
 
 from coserve import InvalidInput, PythonModel, SequenceFlags, SequenceHandle, TensorSpec
-from coserve._exceptions import ConfigError, DeadlineExceeded, ModelLoadError, QueueFull
+from coserve._exceptions import (
+    ConfigError,
+    DeadlineExceeded,
+    ModelLoadError,
+    QueueFull,
+    Unsupported,
+)
 from coserve.models import (
     BatchingConfig,
     ModelConfig,
@@ -623,4 +629,14 @@ async def test_a_full_sequence_model_refuses_and_counts_it() -> None:
         assert not handle.queue_full
     finally:
         gate.set()
+        await handle.aclose()
+
+
+async def test_batching_of_a_sequence_model_is_not_changed_live() -> None:
+    """configure() is refused: a sequence model's slots are its batch rows."""
+    handle = handle_for(lambda inputs: {"total": inputs["x"]})
+    try:
+        with pytest.raises(Unsupported, match="cannot be changed while it serves"):
+            handle.configure({"max_wait": 0.01})
+    finally:
         await handle.aclose()

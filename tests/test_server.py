@@ -355,8 +355,11 @@ def test_metrics_report_batching_per_model(server: ServerProcess, images: np.nda
         'coserve_request_duration_seconds_count{model="digits_onnx",protocol="http",status="200",'
         'version="1"}',
         'coserve_queued_requests{model="slow",version="1"}',
+        'coserve_batching_option{model="digits_onnx",option="max_batch_size",version="1"} 64.0',
+        'coserve_batching_option{model="digits_onnx",option="max_queue_size",version="1"} 1024.0',
     ):
         assert expected in text, expected
+    assert 'coserve_batching_option{model="digits_onnx",option="timeout"' not in text  # none
 
 
 def test_sigterm_answers_accepted_requests_then_exits_zero(tmp_path: Path) -> None:

@@ -9,9 +9,10 @@ and give each freed place to the next caller waiting for room, first come first 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from coserve._exceptions import QueueFull
+from coserve._exceptions import QueueFull, Unsupported
 from coserve.models._config import BatchingConfig
 
 __all__ = ["InFlightAdmission"]
@@ -32,6 +33,17 @@ class InFlightAdmission:
 
     def _in_flight(self) -> int:
         raise NotImplementedError
+
+    def configure(self, changes: Mapping[str, Any]) -> BatchingConfig:
+        """Refused: these handles schedule requests themselves, around their models' batchers.
+
+        Raises:
+            Unsupported: Always; change the composing model's batching instead, or the config.
+        """
+        raise Unsupported(
+            f"model {getattr(self, 'name', '?')!r}: the batching of an ensemble or a sequence "
+            "model cannot be changed while it serves (an ensemble's composing models' can)"
+        )
 
     @property
     def queue_full(self) -> bool:

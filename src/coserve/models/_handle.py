@@ -60,6 +60,7 @@ class ModelHandle:
     ) -> None:
         self.backend = backend
         self.batching = batching
+        self._loaded = batching  # the limits live changes stay within (configure)
         self.labels = tuple(labels)
         self._output_names = tuple(spec.name for spec in backend.outputs)
         self.output_datatypes = {spec.name: spec.datatype for spec in backend.outputs}
@@ -143,6 +144,63 @@ class ModelHandle:
             )
             self._signature_handles[name] = handle
         return handle
+
+    LIVE_OPTIONS = (
+        "max_batch_size",
+        "max_wait",
+        "max_concurrent_batches",
+        "max_queue_size",
+        "timeout",
+    )
+    """The batching options :meth:`configure` changes while the model serves."""
+
+    def configure(self, changes: Mapping[str, Any]) -> BatchingConfig:
+        """Change this model version's batching while it serves; no request is lost or failed.
+
+        ``changes`` maps some of :data:`LIVE_OPTIONS` to new values (``timeout`` may be None:
+        no default deadline). They apply from the next batch, as :meth:`Batcher.configure
+        <coserve.Batcher.configure>` describes, to this handle and its other signatures'. The
+        model's ``max_batch_size`` and ``max_concurrent_batches`` as loaded are the most a
+        change may set: the model (and its backend's instances) were loaded and warmed up for
+        them; raise them in the model's config to go further.
+
+        Returns:
+            The batching policy now in force (also :attr:`batching`).
+
+        Raises:
+            InvalidInput: An unknown option, a value out of range, or above the loaded limit;
+                nothing changed.
+        """
+        unknown = sorted(set(changes) - set(self.LIVE_OPTIONS))
+        if unknown:
+            raise InvalidInput(
+                f"model {self.name!r}: {', '.join(map(repr, unknown))} cannot be changed while "
+                f"serving; the options that can are: {', '.join(self.LIVE_OPTIONS)}"
+            )
+        loaded = self._loaded
+        for option in ("max_batch_size", "max_concurrent_batches"):
+            value = changes.get(option)
+            limit = getattr(loaded, option)
+            if isinstance(value, int) and not isinstance(value, bool) and value > limit:
+                raise InvalidInput(
+                    f"model {self.name!r}: {option} {value} is above the {limit} the model was "
+                    "loaded with; raise it in the model's config"
+                )
+        handles = [self, *self._signature_handles.values()]
+        try:
+            for handle in handles:  # each checks all before changing any; all agree
+                handle._batcher.configure(**changes)
+        except (TypeError, ValueError) as error:
+            raise InvalidInput(f"model {self.name!r}: {error}") from None
+        for handle in handles:
+            handle._apply(changes)
+        return self.batching
+
+    def _apply(self, changes: Mapping[str, Any]) -> None:
+        """Record live changes in :attr:`batching`, and what is derived from it."""
+        self.batching = dataclasses.replace(self.batching, **changes)
+        self._max_rows = self.batching.max_batch_size * self.batching.max_queue_size
+        self.chunk_window = max(1, self.batching.max_queue_size // 16)
 
     @property
     def closed(self) -> bool:

@@ -48,6 +48,12 @@ class _BatcherCollector(Collector):
         queued = GaugeMetricFamily(
             "coserve_queued_requests", "Requests waiting in the queue", labels=labels
         )
+        options = GaugeMetricFamily(
+            "coserve_batching_option",
+            "The batching options in force (they change with ModelHandle.configure); "
+            "timeout is absent when requests have no default deadline",
+            labels=[*labels, "option"],
+        )
         running = GaugeMetricFamily(
             "coserve_running_batches", "Batches executing now", labels=labels
         )
@@ -92,6 +98,10 @@ class _BatcherCollector(Collector):
                     elements.add_metric([*where, "padded"], bucket.padded)
             stats = handle.statistics()
             key = [handle.name, handle.version]
+            for option in handle.LIVE_OPTIONS:
+                value = getattr(handle.batching, option)
+                if value is not None:
+                    options.add_metric([*key, option], float(value))
             for outcome in _OUTCOMES:
                 outcomes.add_metric([*key, outcome], getattr(stats, outcome))
             rejected.add_metric([*key, "queue_full"], stats.rejected_queue_full)
@@ -113,6 +123,7 @@ class _BatcherCollector(Collector):
             ):
                 family.add_metric(key, summary.count, summary.mean * summary.count)
         yield from (outcomes, rejected, queued, running, closes, sizes, queue_time, exec_time)
+        yield options
         yield from (bucket_requests, bucket_rows, bucket_batches, elements)
 
 
