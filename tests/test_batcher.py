@@ -673,6 +673,8 @@ class TestConfiguration:
             ({"timeout": 0}, ValueError),
             ({"grace_period": -1}, ValueError),
             ({"max_batch_size": True}, TypeError),
+            ({"max_batch_size": None}, TypeError),
+            ({"max_queue_size": None}, TypeError),
         ],
     )
     def test_bad_options_are_refused_with_the_option_named(

@@ -91,8 +91,12 @@ async def test_a_request_larger_than_a_lowered_limit_runs_alone(model: Recording
         assert await big == 10
         assert await asyncio.gather(*first, *small) == [0, 20, 30, 40]
         assert model.batches == [[0], [1], [2, 3], [4]]
-        with pytest.raises(ValueError, match="size must be between 1 and 2"):
-            await batcher.submit(5, size=3)
+        # Sizes up to the largest limit it has had are still taken (the later chunks of a
+        # request split under it), and run alone; larger ones are refused.
+        assert await batcher.submit(5, size=3) == 50
+        assert model.batches[-1] == [5]
+        with pytest.raises(ValueError, match="size must be between 1 and 8"):
+            await batcher.submit(6, size=9)
 
 
 @pytest.mark.looptime
@@ -140,19 +144,32 @@ async def test_more_slots_start_batches_alongside_the_running_one() -> None:
         assert await asyncio.gather(*tasks) == [0, 2, 4, 6]
 
 
-async def test_fewer_slots_let_running_batches_finish(model: RecordingModel) -> None:
+async def test_fewer_slots_let_running_batches_finish() -> None:
     """Lowering max_concurrent_batches starts no new batch until one is free under it."""
-    async with Batcher(model, max_batch_size=1, max_concurrent_batches=3) as batcher:
-        model.hold()
+    gates = {i: asyncio.Event() for i in range(5)}
+    started: list[int] = []
+
+    async def fn(items: list[int]) -> list[int]:
+        started.extend(items)
+        await gates[items[0]].wait()
+        return [i * 10 for i in items]
+
+    async with Batcher(fn, max_batch_size=1, max_concurrent_batches=3) as batcher:
         running = submit_all(batcher, range(3))
         await settle()
-        assert len(model.batches) == 3
-        batcher.configure(max_concurrent_batches=1)
-        queued = submit_all(batcher, [3])
+        assert started == [0, 1, 2]
+        batcher.configure(max_concurrent_batches=2)
+        queued = submit_all(batcher, [3, 4])
         await settle()
-        assert len(model.batches) == 3
-        model.release()
-        assert await asyncio.gather(*running, *queued) == [0, 10, 20, 30]
+        gates[0].set()  # 2 still run: not below the new count, so nothing starts
+        await settle()
+        assert started == [0, 1, 2]
+        gates[1].set()  # 1 runs now: one more may start
+        await settle()
+        assert started == [0, 1, 2, 3]
+        for gate in gates.values():
+            gate.set()
+        assert await asyncio.gather(*running, *queued) == [0, 10, 20, 30, 40]
 
 
 async def test_a_smaller_queue_bound_refuses_new_requests_and_keeps_the_queued(

@@ -318,9 +318,63 @@ async def test_configure_refuses_unknown_options_and_limits_above_the_loaded_one
             handle.configure({"max_concurrent_batches": 3})
         with pytest.raises(InvalidInput, match="max_wait must be >= 0"):
             handle.configure({"max_batch_size": 4, "max_wait": -1})
+        with pytest.raises(InvalidInput, match="max_queue_size needs a value"):
+            handle.configure({"max_batch_size": 4, "max_queue_size": None})
         assert handle.batching == before
         handle.configure({"max_batch_size": 4})
         handle.configure({"max_batch_size": 8})  # back up to the loaded limit
         assert handle.batching.max_batch_size == 8
+    finally:
+        await handle.aclose()
+
+
+async def test_a_large_request_split_before_the_limit_was_lowered_completes() -> None:
+    """Chunks of 8 rows queued under max_batch_size 8 still run after it drops to 2."""
+    model = Gated()
+    handle = handle_for(model, max_batch_size=8, max_queue_size=64)
+    try:
+        big = asyncio.ensure_future(handle.infer({"x": [[float(i), 1.0] for i in range(24)]}))
+        for _ in range(200):  # until its first chunk holds the model's thread
+            await asyncio.sleep(0.01)
+            if handle.statistics().running_batches:
+                break
+        handle.configure({"max_batch_size": 2})
+        model.gate.set()
+        result = await big
+        after = await handle.infer({"x": [[1.0, 1.0]] * 4})  # split at the new limit
+    finally:
+        await handle.aclose()
+    assert result["total"].tolist() == [float(i) + 1.0 for i in range(24)]
+    assert after["total"].tolist() == [2.0] * 4
+    assert model.calls == [(8, 2), (8, 2), (8, 2), (2, 2), (2, 2)]
+
+
+async def test_allowed_batch_sizes_bound_a_live_max_batch_size() -> None:
+    """A model padded to allowed batch sizes takes only one of them as its new limit."""
+    handle = handle_for(SumRows(), max_batch_size=8, allowed_batch_sizes=(2, 4, 8))
+    try:
+        with pytest.raises(InvalidInput, match="one of its allowed batch sizes"):
+            handle.configure({"max_batch_size": 3})
+        assert handle.configure({"max_batch_size": 4}).max_batch_size == 4
+    finally:
+        await handle.aclose()
+
+
+async def test_the_config_served_shows_the_live_batching() -> None:
+    """GET .../config and gRPC ModelConfig show what configure() set, not what was loaded."""
+    from coserve.models import ModelConfig
+    from coserve.models._triton_config import triton_model_config
+
+    handle = handle_for(SumRows(), max_batch_size=8, max_wait=0.001)
+    loaded = ModelConfig("sum", "python", batching=handle.batching)
+    try:
+        assert handle.live_config(loaded) is loaded
+        handle.configure({"max_batch_size": 4})
+        handle.configure({"max_wait": 0.003})
+        live = handle.live_config(loaded)
+        assert (live.batching.max_batch_size, live.batching.max_wait) == (4, 0.003)
+        served = triton_model_config(live, handle.inputs, handle.outputs)
+        assert served["max_batch_size"] == 4
+        assert served["dynamic_batching"]["max_queue_delay_microseconds"] == 3000
     finally:
         await handle.aclose()

@@ -175,6 +175,14 @@ class Batcher(Generic[T, R]):
     ) -> None:
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
+        for option, value in (
+            ("max_batch_size", max_batch_size),
+            ("max_concurrent_batches", max_concurrent_batches),
+            ("max_queue_size", max_queue_size),
+            ("max_wait", max_wait),
+        ):
+            if value is None:  # _check_options reads None as "not given"; here it is required
+                raise TypeError(f"{option} must be a number, got None")
         _check_options(
             max_batch_size=max_batch_size,
             max_wait=max_wait,
@@ -188,6 +196,9 @@ class Batcher(Generic[T, R]):
         self._fn = fn
         self._is_async = is_async_callable(fn)
         self._max_batch_size = max_batch_size
+        # The largest max_batch_size it has had: a request sized under it (the later chunks of
+        # a large request split before configure() lowered the limit) is taken, and runs alone.
+        self._size_limit = max_batch_size
         self._max_requests = max_requests_per_batch
         self._max_wait = float(max_wait)
         self._slots = max_concurrent_batches
@@ -195,6 +206,7 @@ class Batcher(Generic[T, R]):
         self._timeout = timeout
         self._executor = executor
         self._owns_executor = False
+        self._pool_size = 0  # threads of the pool it owns
         self._grace_period = grace_period
         self._name = name or getattr(fn, "__qualname__", None) or type(fn).__name__
 
@@ -252,7 +264,8 @@ class Batcher(Generic[T, R]):
         option is checked before any changes. The next batch is formed with the new options:
 
         - ``max_batch_size``: a request queued under a larger limit still runs, alone if it
-          does not fit the new one;
+          does not fit the new one; requests of up to the largest limit the batcher has had
+          are still taken (run alone), so a large request split under the old one completes;
         - ``max_wait``: the lingering of the buckets waiting now is reckoned with the new value;
         - ``max_concurrent_batches``: more slots start batches at once (the thread pool the
           batcher owns grows); fewer let the running batches finish, starting none until one
@@ -291,6 +304,7 @@ class Batcher(Generic[T, R]):
                 raise RuntimeError(f"batcher {self._name!r}: configure it from its event loop")
         if max_batch_size is not None:
             self._max_batch_size = max_batch_size
+            self._size_limit = max(self._size_limit, max_batch_size)
         if max_wait is not None:
             self._max_wait = float(max_wait)
         if max_queue_size is not None:
@@ -300,7 +314,7 @@ class Batcher(Generic[T, R]):
         if not isinstance(max_requests_per_batch, _Unset):
             self._max_requests = max_requests_per_batch
         if max_concurrent_batches is not None and max_concurrent_batches != self._slots:
-            if self._owns_executor and max_concurrent_batches > self._slots:
+            if self._owns_executor and max_concurrent_batches > self._pool_size:
                 # A pool cannot grow in place: the old one finishes what it runs, then exits.
                 old = self._executor
                 assert old is not None
@@ -309,6 +323,7 @@ class Batcher(Generic[T, R]):
                     thread_name_prefix=f"coserve-batch-{self._name}",
                 )
                 old.shutdown(wait=False)
+                self._pool_size = max_concurrent_batches
             self._slots = max_concurrent_batches
         logger.info("batcher %r: options now %s", self._name, self.options())
         self._wake()  # the dispatcher decides again, with the new options
@@ -510,8 +525,8 @@ class Batcher(Generic[T, R]):
             raise QueueFull(
                 f"batcher {self._name!r} has {queue.count} requests queued, its maximum"
             )
-        if size != 1 and (isinstance(size, bool) or not 1 <= size <= self._max_batch_size):
-            raise ValueError(f"size must be between 1 and {self._max_batch_size}, got {size!r}")
+        if size != 1 and (isinstance(size, bool) or not 1 <= size <= self._size_limit):
+            raise ValueError(f"size must be between 1 and {self._size_limit}, got {size!r}")
         if timeout is None:
             timeout = self._timeout
         elif timeout <= 0:
@@ -557,6 +572,7 @@ class Batcher(Generic[T, R]):
                 max_workers=self._slots, thread_name_prefix=f"coserve-batch-{self._name}"
             )
             self._owns_executor = True
+            self._pool_size = self._slots
         self._loop = loop
         self._dispatcher = loop.create_task(self._dispatch(), name=f"coserve-batcher-{self._name}")
         return loop

@@ -21,7 +21,7 @@ from coserve._exceptions import (
 )
 from coserve.batching import Batcher, BatcherStatistics
 from coserve.models._backend import Backend, SequenceFlags
-from coserve.models._config import BatchingConfig
+from coserve.models._config import BatchingConfig, ModelConfig
 from coserve.models._padding import Padded, Padder, shape_key
 from coserve.models._specs import TensorSpec
 from coserve.models._validation import check_inputs
@@ -154,6 +154,16 @@ class ModelHandle:
     )
     """The batching options :meth:`configure` changes while the model serves."""
 
+    _live: Mapping[str, Any] = {}  # the changes configure() made since load (read-only here)
+
+    def live_config(self, config: ModelConfig) -> ModelConfig:
+        """The model's loaded config with the batching changes :meth:`configure` made since."""
+        if not self._live:
+            return config
+        return dataclasses.replace(
+            config, batching=dataclasses.replace(config.batching, **self._live)
+        )
+
     def configure(self, changes: Mapping[str, Any]) -> BatchingConfig:
         """Change this model version's batching while it serves; no request is lost or failed.
 
@@ -177,6 +187,16 @@ class ModelHandle:
                 f"model {self.name!r}: {', '.join(map(repr, unknown))} cannot be changed while "
                 f"serving; the options that can are: {', '.join(self.LIVE_OPTIONS)}"
             )
+        for option, value in changes.items():
+            if value is None and option != "timeout":
+                raise InvalidInput(f"model {self.name!r}: {option} needs a value, got None")
+        allowed = self.batching.allowed_batch_sizes
+        new_max = changes.get("max_batch_size")
+        if allowed and new_max is not None and new_max not in allowed:
+            raise InvalidInput(
+                f"model {self.name!r}: max_batch_size must be one of its allowed batch sizes "
+                f"({', '.join(map(str, allowed))}), got {new_max!r}"
+            )
         loaded = self._loaded
         for option in ("max_batch_size", "max_concurrent_batches"):
             value = changes.get(option)
@@ -194,6 +214,7 @@ class ModelHandle:
             raise InvalidInput(f"model {self.name!r}: {error}") from None
         for handle in handles:
             handle._apply(changes)
+        self._live = {**self._live, **changes}
         return self.batching
 
     def _apply(self, changes: Mapping[str, Any]) -> None:

@@ -224,7 +224,7 @@ def create_app(
     async def model_config(request: Request) -> Response:
         """The model's config as Triton's JSON (tritonclient's ``get_model_config``)."""
         handle = _handle(state, request)
-        config = repository.config(handle.name)
+        config = handle.live_config(repository.config(handle.name))
         return json_response(triton_model_config(config, handle.inputs, handle.outputs))
 
     async def model_stats(request: Request) -> Response:

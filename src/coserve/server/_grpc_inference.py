@@ -423,7 +423,7 @@ class InferenceServicer:
         repository = self._service.state.repository
         try:
             handle = repository.get(request.name, request.version or None)
-            config = repository.config(handle.name)
+            config = handle.live_config(repository.config(handle.name))
         except Exception as error:
             await abort(context, report(error, f"config of {request.name!r}"))
             raise  # not reached: abort raises
