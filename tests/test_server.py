@@ -362,6 +362,19 @@ def test_metrics_report_batching_per_model(server: ServerProcess, images: np.nda
     assert 'coserve_batching_option{model="digits_onnx",option="timeout"' not in text  # none
 
 
+def test_the_admin_api_is_off_without_the_flag(server: ServerProcess) -> None:
+    """Without --admin, the batching of a model cannot be read or changed over HTTP."""
+    url = f"{server.url}/v2/admin/models/digits/batching"
+    assert httpx.get(url).status_code == 404
+    assert httpx.post(url, json={"max_batch_size": 1}).status_code == 404
+    assert (
+        metric(
+            server, 'coserve_batching_option{model="digits",option="max_batch_size",version="1"}'
+        )
+        == 64.0
+    )
+
+
 def test_sigterm_answers_accepted_requests_then_exits_zero(tmp_path: Path) -> None:
     """Under load, SIGTERM turns readiness off, answers what was accepted, and exits 0."""
     repository = build_repository(tmp_path)

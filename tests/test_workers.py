@@ -86,7 +86,7 @@ def both_workers_ready(server: ServerProcess) -> bool:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = start(python_repository(tmp_path_factory.mktemp("repository")))
+    process = start(python_repository(tmp_path_factory.mktemp("repository")), "--admin")
     try:
         wait_until(lambda: both_workers_ready(process), "both workers")
         yield process
@@ -106,6 +106,43 @@ def test_requests_spread_over_the_workers_and_metrics_gather_them(server: Server
     served = {worker: after[worker] - before.get(worker, 0.0) for worker in after}
     assert sum(served.values()) == 40
     assert all(count > 0 for count in served.values()), served
+
+
+def batching_option(server: ServerProcess, option: str) -> dict[str, float]:
+    """The slow model's ``option`` in force, by worker, from the gathered /metrics."""
+    pattern = re.compile(
+        rf'^coserve_batching_option\{{model="slow",option="{option}",version="1",'
+        rf'worker="(\d+)"\}} (\S+)$',
+        re.MULTILINE,
+    )
+    return {w: float(v) for w, v in pattern.findall(httpx.get(f"{server.url}/metrics").text)}
+
+
+def test_the_admin_api_changes_batching_on_every_worker(server: ServerProcess) -> None:
+    """A POST to one worker changes the model's options on both; a bad one changes nothing."""
+    url = f"{server.url}/v2/admin/models/slow/batching"
+    before = httpx.get(url).json()["batching"]
+    assert before["max_queue_size"] == 8
+    try:
+        answer = httpx.post(url, json={"max_queue_size": 4, "max_wait": 0.002})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["batching"]["max_queue_size"] == 4
+        assert batching_option(server, "max_queue_size") == {"0": 4.0, "1": 4.0}
+        assert batching_option(server, "max_wait") == {"0": 0.002, "1": 0.002}
+        bad = httpx.post(url, json={"max_queue_size": 0})
+        assert bad.status_code == 400
+        assert "max_queue_size must be > 0" in bad.json()["error"]
+        unknown = httpx.post(url, json={"labels": []})
+        assert unknown.status_code == 400
+        assert "cannot be changed while serving" in unknown.json()["error"]
+        assert batching_option(server, "max_queue_size") == {"0": 4.0, "1": 4.0}
+        assert (
+            httpx.post(f"{server.url}/v2/models/slow/infer", json=SLOW_REQUEST).status_code == 200
+        )
+    finally:
+        restore = {"max_queue_size": before["max_queue_size"], "max_wait": before["max_wait"]}
+        assert httpx.post(url, json=restore).status_code == 200
+    assert batching_option(server, "max_queue_size") == {"0": 8.0, "1": 8.0}
 
 
 def test_local_metrics_show_one_worker_without_a_worker_label(server: ServerProcess) -> None:

@@ -150,6 +150,14 @@ def _parser() -> argparse.ArgumentParser:
         "start (default: it is logged, and the other models are served)",
     )
     serve.add_argument(
+        "--admin",
+        action="store_true",
+        help="serve the admin API to loopback clients: GET or POST "
+        "/v2/admin/models/NAME[/versions/V]/batching reads or changes a model's batching "
+        "options (max_batch_size, max_wait, max_concurrent_batches, max_queue_size, timeout) "
+        "while it serves, on every worker (default: off)",
+    )
+    serve.add_argument(
         "--strict-model-config",
         action="store_true",
         help="Triton's: a config.pbtxt must be there and list its inputs and outputs (no "
@@ -330,6 +338,7 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
         model_control_mode=args.model_control_mode,
         exit_on_error=args.exit_on_error,
         strict_model_config=args.strict_model_config,
+        admin=args.admin,
         host=args.host,
         port=args.port,
         limits=ServerLimits(

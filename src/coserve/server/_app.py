@@ -29,6 +29,7 @@ from coserve import __version__
 from coserve._exceptions import ModelLoadError, ModelNotFound
 from coserve.models import ModelHandle, ModelRepository
 from coserve.models._triton_config import triton_model_config
+from coserve.server._admin import admin_routes
 from coserve.server._decoding import serving
 from coserve.server._limits import ServerLimits
 from coserve.server._metrics import Metrics
@@ -81,6 +82,7 @@ def create_app(
     poll_interval: float | None = None,
     exit_on_error: bool = False,
     model_control: ModelControl | None = None,
+    admin: bool = False,
 ) -> InferenceRoute:
     """The ASGI app serving ``repository``.
 
@@ -97,7 +99,8 @@ def create_app(
     unload, as they appear (TensorFlow Serving's ``--file_system_poll_wait_seconds``).
     ``exit_on_error`` fails the startup if a model folder or version could not be served
     (Triton's ``--exit-on-error``). ``model_control`` serves Triton's repository API (default:
-    an index of what is served, and no loading or unloading).
+    an index of what is served, and no loading or unloading). ``admin`` serves the admin API
+    (``_admin``: live batching options, to loopback clients only).
     """
     limits = limits if limits is not None else ServerLimits()
     if max_request_size is not None:
@@ -283,6 +286,8 @@ def create_app(
             methods=["GET", "POST"],
         ),
     ]
+    if admin:
+        routes += admin_routes(repository, worker)
     app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
     )

@@ -57,6 +57,8 @@ class ServeOptions:
     server at start (else it is logged and the others are served)."""
     strict_model_config: bool = False
     """Triton's ``--strict-model-config``: no auto-complete of ``config.pbtxt``."""
+    admin: bool = False
+    """Serve the admin API (live batching options) to loopback clients."""
     load_models: tuple[str, ...] | None = None
     """Triton's explicit model control: serve only these of the repository's models (``*``:
     all); None: every model."""
@@ -157,6 +159,7 @@ def serve(options: ServeOptions, argv: Sequence[str]) -> int:
         grpc=grpc,
         poll_interval=options.poll_interval or None,
         exit_on_error=options.exit_on_error,
+        admin=options.admin,
         model_control=ModelControl(
             repository,
             repository.folders if isinstance(repository.folders, RepositoryFolders) else None,

@@ -49,6 +49,7 @@ __all__ = [
     "bind",
     "bind_unix",
     "gather_metrics",
+    "local_request",
     "run_supervisor",
 ]
 
@@ -133,22 +134,42 @@ def die_with_parent() -> None:
 # -- metrics across workers -----------------------------------------------------------------
 
 
-async def _fetch_local_metrics(path: Path, timeout: float) -> bytes | None:  # noqa: ASYNC109 - one deadline for the whole exchange
-    """``GET /metrics?local=1`` over a worker's Unix socket; None if it does not answer."""
+async def local_request(
+    path: Path,
+    method: str,
+    target: str,
+    body: bytes = b"",
+    *,
+    timeout: float,  # noqa: ASYNC109 - one deadline for the whole exchange
+) -> tuple[int, bytes] | None:
+    """One HTTP/1.0 request to a worker over its Unix socket: (status, body), or None.
+
+    None when the worker does not answer in time, or not in HTTP (restarting, say).
+    """
+    head = f"{method} {target} HTTP/1.0\r\nHost: coserve-worker\r\n"
+    if body:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_unix_connection(str(path))
             try:
-                writer.write(b"GET /metrics?local=1 HTTP/1.0\r\nHost: coserve-worker\r\n\r\n")
+                writer.write(head.encode() + b"\r\n" + body)
                 response = await reader.read()  # HTTP/1.0: the worker closes when done
             finally:
                 writer.close()
     except (OSError, TimeoutError):
         return None
-    head, _, body = response.partition(b"\r\n\r\n")
-    if not head.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")):
+    status_line, _, rest = response.partition(b"\r\n")
+    parts = status_line.split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
         return None
-    return body
+    return int(parts[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+async def _fetch_local_metrics(path: Path, timeout: float) -> bytes | None:  # noqa: ASYNC109 - one deadline for the whole exchange
+    """``GET /metrics?local=1`` over a worker's Unix socket; None if it does not answer."""
+    answer = await local_request(path, "GET", "/metrics?local=1", timeout=timeout)
+    return answer[1] if answer is not None and answer[0] == 200 else None
 
 
 class _Families:
