@@ -118,6 +118,35 @@ def batching_option(server: ServerProcess, option: str) -> dict[str, float]:
     return {w: float(v) for w, v in pattern.findall(httpx.get(f"{server.url}/metrics").text)}
 
 
+def test_admin_changes_under_load_lose_no_request(server: ServerProcess) -> None:
+    """Requests keep being answered, each exactly once, while the batching changes under them."""
+    url = f"{server.url}/v2/admin/models/types/batching"
+    before = completed_by_worker(server)
+
+    def client() -> list[int]:
+        with httpx.Client() as http:
+            return [
+                http.post(f"{server.url}/v2/models/types/infer", json=TYPES_REQUEST).status_code
+                for _ in range(50)
+            ]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        clients = [pool.submit(client) for _ in range(4)]
+        changes = 0
+        while not all(c.done() for c in clients) or changes < 4:
+            options = {
+                "max_batch_size": 2 if changes % 2 else 64,
+                "max_wait": 0.001 * (changes % 3),
+            }
+            assert httpx.post(url, json=options).status_code == 200
+            changes += 1
+        statuses = [status for c in clients for status in c.result()]
+    assert statuses == [200] * 200
+    after = completed_by_worker(server)
+    assert sum(after.values()) - sum(before.values()) == 200
+    assert httpx.post(url, json={"max_batch_size": 64, "max_wait": 0.0}).status_code == 200
+
+
 def test_the_admin_api_changes_batching_on_every_worker(server: ServerProcess) -> None:
     """A POST to one worker changes the model's options on both; a bad one changes nothing."""
     url = f"{server.url}/v2/admin/models/slow/batching"
