@@ -122,6 +122,7 @@ def test_admin_changes_under_load_lose_no_request(server: ServerProcess) -> None
     """Requests keep being answered, each exactly once, while the batching changes under them."""
     url = f"{server.url}/v2/admin/models/types/batching"
     before = completed_by_worker(server)
+    options_before = httpx.get(url).json()["batching"]
 
     def client() -> list[int]:
         with httpx.Client() as http:
@@ -144,7 +145,8 @@ def test_admin_changes_under_load_lose_no_request(server: ServerProcess) -> None
     assert statuses == [200] * 200
     after = completed_by_worker(server)
     assert sum(after.values()) - sum(before.values()) == 200
-    assert httpx.post(url, json={"max_batch_size": 64, "max_wait": 0.0}).status_code == 200
+    restore = {k: options_before[k] for k in ("max_batch_size", "max_wait")}
+    assert httpx.post(url, json=restore).status_code == 200
 
 
 def test_the_admin_api_changes_batching_on_every_worker(server: ServerProcess) -> None:
@@ -164,6 +166,13 @@ def test_the_admin_api_changes_batching_on_every_worker(server: ServerProcess) -
         unknown = httpx.post(url, json={"labels": []})
         assert unknown.status_code == 400
         assert "cannot be changed while serving" in unknown.json()["error"]
+        assert batching_option(server, "max_queue_size") == {"0": 4.0, "1": 4.0}
+        # A web page in the operator's browser can reach localhost: neither its simple
+        # (text/plain) POSTs nor any request with an Origin header are taken.
+        text = {"content-type": "text/plain"}
+        assert httpx.post(url, content=b'{"max_queue_size": 2}', headers=text).status_code == 415
+        page = {"origin": "http://a.example"}
+        assert httpx.post(url, json={"max_queue_size": 2}, headers=page).status_code == 403
         assert batching_option(server, "max_queue_size") == {"0": 4.0, "1": 4.0}
         assert (
             httpx.post(f"{server.url}/v2/models/slow/infer", json=SLOW_REQUEST).status_code == 200

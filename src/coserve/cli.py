@@ -152,7 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--admin",
         action="store_true",
-        help="serve the admin API to loopback clients: GET or POST "
+        help="serve the admin API to loopback clients (X-Forwarded-For not trusted): GET or "
+        "POST (application/json) "
         "/v2/admin/models/NAME[/versions/V]/batching reads or changes a model's batching "
         "options (max_batch_size, max_wait, max_concurrent_batches, max_queue_size, timeout) "
         "while it serves, on every worker (default: off)",

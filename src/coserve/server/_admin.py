@@ -1,7 +1,11 @@
 """The admin API (``coserve serve --admin``): read and change a model's batching while it serves.
 
-Off unless ``--admin`` is given, and then answering loopback clients only (and the workers'
-private Unix sockets): a change of batching options is an operator's act, not a client's.
+Off unless ``--admin`` is given, and then answering loopback peers only (and the workers'
+private Unix sockets): a change of batching options is an operator's act, not a client's. With
+``--admin`` no ``X-Forwarded-For`` is trusted (the peer is the socket's), and a request that
+carries an ``Origin`` header (a browser's, which a web page may send to localhost) or a POST
+that is not ``application/json`` is refused, so a page in the operator's browser cannot change
+anything.
 
 - ``GET /v2/admin/models/{model}[/versions/{version}]/batching``: the options in force.
 - ``POST`` to the same path with a JSON object of options (``max_batch_size``, ``max_wait``,
@@ -11,12 +15,15 @@ private Unix sockets): a change of batching options is an operator's act, not a 
 
 With ``--workers N``, the worker that takes a change applies it, then passes it to every other
 worker over their private sockets (``?local=1`` applies it on one worker only); a worker that
-cannot be reached makes the answer a 502 naming it (the others keep the change).
+cannot be reached makes the answer a 502 naming it (the others keep the change). Two changes
+sent at once to different workers may each reach the others in either order: send changes
+one at a time. A worker the supervisor replaces after a crash starts from the model's config.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 from typing import Any
 
@@ -32,13 +39,26 @@ from coserve.server._workers import WorkerInfo, local_request
 __all__ = ["admin_routes", "is_local"]
 
 _MAX_BODY = 64 * 1024
-_LOOPBACK = ("127.", "::1", "::ffff:127.")
 
 
 def is_local(request: Request) -> bool:
-    """Whether the request came over loopback or a Unix socket (no client address)."""
+    """Whether the request came over a Unix socket or from a loopback address.
+
+    A Unix socket is told by the server's own address (uvicorn gives ``(path, None)``), not by
+    a missing client address, which a TCP peer that reset its connection also has.
+    """
+    server = request.scope.get("server")
+    if server is not None and server[1] is None:
+        return True
     client = request.client
-    return client is None or not client.host or client.host.startswith(_LOOPBACK)
+    if client is None:
+        return False
+    try:
+        address = ipaddress.ip_address(client.host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def _options(handle: ModelHandle) -> dict[str, Any]:
@@ -55,9 +75,14 @@ def admin_routes(repository: ModelRepository, worker: WorkerInfo | None) -> list
     async def batching(request: Request) -> Response:
         if not is_local(request):
             return error_response("the admin API answers loopback clients only", 403)
+        if "origin" in request.headers:
+            return error_response("the admin API does not answer browsers (Origin)", 403)
         handle = repository.get(request.path_params["model"], request.path_params.get("version"))
         if request.method == "GET":
             return json_response(_options(handle))
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json":
+            return error_response("send the options as Content-Type: application/json", 415)
         body = await read_body(request, _MAX_BODY)
         try:
             changes = json.loads(body)
@@ -69,7 +94,8 @@ def admin_routes(repository: ModelRepository, worker: WorkerInfo | None) -> list
             )
         handle.configure(changes)
         if worker is not None and worker.count > 1 and request.query_params.get("local") != "1":
-            failed = await _pass_on(worker, request.url.path, body)
+            # The path as it came (still percent-encoded), so a sibling reads the same names.
+            failed = await _pass_on(worker, request.scope["raw_path"].decode("ascii"), body)
             if failed:
                 return error_response(
                     f"applied on worker {worker.index}; not on {'; '.join(failed)}", 502

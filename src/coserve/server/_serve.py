@@ -213,6 +213,9 @@ def serve(options: ServeOptions, argv: Sequence[str]) -> int:
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=int(options.graceful_timeout) or 1,
+        # The admin API trusts loopback peers: with it on, no X-Forwarded-For may stand in
+        # for the real peer (uvicorn would trust one from a proxy on this host).
+        proxy_headers=not options.admin,
     )
     host, port = options.host, options.port
     try:

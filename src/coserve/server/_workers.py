@@ -159,11 +159,13 @@ async def local_request(
                 writer.close()
     except (OSError, TimeoutError):
         return None
-    status_line, _, rest = response.partition(b"\r\n")
-    parts = status_line.split(b" ", 2)
+    headers, _, answer = response.partition(b"\r\n\r\n")
+    parts = headers.split(b"\r\n", 1)[0].split(b" ", 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
         return None
-    return int(parts[1]), rest.partition(b"\r\n\r\n")[2]
+    if b"transfer-encoding: chunked" in headers.lower():  # not read here; every answer has a length
+        return None
+    return int(parts[1]), answer
 
 
 async def _fetch_local_metrics(path: Path, timeout: float) -> bytes | None:  # noqa: ASYNC109 - one deadline for the whole exchange
