@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from coserve import Batcher
 
 
 async def settle(rounds: int = 20) -> None:
     """Let every ready task run until it blocks (deterministic: no wall-clock time involved)."""
     for _ in range(rounds):
         await asyncio.sleep(0)
+
+
+def submit_all(
+    batcher: Batcher[int, object], items: range | list[int]
+) -> list[asyncio.Task[object]]:
+    """A task per item, each submitting it (they queue as soon as the test yields)."""
+    return [asyncio.create_task(batcher.submit(i)) for i in items]
 
 
 class RecordingModel:

@@ -25,13 +25,7 @@ from coserve import (
     QueueFull,
 )
 from coserve.batching._queue import RequestQueue
-from helpers import RecordingModel, settle
-
-
-def submit_all(
-    batcher: Batcher[int, object], items: range | list[int]
-) -> list[asyncio.Task[object]]:
-    return [asyncio.create_task(batcher.submit(i)) for i in items]
+from helpers import RecordingModel, settle, submit_all
 
 
 class TestPullDispatch:

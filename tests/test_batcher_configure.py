@@ -20,13 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coserve import Batcher, BatchingOptions, QueueFull
-from helpers import RecordingModel, settle
-
-
-def submit_all(
-    batcher: Batcher[int, object], items: range | list[int]
-) -> list[asyncio.Task[object]]:
-    return [asyncio.create_task(batcher.submit(i)) for i in items]
+from helpers import RecordingModel, settle, submit_all
 
 
 async def test_options_reads_what_configure_set(model: RecordingModel) -> None:

@@ -364,7 +364,8 @@ _POOL = DecoderPool(
     workers=max(1, min(2, (os.cpu_count() or 2) // 2)),
     # Bounded by bytes, so that many clients sending images as JSON (0.7 MB a 224x224 picture)
     # wait their turn while a few sending 30 MB documents are refused early: 256 MiB of JSON
-    # decodes in about 2 s on this 2-core machine (one process), the longest a decode waits.
+    # is about 2 s of decoding in one process (reckoned from the 23 MiB figure above), the
+    # longest a decode waits.
     max_pending=1024,
     max_pending_bytes=256 << 20,
 )
