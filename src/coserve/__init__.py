@@ -39,6 +39,7 @@ from coserve.batching import (
     BatchingOptions,
     CloseReason,
     DurationSummary,
+    LatencyTarget,
     batched,
 )
 from coserve.channels import ChannelStatistics, ReceiveChannel, SendChannel, open_channel
@@ -98,6 +99,7 @@ __all__ = [
     "GraphStopped",
     "Input",
     "InvalidInput",
+    "LatencyTarget",
     "MissingDependency",
     "ModelConfig",
     "ModelError",

@@ -1,6 +1,7 @@
 """The ``coserve`` command line: ``coserve serve`` runs the inference server.
 
-``coserve tfserving`` takes TensorFlow Serving's flags instead (``_tfserving_cli``).
+``coserve tfserving`` takes TensorFlow Serving's flags instead (``_tfserving_cli``);
+``coserve bench`` measures a running server (``coserve.bench``).
 """
 
 from __future__ import annotations
@@ -83,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
         "tfserving",
         help="serve as TensorFlow Serving's tensorflow_model_server does, with its flags "
         "(coserve tfserving --help)",
+        add_help=False,
+    )
+    commands.add_parser(
+        "bench",
+        help="load a model on a running server and measure it: latency percentiles, "
+        "throughput, goodput under an SLO, the server's batching (coserve bench --help)",
         add_help=False,
     )
     serve = commands.add_parser(
@@ -372,6 +379,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from coserve._tfserving_cli import run_tfserving
 
         return run_tfserving(argv[1:])
+    if argv[:1] == ["bench"]:
+        try:
+            from coserve.bench._cli import main as bench
+        except ImportError as error:
+            print(
+                f"coserve bench needs the tools extra ({error.name} is missing): "
+                "pip install 'coserve[tools]'",
+                file=sys.stderr,
+            )
+            return 1
+        return bench(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args, argv)

@@ -14,6 +14,7 @@ from coserve.batching._batcher import (
 )
 from coserve.batching._decorator import Batched, BatchedMethod, batched
 from coserve.batching._statistics import BatcherStatistics, CloseReason, DurationSummary
+from coserve.batching._target import LatencyTarget
 
 __all__ = [
     "UNSET",
@@ -26,6 +27,7 @@ __all__ = [
     "BatchingOptions",
     "CloseReason",
     "DurationSummary",
+    "LatencyTarget",
     "SyncBatchFunction",
     "batched",
 ]

@@ -1,0 +1,12 @@
+"""``coserve bench``: a load generator and report for a running inference server.
+
+Layers, top down: ``_cli`` (flags, the run, exit status) → ``_report`` (table, JSON, CSV,
+plots, ``--compare``) → ``_runner`` (load processes, windows, stability) → ``_load`` (one
+process's closed or open loop) → ``_engines`` (HTTP/1.1, WebSocket, gRPC connections) and
+``_payload`` (inputs, encoded once). ``_server_stats`` reads the server's ``/metrics``.
+Needs the ``tools`` extra (hdrhistogram, rich, plotext); ``--plot`` also matplotlib.
+"""
+
+from coserve.bench._cli import main
+
+__all__ = ["main"]

@@ -1,0 +1,426 @@
+"""Connections that send ``coserve bench``'s requests: raw HTTP/1.1, WebSocket, gRPC.
+
+HTTP is a bare ``asyncio.Protocol`` (keep-alive, one request in flight, the response found by
+its ``Content-Length``): a general-purpose client costs several times more CPU per request, and
+on a small machine the load generator shares the cores with the server it measures. WebSocket
+and gRPC multiplex many requests over one connection, matched by request id.
+
+A call returns a status key: the HTTP status (``"200"``), the gRPC code name (``"OK"``,
+``"UNAVAILABLE"``), or what went wrong on the client side (``"connection-error"``,
+``"timeout"``). :data:`SUCCESS` holds the keys that count as answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import Sequence
+from typing import Any, cast
+
+import orjson
+
+from coserve.bench._payload import Body, Target
+
+__all__ = [
+    "CONNECTION_ERROR",
+    "SUCCESS",
+    "TIMEOUT",
+    "CallTimeoutError",
+    "Connection",
+    "ConnectionLostError",
+    "Connector",
+]
+
+SUCCESS = frozenset({"200", "OK"})
+CONNECTION_ERROR = "connection-error"
+TIMEOUT = "timeout"
+_MAX_HEAD = 64 * 1024
+
+
+class ConnectionLostError(Exception):
+    """The connection closed or failed; the call's request has no answer."""
+
+
+class CallTimeoutError(ConnectionLostError):
+    """No answer within the timeout (the connection is closed: a late answer has no taker)."""
+
+
+class Connection:
+    """One connection; ``capacity`` requests may be in flight on it at once."""
+
+    capacity = 1
+
+    async def call(self, index: int) -> str:
+        """Send request variant ``index`` and wait for its answer's status key."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close at once; calls in flight raise :class:`ConnectionLostError`."""
+        raise NotImplementedError
+
+    def expire(self, sent_before: int) -> None:
+        """Fail the calls sent before ``sent_before`` (``time.monotonic_ns``) with a timeout."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection can take no more calls."""
+        raise NotImplementedError
+
+
+def _http_requests(target: Target, bodies: Sequence[Body]) -> list[bytes]:
+    host, port = target.host_port
+    path = target.infer_path()
+    out = []
+    for body in bodies:
+        head = [
+            f"POST {path} HTTP/1.1",
+            f"Host: {host}:{port}",
+            f"Content-Length: {len(body.data)}",
+        ]
+        if body.header_length is None:
+            head.append("Content-Type: application/json")
+        else:
+            head.append("Content-Type: application/octet-stream")
+            head.append(f"Inference-Header-Content-Length: {body.header_length}")
+        out.append(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body.data)
+    return out
+
+
+class _HttpConnection(asyncio.Protocol, Connection):
+    def __init__(self, requests: Sequence[bytes]) -> None:
+        self._requests = requests
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._body_end = -1
+        self._status = ""
+        self._close_after = False
+        self._waiter: asyncio.Future[str] | None = None
+        self._sent = 0
+        self._closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionLostError(str(exc or "closed by the server")))
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        if self._body_end < 0:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > _MAX_HEAD:
+                    self._fail("response head too large")
+                return
+            head = bytes(buffer[:end]).lower()
+            self._status = head[9:12].decode("latin-1")
+            start = head.find(b"\r\ncontent-length:")
+            if start < 0:
+                if b"chunked" in head:
+                    self._fail("chunked responses are not supported")
+                    return
+                length = 0
+            else:
+                stop = head.find(b"\r\n", start + 17)
+                length = int(head[start + 17 : stop if stop > 0 else end])
+            self._close_after = b"\r\nconnection: close" in head
+            self._body_end = end + 4 + length
+        if len(buffer) >= self._body_end:
+            del buffer[: self._body_end]
+            self._body_end = -1
+            waiter, self._waiter = self._waiter, None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(self._status)
+            if self._close_after:
+                self.close()
+
+    def _fail(self, reason: str) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionLostError(reason))
+        self.close()
+
+    async def call(self, index: int) -> str:
+        if self._closed or self._transport is None:
+            raise ConnectionLostError("closed")
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
+        self._sent = time.monotonic_ns()
+        self._transport.write(self._requests[index % len(self._requests)])
+        status: str = await waiter
+        return status
+
+    def expire(self, sent_before: int) -> None:
+        waiter = self._waiter
+        if waiter is not None and self._sent < sent_before:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_exception(CallTimeoutError("no answer in time"))
+            self.close()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._transport is not None:
+                self._transport.close()
+            self.connection_lost(None)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class _WebSocketConnection(Connection):
+    capacity = 32
+
+    def __init__(self, socket: Any, bodies: Sequence[bytes]) -> None:
+        self._socket = socket
+        # The id goes first in each message: b'{"id":"N",' + the rest of the body.
+        self._bodies = [body[1:] for body in bodies]
+        self._waiters: dict[str, asyncio.Future[str]] = {}
+        self._sent: dict[str, int] = {}
+        self._ids = itertools.count()
+        self._closed = False
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for message in self._socket:
+                answer = orjson.loads(message)
+                request_id = str(answer.get("id"))
+                self._sent.pop(request_id, None)
+                waiter = self._waiters.pop(request_id, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(
+                        str(answer.get("status", 500)) if "error" in answer else "200"
+                    )
+        except Exception:
+            pass
+        finally:
+            self._closed = True
+            for waiter in self._waiters.values():
+                if not waiter.done():
+                    waiter.set_exception(ConnectionLostError("the WebSocket closed"))
+            self._waiters.clear()
+
+    async def call(self, index: int) -> str:
+        if self._closed:
+            raise ConnectionLostError("closed")
+        request_id = str(next(self._ids))
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters[request_id] = waiter
+        self._sent[request_id] = time.monotonic_ns()
+        body = self._bodies[index % len(self._bodies)]
+        try:
+            await self._socket.send(b'{"id":"' + request_id.encode() + b'",' + body, text=True)
+        except Exception as error:
+            self._waiters.pop(request_id, None)
+            self._sent.pop(request_id, None)
+            raise ConnectionLostError(str(error)) from None
+        status: str = await waiter
+        return status
+
+    def expire(self, sent_before: int) -> None:
+        _expire(self._waiters, self._sent, sent_before)
+
+    def close(self) -> None:
+        self._closed = True
+        self._reader.cancel()
+        with contextlib.suppress(Exception):
+            self._socket.transport.abort()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class _GrpcConnection(Connection):
+    capacity = 64
+
+    def __init__(self, channel: Any, bodies: Sequence[bytes], timeout: float) -> None:
+        from coserve.server._protos import MODEL_INFER
+
+        self._channel = channel
+        self._bodies = bodies
+        self._timeout = timeout
+        self._infer = channel.unary_unary(MODEL_INFER)
+        self._closed = False
+
+    async def call(self, index: int) -> str:
+        import grpc
+
+        if self._closed:
+            raise ConnectionLostError("closed")
+        try:
+            await self._infer(self._bodies[index % len(self._bodies)], timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return TIMEOUT
+            return str(error.code().name)
+        return "OK"
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            asyncio.get_running_loop().create_task(self._channel.close())
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+def _expire(
+    waiters: dict[str, asyncio.Future[str]], sent: dict[str, int], sent_before: int
+) -> None:
+    late = [request_id for request_id, at in sent.items() if at < sent_before]
+    for request_id in late:
+        del sent[request_id]
+        waiter = waiters.pop(request_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(CallTimeoutError("no answer in time"))
+
+
+def _with_id(body: bytes, request_id: str) -> bytes:
+    """A serialised ModelInferRequest with its ``id`` (field 3) set: the last value wins."""
+    raw = request_id.encode()
+    return body + b"\x1a" + bytes([len(raw)]) + raw  # ids stay under 128 bytes
+
+
+class _GrpcStreamConnection(Connection):
+    capacity = 64
+
+    def __init__(self, channel: Any, bodies: Sequence[bytes]) -> None:
+        from coserve.server._protos import MODEL_STREAM_INFER
+
+        self._channel = channel
+        self._bodies = bodies
+        self._stream = channel.stream_stream(MODEL_STREAM_INFER)()
+        self._writing = asyncio.Lock()
+        self._waiters: dict[str, asyncio.Future[str]] = {}
+        self._sent: dict[str, int] = {}
+        self._ids = itertools.count()
+        self._closed = False
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        from coserve.server._protos import ModelStreamInferResponse
+
+        try:
+            while True:
+                message = await self._stream.read()
+                if not isinstance(message, bytes):  # grpc.aio.EOF
+                    break
+                answer = ModelStreamInferResponse.FromString(message)
+                self._sent.pop(answer.infer_response.id, None)
+                waiter = self._waiters.pop(answer.infer_response.id, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result("ERROR" if answer.error_message else "OK")
+        except Exception:
+            pass
+        finally:
+            self._closed = True
+            for waiter in self._waiters.values():
+                if not waiter.done():
+                    waiter.set_exception(ConnectionLostError("the gRPC stream ended"))
+            self._waiters.clear()
+
+    async def call(self, index: int) -> str:
+        if self._closed:
+            raise ConnectionLostError("closed")
+        request_id = str(next(self._ids))
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters[request_id] = waiter
+        self._sent[request_id] = time.monotonic_ns()
+        try:
+            # A gRPC stream takes one write at a time (more is GRPC_CALL_ERROR_TOO_MANY_OPERATIONS).
+            async with self._writing:
+                await self._stream.write(
+                    _with_id(self._bodies[index % len(self._bodies)], request_id)
+                )
+        except Exception as error:
+            self._waiters.pop(request_id, None)
+            self._sent.pop(request_id, None)
+            raise ConnectionLostError(str(error)) from None
+        status: str = await waiter
+        return status
+
+    def expire(self, sent_before: int) -> None:
+        _expire(self._waiters, self._sent, sent_before)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._reader.cancel()
+            asyncio.get_running_loop().create_task(self._channel.close())
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class Connector:
+    """Opens connections of one protocol to one target, with the requests pre-encoded."""
+
+    def __init__(self, target: Target, bodies: Sequence[Body], timeout: float) -> None:
+        self.target = target
+        self._timeout = timeout
+        self._bodies = [body.data for body in bodies]
+        self._http = _http_requests(target, bodies) if target.protocol in _REST else []
+        self.capacity = {"ws": 32, "grpc": 64, "grpc-stream": 64}.get(target.protocol, 1)
+
+    async def open(self) -> Connection:
+        """A new connection.
+
+        Raises:
+            ConnectionLostError: It could not be opened.
+        """
+        try:
+            return await asyncio.wait_for(self._open(), self._timeout)
+        except (OSError, TimeoutError) as error:
+            raise ConnectionLostError(f"cannot connect: {error or 'timed out'}") from None
+
+    async def _open(self) -> Connection:
+        protocol = self.target.protocol
+        if protocol in _REST:
+            host, port = self.target.host_port
+            loop = asyncio.get_running_loop()
+            _, connection = await loop.create_connection(
+                lambda: _HttpConnection(self._http), host, port
+            )
+            return connection
+        if protocol == "ws":
+            from websockets.asyncio.client import connect
+
+            url = self.target.base_url.replace("http", "ws", 1) + self.target.infer_path()
+            try:
+                socket = await connect(url, max_size=2**26, compression=None)
+            except Exception as error:
+                raise OSError(str(error)) from None
+            return _WebSocketConnection(socket, self._bodies)
+        import grpc
+
+        channel = grpc.aio.insecure_channel(
+            self.target.grpc_address,
+            options=[
+                ("grpc.max_receive_message_length", 2**26),
+                ("grpc.max_send_message_length", 2**26),
+            ],
+        )
+        try:
+            await asyncio.wait_for(channel.channel_ready(), self._timeout)
+        except TimeoutError:
+            await channel.close()
+            raise OSError(f"gRPC {self.target.grpc_address} did not answer") from None
+        if protocol == "grpc":
+            return _GrpcConnection(channel, self._bodies, self._timeout)
+        return _GrpcStreamConnection(channel, self._bodies)
+
+
+_REST = ("v2", "v2-binary", "tfserving")
