@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
-.PHONY: serve demo test lint typecheck unit bench bench-models bench-serving bench-heavy bench-sessions bench-overload clean
+.PHONY: serve demo test lint typecheck unit bench bench-models bench-serving bench-heavy bench-sessions bench-overload bench-vs-wrk clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,9 @@ bench-heavy: $(VENV)/.installed-bench
 
 bench-overload: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/overload.py
+
+bench-vs-wrk: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/bench_vs_wrk.py
 
 bench-sessions: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/sessions.py
