@@ -25,6 +25,7 @@ from coserve.batching._target import LatencyTarget, parse_duration, parse_target
 
 __all__ = ["main", "parse_range"]
 
+_DEFAULT_URL = "http://127.0.0.1:8000"
 EXIT_ERROR = 1
 EXIT_REGRESSION = 3
 EXIT_RATE_MISSED = 4
@@ -143,7 +144,12 @@ def parser() -> argparse.ArgumentParser:
         "[/versions/V], http://HOST:PORT/v1/models/M (TF Serving REST), "
         "ws://HOST:PORT/v2/models/M (WebSocket streaming), grpc://HOST:PORT/M",
     )
-    p.add_argument("--url", default="http://127.0.0.1:8000", help="server for a bare model name")
+    p.add_argument(
+        "--url",
+        default=None,
+        help=f"server for a bare model name, and the HTTP side of a grpc:// one (metadata, "
+        f"/metrics) (default: {_DEFAULT_URL}, or http://HOST:8000)",
+    )
     p.add_argument(
         "--protocol",
         choices=["v2", "v2-binary", "tfserving", "ws", "grpc", "grpc-stream"],
@@ -260,7 +266,7 @@ def resolve_target(args: argparse.Namespace) -> Any:
     if match is None:
         if "/" in text or ":" in text:
             raise CoserveError(f"{text!r} is neither a model name nor a URL naming a model")
-        base, model, protocol = args.url.rstrip("/"), text, "v2"
+        base, model, protocol = (args.url or _DEFAULT_URL).rstrip("/"), text, "v2"
         host = (_URL.fullmatch(base) or _fail_url(base)).group("host")
     else:
         scheme, host = match.group("scheme"), match.group("host")
@@ -270,7 +276,8 @@ def resolve_target(args: argparse.Namespace) -> Any:
             model = path.strip("/")
             if not model:
                 raise CoserveError(f"{text!r}: name the model, grpc://HOST:PORT/MODEL")
-            base = args.url.rstrip("/")
+            # Metadata and /metrics come from the same host's HTTP port unless --url says.
+            base = (args.url or f"http://{host}:8000").rstrip("/")
             grpc_address = f"{host}:{port or 8001}"
             return Target(base, model, version, args.protocol or "grpc", grpc_address)
         web = "https" if scheme in ("https", "wss") else "http"
@@ -375,8 +382,8 @@ def _find_max(
     low, high = 0.0, 1.1 * capacity
     best = None
     tried = [probe]
-    while high - low > 0.03 * high and len(tried) < 12:
-        rate = float(round((low + high) / 2))
+    while high - low > 0.03 * high and high >= 2 and len(tried) < 12:
+        rate = float(max(1, round((low + high) / 2)))
         result = runner.run(
             Step("open", rate=rate, arrival=args.arrival, max_connections=args.max_connections),
             policy,
@@ -410,6 +417,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.concurrency and args.rate
     ):
         errors.print("give one of -c, --rate, --profile or --find-max")
+        return 2
+    if args.find_max and (args.concurrency or args.rate or args.profile):
+        errors.print("--find-max searches rates itself: drop -c, --rate and --profile")
+        return 2
+    if args.profile and (not args.rate or len(args.rate) < 2):
+        errors.print("--profile needs --rate LOW:HIGH (and :STEP for step)")
+        return 2
+    if args.target.startswith(("https://", "wss://")):
+        errors.print("coserve bench speaks plain HTTP and WebSocket (no TLS)")
         return 2
     if args.procs < 1 or args.batch_size < 1 or args.max_connections < 1:
         errors.print("--procs, --batch-size and --max-connections must be >= 1")
@@ -522,8 +538,8 @@ def _bench(args: argparse.Namespace, console: Any, errors: Any) -> int:
     table = server_table(last)
     if table is not None and not args.quiet:
         console.print(table)
-    if results[0].server_note:
-        errors.print(f"[yellow]note:[/] {results[0].server_note}")
+    for note in dict.fromkeys(r.server_note for r in results if r.server_note):
+        errors.print(f"[yellow]note:[/] {note}")
     status = 0
     for result in results:
         if result.client_busiest > 0.9:

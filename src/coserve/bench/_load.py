@@ -45,6 +45,7 @@ LATE_NS = 1_000_000
 """A send later than this after its intended time counts as late (perf_analyzer's "delayed")."""
 _HIGHEST_US = 3_600_000_000
 _TICK_NS = 1_000_000
+CLIENT_ERROR = "client-error"
 
 
 def new_histogram() -> HdrHistogram:
@@ -110,6 +111,7 @@ class _Recorder:
         self._window = plan.window_ns
         self._open = plan.kind == "open"
         self._windows: dict[int, _Window] = {}
+        self._taken = -1
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -129,6 +131,8 @@ class _Recorder:
         index = (ns - self._start) // self._window
         if index < 0:
             return None  # warm-up
+        # Something recorded after its window was sent counts in the next one, not nowhere.
+        index = max(index, self._taken + 1)
         window = self._windows.get(index)
         if window is None:
             window = self._windows[index] = _Window(self._open)
@@ -147,13 +151,19 @@ class _Recorder:
         else:
             window.errors[key] = window.errors.get(key, 0) + 1
 
-    def scheduled(self, intended: int, late: bool) -> None:
+    def scheduled(self, intended: int) -> None:
         window = self._at(intended)
         if window is not None:
             window.scheduled += 1
-            window.late += late
+
+    def sent_late(self, intended: int) -> None:
+        """A request left more than ``LATE_NS`` after its intended time."""
+        window = self._at(intended)
+        if window is not None:
+            window.late += 1
 
     def take(self, index: int) -> WindowData:
+        self._taken = index
         window = self._windows.pop(index, None)
         data = WindowData(index, in_flight=self.in_flight)
         if window is not None:
@@ -165,6 +175,12 @@ class _Recorder:
             data.scheduled = window.scheduled
             data.late = window.late
         return data
+
+
+async def _sleep_until(ns: int) -> None:
+    """Sleep until ``time.monotonic_ns() >= ns`` (uvloop's timers may fire a little early)."""
+    while (left := ns - time.monotonic_ns()) > 0:  # noqa: ASYNC110 (a clock, not an event)
+        await asyncio.sleep(max(left / 1e9, 0.0005))
 
 
 def _key(error: ConnectionLostError) -> str:
@@ -214,10 +230,10 @@ class _Step:
 
     async def _windows(self) -> None:
         index = 0
+        await _sleep_until(self.plan.start_ns)  # the warm-up's CPU is not window 0's
         cpu = time.process_time()
         while True:
-            boundary = self.plan.start_ns + (index + 1) * self.plan.window_ns
-            await asyncio.sleep(max(0.0, (boundary - time.monotonic_ns()) / 1e9))
+            await _sleep_until(self.plan.start_ns + (index + 1) * self.plan.window_ns)
             data = self._recorder.take(index)
             now_cpu = time.process_time()
             data.cpu, cpu = now_cpu - cpu, now_cpu
@@ -268,6 +284,9 @@ class _Step:
                 key = await connection.call(index)
             except ConnectionLostError as error:
                 key = _key(error)
+            except Exception:  # a client library's own failure: counted, not fatal
+                key = CLIENT_ERROR
+                connection.close()
             recorder.end()
             recorder.record(key, sent, sent, time.monotonic_ns())
             index += 1
@@ -308,7 +327,7 @@ class _Step:
             # millisecond of its intended time, early or late, rather than always late.
             horizon = now + _TICK_NS // 2
             while intended <= horizon:
-                self._fire(intended, now)
+                self._fire(intended)
                 rate = self._rate((intended - plan.start_ns) / 1e9)
                 if plan.arrival == "constant":
                     gap = 1.0
@@ -325,13 +344,20 @@ class _Step:
             await asyncio.sleep(max(_TICK_NS, wake - time.monotonic_ns()) / 1e9)
 
     def _first_arrival(self, at: int) -> int:
-        """``at``, or the first millisecond after it where the profile's rate is above 0."""
+        """``at``, or the first millisecond after it where the profile's rate is above 0.
+
+        Past the profile's last point a rate of 0 stays 0: then an hour on (the step is
+        stopped long before).
+        """
+        last = self.plan.start_ns + int(self.plan.rate_points[-1][0] * 1e9)
         while self._rate((at - self.plan.start_ns) / 1e9) <= 0:
+            if at > last:
+                return at + 3600 * 10**9
             at += _TICK_NS
         return at
 
-    def _fire(self, intended: int, now: int) -> None:
-        self._recorder.scheduled(intended, now - intended > LATE_NS)
+    def _fire(self, intended: int) -> None:
+        self._recorder.scheduled(intended)
         # An idle connection the server closed (its keep-alive timeout) is dropped here.
         while self._available and self._available[-1].closed:
             self._drop(self._available.pop())
@@ -390,10 +416,15 @@ class _Step:
 
     async def _call(self, connection: Connection, index: int, intended: int) -> None:
         sent = time.monotonic_ns()
+        if sent - intended > LATE_NS:
+            self._recorder.sent_late(intended)
         try:
             key = await connection.call(index)
         except ConnectionLostError as error:
             key = _key(error)
+        except Exception:  # a client library's own failure: counted, not fatal
+            key = CLIENT_ERROR
+            connection.close()
         self._recorder.end()
         self._recorder.record(key, intended, sent, time.monotonic_ns())
         if connection.closed:
@@ -411,7 +442,16 @@ class _Step:
 async def _serve(pipe: Pipe, target: Target, bodies: Sequence[Body], number: int) -> None:
     loop = asyncio.get_running_loop()
     commands: asyncio.Queue[Any] = asyncio.Queue()
-    loop.add_reader(pipe.fileno(), lambda: commands.put_nowait(pipe.recv()))
+
+    def read() -> None:
+        try:
+            commands.put_nowait(pipe.recv())
+        except (EOFError, OSError):  # the coordinator is gone: stop, do not spin on the fd
+            loop.remove_reader(pipe.fileno())
+            commands.put_nowait(("exit",))
+
+    loop.add_reader(pipe.fileno(), read)
+    pipe.send(("ready", number))
     step: _Step | None = None
     runner: asyncio.Task[int] | None = None
     while True:

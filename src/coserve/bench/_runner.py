@@ -304,6 +304,12 @@ class LoadRunner:
             self._pipes.append(ours)
             self._processes.append(process)
         self._steps = 0
+        # Each process says when it is ready (imports done), so a step's start is not missed.
+        deadline = time.monotonic() + 60.0
+        for pipe in self._pipes:
+            kind, _ = self._receive(pipe, deadline)
+            if kind != "ready":
+                raise BenchError(f"a load process sent {kind} before it was ready")
 
     def close(self) -> None:
         """Stop the load processes."""
@@ -376,6 +382,7 @@ class LoadRunner:
     ) -> StepResult:
         """Measure one step; ``on_window(step, windows, stable)`` is called after each window."""
         self._steps += 1
+        self._metrics_note = None  # one failed scrape does not blank every later step
         window_ns = int(policy.window * 1e9)
         start_ns = time.monotonic_ns() + int((policy.warmup + 0.2) * 1e9)
         for pipe, plan in zip(self._pipes, self._plans(step, policy, start_ns), strict=True):
@@ -406,8 +413,11 @@ class LoadRunner:
                         break
                 elif stable or len(windows) >= policy.max_windows:
                     break
-        finally:
-            abandoned = self._stop_step()
+        except BaseException:
+            with contextlib.suppress(BenchError):  # the first failure is the one to report
+                self._stop_step()
+            raise
+        abandoned = self._stop_step()
         count = (
             len(windows)
             if policy.fixed_windows is not None
