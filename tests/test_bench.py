@@ -225,6 +225,29 @@ def test_input_files(tmp_path: Path) -> None:
         load_input_file(tmp_path / "x.csv", spec, rows=1)
 
 
+def test_response_heads() -> None:
+    """Status, body length and whether the server closes, however the headers are spelled."""
+    from coserve.bench._engines import _parse_head
+
+    assert _parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 12") == ("200", 12, False)
+    assert _parse_head(b"HTTP/1.1 503 X\r\nContent-Length:3\r\nConnection:close") == (
+        "503",
+        3,
+        True,
+    )
+    assert _parse_head(b"HTTP/1.0 200 OK\r\nContent-Length: 1") == ("200", 1, True)
+    assert _parse_head(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\nConnection: keep-alive") == (
+        "200",
+        1,
+        False,
+    )
+    assert _parse_head(b"HTTP/1.1 204 No Content") == ("204", 0, False)
+    assert _parse_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked") == (
+        "chunked responses are not supported"
+    )
+    assert _parse_head(b"HTTP/1.1 200 OK") == "a response without Content-Length"
+
+
 def test_binary_bodies_carry_their_header_length() -> None:
     """The binary-data extension: a JSON header, then the raw tensor, its length given."""
     target = Target("http://h:1", "m", None, "v2-binary", "h:2")

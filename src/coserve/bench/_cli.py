@@ -206,7 +206,14 @@ def parser() -> argparse.ArgumentParser:
     load.add_argument(
         "--cpus", default="", metavar="LIST", help="pin the load processes to these CPUs: 0,1"
     )
-    load.add_argument("--max-connections", type=int, default=1024, metavar="N")
+    load.add_argument(
+        "--max-connections",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="open loop: connections at most (requests due beyond them wait, and their wait "
+        "counts); a closed loop has one per slot (default: %(default)s)",
+    )
     load.add_argument("--timeout", type=_duration, default=30.0, metavar="TIME")
     data = p.add_argument_group("inputs")
     data.add_argument("--batch-size", type=int, default=1, metavar="ROWS", help="rows per request")

@@ -88,6 +88,32 @@ def _http_requests(target: Target, bodies: Sequence[Body]) -> list[bytes]:
     return out
 
 
+def _parse_head(head: bytes) -> tuple[str, int, bool] | str:
+    """(status, body length, whether the server closes after it), or why it cannot be read."""
+    lines = head.split(b"\r\n")
+    version, status = lines[0][:8], lines[0][9:12]
+    length: int | None = None
+    close = version == b"HTTP/1.0"
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name, value = name.strip().lower(), value.strip().lower()
+        if name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                return "a bad Content-Length"
+        elif name == b"connection":
+            close = b"close" in value or (close and b"keep-alive" not in value)
+        elif name == b"transfer-encoding" and b"chunked" in value:
+            return "chunked responses are not supported"
+    if length is None:
+        if status[:1] == b"1" or status in (b"204", b"304"):
+            length = 0
+        else:
+            return "a response without Content-Length"
+    return status.decode("latin-1"), length, close
+
+
 class _HttpConnection(asyncio.Protocol, Connection):
     def __init__(self, requests: Sequence[bytes]) -> None:
         self._requests = requests
@@ -119,18 +145,11 @@ class _HttpConnection(asyncio.Protocol, Connection):
                 if len(buffer) > _MAX_HEAD:
                     self._fail("response head too large")
                 return
-            head = bytes(buffer[:end]).lower()
-            self._status = head[9:12].decode("latin-1")
-            start = head.find(b"\r\ncontent-length:")
-            if start < 0:
-                if b"chunked" in head:
-                    self._fail("chunked responses are not supported")
-                    return
-                length = 0
-            else:
-                stop = head.find(b"\r\n", start + 17)
-                length = int(head[start + 17 : stop if stop > 0 else end])
-            self._close_after = b"\r\nconnection: close" in head
+            parsed = _parse_head(bytes(buffer[:end]))
+            if isinstance(parsed, str):
+                self._fail(parsed)
+                return
+            self._status, length, self._close_after = parsed
             self._body_end = end + 4 + length
         if len(buffer) >= self._body_end:
             del buffer[: self._body_end]
@@ -177,37 +196,42 @@ class _HttpConnection(asyncio.Protocol, Connection):
         return self._closed
 
 
-class _WebSocketConnection(Connection):
-    capacity = 32
+class _Multiplexed(Connection):
+    """A connection carrying many requests at once, each answer matched to its request's id."""
 
-    def __init__(self, socket: Any, bodies: Sequence[bytes]) -> None:
-        self._socket = socket
-        # The id goes first in each message: b'{"id":"N",' + the rest of the body.
-        self._bodies = [body[1:] for body in bodies]
+    ended = "the connection closed"
+
+    def __init__(self) -> None:
         self._waiters: dict[str, asyncio.Future[str]] = {}
         self._sent: dict[str, int] = {}
         self._ids = itertools.count()
         self._closed = False
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
+    async def _receive(self) -> None:
+        """Read answers until the connection ends, calling :meth:`_answer` for each."""
+        raise NotImplementedError
+
+    async def _send(self, request_id: str, index: int) -> None:
+        """Send request variant ``index`` with ``request_id``."""
+        raise NotImplementedError
+
+    def _answer(self, request_id: str, status: str) -> None:
+        self._sent.pop(request_id, None)
+        waiter = self._waiters.pop(request_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(status)
+
     async def _read(self) -> None:
         try:
-            async for message in self._socket:
-                answer = orjson.loads(message)
-                request_id = str(answer.get("id"))
-                self._sent.pop(request_id, None)
-                waiter = self._waiters.pop(request_id, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(
-                        str(answer.get("status", 500)) if "error" in answer else "200"
-                    )
-        except Exception:
+            await self._receive()
+        except Exception:  # the connection failed: every waiter learns below
             pass
         finally:
             self._closed = True
             for waiter in self._waiters.values():
                 if not waiter.done():
-                    waiter.set_exception(ConnectionLostError("the WebSocket closed"))
+                    waiter.set_exception(ConnectionLostError(self.ended))
             self._waiters.clear()
 
     async def call(self, index: int) -> str:
@@ -217,9 +241,8 @@ class _WebSocketConnection(Connection):
         waiter = asyncio.get_running_loop().create_future()
         self._waiters[request_id] = waiter
         self._sent[request_id] = time.monotonic_ns()
-        body = self._bodies[index % len(self._bodies)]
         try:
-            await self._socket.send(b'{"id":"' + request_id.encode() + b'",' + body, text=True)
+            await self._send(request_id, index)
         except Exception as error:
             self._waiters.pop(request_id, None)
             self._sent.pop(request_id, None)
@@ -228,17 +251,46 @@ class _WebSocketConnection(Connection):
         return status
 
     def expire(self, sent_before: int) -> None:
-        _expire(self._waiters, self._sent, sent_before)
+        late = [request_id for request_id, at in self._sent.items() if at < sent_before]
+        for request_id in late:
+            del self._sent[request_id]
+            waiter = self._waiters.pop(request_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(CallTimeoutError("no answer in time"))
 
     def close(self) -> None:
         self._closed = True
         self._reader.cancel()
-        with contextlib.suppress(Exception):
-            self._socket.transport.abort()
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+class _WebSocketConnection(_Multiplexed):
+    capacity = 32
+    ended = "the WebSocket closed"
+
+    def __init__(self, socket: Any, bodies: Sequence[bytes]) -> None:
+        self._socket = socket
+        # The id goes first in each message: b'{"id":"N",' + the rest of the body.
+        self._bodies = [body[1:] for body in bodies]
+        super().__init__()
+
+    async def _receive(self) -> None:
+        async for message in self._socket:
+            answer = orjson.loads(message)
+            status = str(answer.get("status", 500)) if "error" in answer else "200"
+            self._answer(str(answer.get("id")), status)
+
+    async def _send(self, request_id: str, index: int) -> None:
+        body = self._bodies[index % len(self._bodies)]
+        await self._socket.send(b'{"id":"' + request_id.encode() + b'",' + body, text=True)
+
+    def close(self) -> None:
+        super().close()
+        with contextlib.suppress(Exception):
+            self._socket.transport.abort()
 
 
 class _GrpcConnection(Connection):
@@ -269,22 +321,21 @@ class _GrpcConnection(Connection):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            asyncio.get_running_loop().create_task(self._channel.close())
+            _closing(self._channel.close())
 
     @property
     def closed(self) -> bool:
         return self._closed
 
 
-def _expire(
-    waiters: dict[str, asyncio.Future[str]], sent: dict[str, int], sent_before: int
-) -> None:
-    late = [request_id for request_id, at in sent.items() if at < sent_before]
-    for request_id in late:
-        del sent[request_id]
-        waiter = waiters.pop(request_id, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(CallTimeoutError("no answer in time"))
+_CLOSING: set[asyncio.Task[Any]] = set()
+
+
+def _closing(closing: Any) -> None:
+    """Run a channel's close in the background, held so it is not collected half-way."""
+    task = asyncio.get_running_loop().create_task(closing)
+    _CLOSING.add(task)
+    task.add_done_callback(_CLOSING.discard)
 
 
 def _with_id(body: bytes, request_id: str) -> bytes:
@@ -293,8 +344,9 @@ def _with_id(body: bytes, request_id: str) -> bytes:
     return body + b"\x1a" + bytes([len(raw)]) + raw  # ids stay under 128 bytes
 
 
-class _GrpcStreamConnection(Connection):
+class _GrpcStreamConnection(_Multiplexed):
     capacity = 64
+    ended = "the gRPC stream ended"
 
     def __init__(self, channel: Any, bodies: Sequence[bytes]) -> None:
         from coserve.server._protos import MODEL_STREAM_INFER
@@ -303,66 +355,27 @@ class _GrpcStreamConnection(Connection):
         self._bodies = bodies
         self._stream = channel.stream_stream(MODEL_STREAM_INFER)()
         self._writing = asyncio.Lock()
-        self._waiters: dict[str, asyncio.Future[str]] = {}
-        self._sent: dict[str, int] = {}
-        self._ids = itertools.count()
-        self._closed = False
-        self._reader = asyncio.get_running_loop().create_task(self._read())
+        super().__init__()
 
-    async def _read(self) -> None:
+    async def _receive(self) -> None:
         from coserve.server._protos import ModelStreamInferResponse
 
-        try:
-            while True:
-                message = await self._stream.read()
-                if not isinstance(message, bytes):  # grpc.aio.EOF
-                    break
-                answer = ModelStreamInferResponse.FromString(message)
-                self._sent.pop(answer.infer_response.id, None)
-                waiter = self._waiters.pop(answer.infer_response.id, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result("ERROR" if answer.error_message else "OK")
-        except Exception:
-            pass
-        finally:
-            self._closed = True
-            for waiter in self._waiters.values():
-                if not waiter.done():
-                    waiter.set_exception(ConnectionLostError("the gRPC stream ended"))
-            self._waiters.clear()
+        while True:
+            message = await self._stream.read()
+            if not isinstance(message, bytes):  # grpc.aio.EOF
+                return
+            answer = ModelStreamInferResponse.FromString(message)
+            self._answer(answer.infer_response.id, "ERROR" if answer.error_message else "OK")
 
-    async def call(self, index: int) -> str:
-        if self._closed:
-            raise ConnectionLostError("closed")
-        request_id = str(next(self._ids))
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters[request_id] = waiter
-        self._sent[request_id] = time.monotonic_ns()
-        try:
-            # A gRPC stream takes one write at a time (more is GRPC_CALL_ERROR_TOO_MANY_OPERATIONS).
-            async with self._writing:
-                await self._stream.write(
-                    _with_id(self._bodies[index % len(self._bodies)], request_id)
-                )
-        except Exception as error:
-            self._waiters.pop(request_id, None)
-            self._sent.pop(request_id, None)
-            raise ConnectionLostError(str(error)) from None
-        status: str = await waiter
-        return status
-
-    def expire(self, sent_before: int) -> None:
-        _expire(self._waiters, self._sent, sent_before)
+    async def _send(self, request_id: str, index: int) -> None:
+        # A gRPC stream takes one write at a time (more is GRPC_CALL_ERROR_TOO_MANY_OPERATIONS).
+        async with self._writing:
+            await self._stream.write(_with_id(self._bodies[index % len(self._bodies)], request_id))
 
     def close(self) -> None:
         if not self._closed:
-            self._closed = True
-            self._reader.cancel()
-            asyncio.get_running_loop().create_task(self._channel.close())
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
+            super().close()
+            _closing(self._channel.close())
 
 
 class Connector:

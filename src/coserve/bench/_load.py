@@ -183,8 +183,17 @@ async def _sleep_until(ns: int) -> None:
         await asyncio.sleep(max(left / 1e9, 0.0005))
 
 
-def _key(error: ConnectionLostError) -> str:
-    return TIMEOUT if isinstance(error, CallTimeoutError) else CONNECTION_ERROR
+async def _ask(connection: Connection, index: int) -> str:
+    """Send request variant ``index``; its status key, whatever happens."""
+    try:
+        return await connection.call(index)
+    except CallTimeoutError:
+        return TIMEOUT
+    except ConnectionLostError:
+        return CONNECTION_ERROR
+    except Exception:  # a client library's own failure: counted, not fatal
+        connection.close()
+        return CLIENT_ERROR
 
 
 class _Step:
@@ -202,6 +211,7 @@ class _Step:
         self._backlog: deque[int] = deque()
         self._next_index = offset
         self._pool: dict[int, asyncio.Task[Connection]] = {}
+        self._opens: set[asyncio.Task[Connection]] = set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -219,10 +229,11 @@ class _Step:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._recorder.idle.wait(), self.plan.timeout_ns / 1e9)
         abandoned = self._recorder.in_flight
-        for task in [*owned, *self._tasks]:
+        pending: list[asyncio.Task[Any]] = [*owned, *self._tasks, *self._opens]
+        for task in pending:
             task.cancel()
-        for task in [*owned, *self._tasks]:
-            with contextlib.suppress(asyncio.CancelledError):
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError, ConnectionLostError):
                 await task
         for connection in self._connections:
             connection.close()
@@ -280,13 +291,7 @@ class _Step:
                     continue
             sent = time.monotonic_ns()
             recorder.begin()
-            try:
-                key = await connection.call(index)
-            except ConnectionLostError as error:
-                key = _key(error)
-            except Exception:  # a client library's own failure: counted, not fatal
-                key = CLIENT_ERROR
-                connection.close()
+            key = await _ask(connection, index)
             recorder.end()
             recorder.record(key, sent, sent, time.monotonic_ns())
             index += 1
@@ -298,6 +303,8 @@ class _Step:
             task = self._pool[number] = asyncio.get_running_loop().create_task(
                 self._open_connection()
             )
+            self._opens.add(task)  # cancelled at stop if still opening
+            task.add_done_callback(self._opens.discard)
         return task
 
     # Open loop -----------------------------------------------------------------------------
@@ -418,13 +425,7 @@ class _Step:
         sent = time.monotonic_ns()
         if sent - intended > LATE_NS:
             self._recorder.sent_late(intended)
-        try:
-            key = await connection.call(index)
-        except ConnectionLostError as error:
-            key = _key(error)
-        except Exception:  # a client library's own failure: counted, not fatal
-            key = CLIENT_ERROR
-            connection.close()
+        key = await _ask(connection, index)
         self._recorder.end()
         self._recorder.record(key, intended, sent, time.monotonic_ns())
         if connection.closed:
