@@ -22,6 +22,7 @@ import pytest
 
 from coserve.batching._target import LatencyTarget, parse_duration, parse_targets
 from coserve.bench._cli import _profile_points, main, parse_range, parser, resolve_target
+from coserve.bench._load import new_histogram
 from coserve.bench._payload import (
     DimRange,
     InputSpec,
@@ -32,8 +33,15 @@ from coserve.bench._payload import (
     parse_shapes,
     random_inputs,
 )
-from coserve.bench._report import compare
-from coserve.bench._runner import LoadRunner, Step, WindowPolicy, count_within
+from coserve.bench._report import compare, terminal_plot, write_plot
+from coserve.bench._runner import (
+    LoadRunner,
+    Step,
+    StepResult,
+    WindowPolicy,
+    WindowStats,
+    count_within,
+)
 from coserve.bench._server_stats import ServerSnapshot, difference
 from helpers import ServerProcess
 from server_models import add_model
@@ -480,3 +488,24 @@ def test_a_spike_profile_is_a_time_series(server: ServerProcess, tmp_path: Path)
     assert len(windows) == 6
     offered = [w["offered_per_s"] or 0 for w in windows]
     assert min(offered[2:4]) > 3 * max(offered[0], offered[5])
+
+
+def _result(concurrency: int, latency_us: int, ok: int) -> StepResult:
+    histogram = new_histogram()
+    for _ in range(ok):
+        histogram.record_value(latency_us)
+    window = WindowStats(0, 1.0, ok, {}, histogram, None, 0, 0, 0, [0.1])
+    return StepResult(Step("closed", concurrency=concurrency), [window], [window], True, None)
+
+
+def test_terminal_and_file_plots(tmp_path: Path) -> None:
+    """The terminal plot (plotext) and the HTML file draw a sweep's points."""
+    results = [_result(1, 500, 100), _result(8, 2000, 400)]
+    text = terminal_plot(results, width=80, height=20)
+    assert "latency (ms) against throughput" in text
+    write_plot(tmp_path / "sweep.html", results, "a sweep")
+    page = (tmp_path / "sweep.html").read_text()
+    assert "<svg" in page
+    assert "c=8" in page
+    with pytest.raises(ValueError, match="png"):
+        write_plot(tmp_path / "sweep.gif", results, "a sweep")

@@ -15,8 +15,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -329,41 +328,72 @@ def _profile_points(args: argparse.Namespace) -> tuple[tuple[float, float], ...]
     return ((0.0, low), (at - 1e-6, low), (at, high), (end - 1e-6, high), (end, low))
 
 
-@dataclass
 class _Live:
-    """The live view: a line per window, or a rich table redrawn in place on a terminal."""
+    """The live view: progress bars redrawn in place on a terminal, else a line per window."""
 
-    quiet: bool
-    console: Any
+    def __init__(self, quiet: bool, console: Any, steps: int | None, windows: int) -> None:
+        self.quiet = quiet
+        self.console = console
+        self._windows = windows
+        self._progress: Any = None
+        self._task: Any = None
+        self._overall: Any = None
+        self._label = ""
+        if not quiet and console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self._progress = Progress(
+                TextColumn("{task.description:>16}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                console=console,
+            )
+            self._overall = self._progress.add_task("steps", total=steps, status="")
+
+    def __enter__(self) -> _Live:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
 
     def window(self, step: Any, windows: Sequence[Any], stable: bool | None) -> None:
+        """After each window of a step."""
         if self.quiet:
             return
         from coserve.bench._runner import latency_summary
 
         last = windows[-1]
-        p99 = latency_summary(last.latency).get("p99")
+        p99 = latency_summary(last.latency).get("p99", float("nan"))
         state = {True: "[green]stable[/]", False: "[yellow]settling[/]", None: ""}[stable]
-        errors = sum(last.errors.values())
-        self.console.print(
-            f"  {step.label:>14}  window {len(windows):>2}  {last.throughput:9.0f} ok/s  "
-            f"mean {last.mean_ms:7.2f} ms  p99 {p99 if p99 is not None else float('nan'):7.2f}"
-            f" ms  errors {errors}  {state}",
-            highlight=False,
+        status = (
+            f"{last.throughput:9.0f} ok/s  mean {last.mean_ms:7.2f} ms  p99 {p99:7.2f} ms  "
+            f"errors {sum(last.errors.values())}  {state}"
         )
+        if self._progress is None:
+            self.console.print(f"  {step.label:>14}  window {len(windows):>2}  {status}")
+            return
+        if self._label != step.label or self._task is None:
+            self._label = step.label
+            self._task = self._progress.add_task(step.label, total=self._windows, status="")
+        done = self._windows if stable else len(windows)
+        self._progress.update(self._task, completed=done, status=status)
+
+    def step_done(self) -> None:
+        """After each step."""
+        if self._progress is not None:
+            self._progress.advance(self._overall)
+            self._task = None
 
 
-def _run_steps(
-    runner: Any,
-    steps: Sequence[Any],
-    policy: Any,
-    live: _Live,
-    progress: Callable[[int], None],
-) -> list[Any]:
+def _run_steps(runner: Any, steps: Sequence[Any], policy: Any, live: _Live) -> list[Any]:
     results = []
-    for number, step in enumerate(steps):
+    for step in steps:
         results.append(runner.run(step, policy, live.window))
-        progress(number + 1)
+        live.step_done()
     return results
 
 
@@ -397,6 +427,7 @@ def _find_max(
             live.window,
         )
         tried.append(result)
+        live.step_done()
         ok = result.meets(args.slo)
         console.print(
             f"  rate {rate:.0f}/s: {'meets' if ok else 'misses'} {', '.join(map(str, args.slo))}"
@@ -514,7 +545,12 @@ def _bench(args: argparse.Namespace, console: Any, errors: Any) -> int:
         None if args.no_server_stats else (args.metrics_url or f"{target.base_url}/metrics")
     )
     cpus = [int(c) for c in args.cpus.split(",") if c.strip()] if args.cpus else []
-    live = _Live(args.quiet, console)
+    live = _Live(
+        args.quiet,
+        console,
+        None if args.find_max else len(steps),
+        policy.fixed_windows or policy.max_windows,
+    )
     if not args.quiet:
         what = (
             "finding the highest rate meeting " + ", ".join(map(str, args.slo))
@@ -527,19 +563,22 @@ def _bench(args: argparse.Namespace, console: Any, errors: Any) -> int:
             f"{what}; {args.procs} load process(es)"
         )
     started = time.time()
-    with LoadRunner(
-        target,
-        bodies,
-        processes=args.procs,
-        timeout=args.timeout,
-        metrics_url=metrics_url,
-        cpus=cpus,
-    ) as runner:
+    with (
+        LoadRunner(
+            target,
+            bodies,
+            processes=args.procs,
+            timeout=args.timeout,
+            metrics_url=metrics_url,
+            cpus=cpus,
+        ) as runner,
+        live,
+    ):
         best = None
         if args.find_max:
             results, best = _find_max(runner, args, policy, live)
         else:
-            results = _run_steps(runner, steps, policy, live, lambda n: None)
+            results = _run_steps(runner, steps, policy, live)
     console.print(results_table(results, args.slo))
     last = max(results, key=lambda r: r.throughput)
     table = server_table(last)
