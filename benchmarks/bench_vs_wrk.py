@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,13 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from serving import WRK_SCRIPT, Served, bodies, coserve_command, run_wrk
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from serving import WRK_SCRIPT, Served, bodies, coserve_command, free_port, run_wrk
 
 
 def run_bench(url: str, concurrency: int, seconds: int, procs: int, out: Path) -> dict[str, Any]:

@@ -509,3 +509,17 @@ def test_terminal_and_file_plots(tmp_path: Path) -> None:
     assert "c=8" in page
     with pytest.raises(ValueError, match="png"):
         write_plot(tmp_path / "sweep.gif", results, "a sweep")
+
+
+def test_stability_needs_three_windows_that_agree() -> None:
+    """Stable: the last three windows within the tolerance in throughput and mean latency."""
+    policy = WindowPolicy(tolerance=0.10)
+
+    def windows(*pairs: tuple[int, int]) -> list[WindowStats]:
+        return [_result(1, latency, ok).windows[0] for ok, latency in pairs]
+
+    judge = LoadRunner._judge
+    assert not judge(windows((100, 1000), (100, 1000)), policy)  # too few
+    assert judge(windows((50, 3000), (100, 1000), (105, 1040), (98, 1010)), policy)
+    assert not judge(windows((100, 1000), (100, 1000), (120, 1000)), policy)  # throughput
+    assert not judge(windows((100, 1000), (100, 1000), (100, 1300)), policy)  # latency
