@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coserve import ConfigError
+from coserve import ConfigError, LatencyTarget
 from coserve.models import ModelConfig, TensorSpec, VersionPolicy, datatype_of, dtype_of
 
 BATCH8 = 'platform = "python"\n[batching]\nmax_batch_size = 8'
@@ -78,7 +78,14 @@ class TestParsing:
         config = ModelConfig.load(write_config(tmp_path, 'platform = "python"'))
         assert config.batching.max_batch_size == 64
         assert config.batching.max_wait == 0.0
+        assert config.batching.target_latency is None
         assert config.versions.policy == "latest"
+
+    def test_a_latency_target_turns_adaptive_batching_on(self, tmp_path: Path) -> None:
+        """target_latency is parsed as the batcher and bench parse it."""
+        text = 'platform = "python"\n[batching]\ntarget_latency = "p99.9<50ms"'
+        config = ModelConfig.load(write_config(tmp_path, text))
+        assert config.batching.target_latency == LatencyTarget(99.9, 0.05)
 
     @pytest.mark.parametrize(
         ("text", "key"),
@@ -111,6 +118,8 @@ class TestParsing:
             ('platform = "python"\n[batching]\nmax_batch_size = true', "expected int"),
             ('platform = "python"\n[batching]\nmax_wait = -1', "batching.max_wait"),
             ('platform = "python"\n[batching]\ntimeout = 0', "batching.timeout"),
+            ('platform = "python"\n[batching]\ntarget_latency = "20ms"', "not a latency target"),
+            ('platform = "python"\n[batching]\ntarget_latency = 20', "expected str"),
             (f"{BATCH8}\nallowed_batch_sizes = [4, 2, 8]", "ascending"),
             (f"{BATCH8}\nallowed_batch_sizes = [2, 4]", "must be max_batch_size"),
             ('platform = "python"\n[batching]\npad_to_allowed_batch_size = true', "needs allowed"),

@@ -138,6 +138,7 @@ def test_admin_changes_under_load_lose_no_request(server: ServerProcess) -> None
             options = {
                 "max_batch_size": 2 if changes % 2 else 64,
                 "max_wait": 0.001 * (changes % 3),
+                "target_latency": "p99<5ms" if changes % 4 < 2 else None,
             }
             assert httpx.post(url, json=options).status_code == 200
             changes += 1
@@ -145,8 +146,46 @@ def test_admin_changes_under_load_lose_no_request(server: ServerProcess) -> None
     assert statuses == [200] * 200
     after = completed_by_worker(server)
     assert sum(after.values()) - sum(before.values()) == 200
-    restore = {k: options_before[k] for k in ("max_batch_size", "max_wait")}
+    restore = {k: options_before[k] for k in ("max_batch_size", "max_wait", "target_latency")}
     assert httpx.post(url, json=restore).status_code == 200
+
+
+def test_the_adaptive_target_is_set_live_and_its_state_shows(server: ServerProcess) -> None:
+    """target_latency turns adaptive batching on for every worker, and null off.
+
+    Its state is in GET and /metrics; a bad target is a 400 that changes nothing.
+    """
+    url = f"{server.url}/v2/admin/models/types/batching"
+    assert httpx.get(url).json()["batching"]["target_latency"] is None
+    try:
+        answer = httpx.post(url, json={"target_latency": "p99<20ms"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["batching"]["target_latency"] == "p99<20ms"
+        for _ in range(10):
+            response = httpx.post(f"{server.url}/v2/models/types/infer", json=TYPES_REQUEST)
+            assert response.status_code == 200
+        state = httpx.get(url).json()["adaptive"]
+        assert state["target"] == "p99<20ms"
+        assert state["batch_target"] >= 1
+        assert state["margin"] == 0.9
+        metrics = httpx.get(f"{server.url}/metrics").text
+        targets = re.findall(
+            r'^coserve_adaptive\{model="types",value="target_seconds",version="1",'
+            r'worker="(\d+)"\} (\S+)$',
+            metrics,
+            re.MULTILINE,
+        )
+        assert sorted(targets) == [("0", "0.02"), ("1", "0.02")]
+        bad = httpx.post(url, json={"target_latency": "fast"})
+        assert bad.status_code == 400
+        assert "not a latency target" in bad.json()["error"]
+        assert httpx.get(url).json()["batching"]["target_latency"] == "p99<20ms"
+    finally:
+        assert httpx.post(url, json={"target_latency": None}).status_code == 200
+    off = httpx.get(url).json()
+    assert off["batching"]["target_latency"] is None
+    assert "adaptive" not in off
+    assert "coserve_adaptive{" not in httpx.get(f"{server.url}/metrics").text
 
 
 def test_the_admin_api_changes_batching_on_every_worker(server: ServerProcess) -> None:

@@ -32,6 +32,7 @@ from coserve._exceptions import (
     WouldBlock,
 )
 from coserve.batching import (
+    AdaptiveState,
     Batched,
     BatchedMethod,
     Batcher,
@@ -72,6 +73,7 @@ from coserve.models import (
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AdaptiveState",
     "Backend",
     "BatchFailed",
     "Batched",

@@ -4,6 +4,7 @@ Pure asyncio (and numpy for statistics); no web or ML imports. See ``Batcher`` f
 policy and its guarantees: every submitted item gets exactly one outcome.
 """
 
+from coserve.batching._adaptive import AdaptiveState
 from coserve.batching._batcher import (
     UNSET,
     AsyncBatchFunction,
@@ -18,6 +19,7 @@ from coserve.batching._target import LatencyTarget
 
 __all__ = [
     "UNSET",
+    "AdaptiveState",
     "AsyncBatchFunction",
     "BatchFunction",
     "Batched",

@@ -34,8 +34,10 @@ from coserve._exceptions import (
     DeadlineExceeded,
     QueueFull,
 )
+from coserve.batching._adaptive import AdaptiveController
 from coserve.batching._queue import BucketedQueue, QueuedRequest, RequestFuture, RequestState
 from coserve.batching._statistics import BatcherStatistics, CloseReason, Counters
+from coserve.batching._target import LatencyTarget
 
 __all__ = [
     "UNSET",
@@ -78,6 +80,8 @@ class BatchingOptions:
     max_queue_size: int
     timeout: float | None
     max_requests_per_batch: int | None
+    target_latency: LatencyTarget | None = None
+    """The adaptive mode's latency target (None: batches formed by the options above)."""
 
 
 class _Unset(enum.Enum):
@@ -111,6 +115,17 @@ def _check_options(
         _check_positive(option, value)
     _check_positive("max_wait", max_wait, allow_zero=True)
     _check_positive("timeout", timeout)
+
+
+def _as_target(value: LatencyTarget | str | None) -> LatencyTarget | None:
+    """A latency target from its text (``p99<20ms``), or as given."""
+    if value is None or isinstance(value, LatencyTarget):
+        return value
+    if isinstance(value, str):
+        return LatencyTarget.parse(value)
+    raise TypeError(
+        f"target_latency must be a LatencyTarget or text such as 'p99<20ms', got {value!r}"
+    )
 
 
 def _check_positive(name: str, value: float | None, *, allow_zero: bool = False) -> None:
@@ -153,6 +168,13 @@ class Batcher(Generic[T, R]):
             many as fit). 1 runs every request as a batch of its own: no batching across
             requests, as TensorFlow Serving without ``--enable_batching`` and Triton without
             ``dynamic_batching`` run them.
+        target_latency: Batch adaptively to meet this latency (``"p99<20ms"`` or a
+            :class:`LatencyTarget`), from submit to answer: the batcher fits each batch's
+            latency to its size, estimates the arrival rate, and at each free slot chooses how
+            many rows to take (at most ``max_batch_size``) and whether to linger (at most
+            ``max_wait``, when that is > 0), and fails a request early when its deadline would
+            pass before its batch ends (see :mod:`coserve.batching._adaptive`). At low load it
+            runs each request at once, as ``max_wait=0`` does. None: batch by the options alone.
 
     Raises:
         TypeError: ``fn`` is not callable, or an option has the wrong type.
@@ -172,6 +194,7 @@ class Batcher(Generic[T, R]):
         grace_period: float = 30.0,
         name: str | None = None,
         max_requests_per_batch: int | None = None,
+        target_latency: LatencyTarget | str | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
@@ -192,6 +215,7 @@ class Batcher(Generic[T, R]):
             max_requests_per_batch=max_requests_per_batch,
         )
         _check_positive("grace_period", grace_period, allow_zero=True)
+        target = _as_target(target_latency)
 
         self._fn = fn
         self._is_async = is_async_callable(fn)
@@ -209,6 +233,9 @@ class Batcher(Generic[T, R]):
         self._pool_size = 0  # threads of the pool it owns
         self._grace_period = grace_period
         self._name = name or getattr(fn, "__qualname__", None) or type(fn).__name__
+        self._adaptive = (
+            None if target is None else AdaptiveController(target, max_batch_size, float(max_wait))
+        )
 
         self._queue: BucketedQueue[T] = BucketedQueue()
         self._counters = Counters()
@@ -245,6 +272,7 @@ class Batcher(Generic[T, R]):
             max_queue_size=self._max_queue_size,
             timeout=self._timeout,
             max_requests_per_batch=self._max_requests,
+            target_latency=None if self._adaptive is None else self._adaptive.target,
         )
 
     def configure(
@@ -256,6 +284,7 @@ class Batcher(Generic[T, R]):
         max_queue_size: int | None = None,
         timeout: float | _Unset | None = UNSET,
         max_requests_per_batch: int | _Unset | None = UNSET,
+        target_latency: LatencyTarget | str | _Unset | None = UNSET,
     ) -> BatchingOptions:
         """Change batching options while the batcher serves; nothing queued or running is lost.
 
@@ -272,7 +301,9 @@ class Batcher(Generic[T, R]):
           is free under the new count;
         - ``max_queue_size``: a smaller bound refuses new requests until the queue is below it
           (nothing queued is dropped); a larger one lets waiters in;
-        - ``timeout``: the default deadline of requests submitted from now on.
+        - ``timeout``: the default deadline of requests submitted from now on;
+        - ``target_latency``: adaptive batching to a new target (what it learned of the
+          model's latency and the arrival rate stays), or None to stop adapting.
 
         Call it from the batcher's event loop (or before it starts).
 
@@ -294,6 +325,7 @@ class Batcher(Generic[T, R]):
                 None if max_requests_per_batch is UNSET else max_requests_per_batch
             ),
         )
+        target = None if isinstance(target_latency, _Unset) else _as_target(target_latency)
         loop = self._loop
         if loop is not None:
             try:
@@ -313,6 +345,19 @@ class Batcher(Generic[T, R]):
             self._timeout = timeout
         if not isinstance(max_requests_per_batch, _Unset):
             self._max_requests = max_requests_per_batch
+        adaptive = self._adaptive
+        if not isinstance(target_latency, _Unset):
+            if target is None:
+                adaptive = None
+            elif adaptive is None:
+                adaptive = AdaptiveController(target, self._max_batch_size, self._max_wait)
+        if adaptive is not None:
+            adaptive.reset(
+                adaptive.target if target is None else target,
+                self._max_batch_size,
+                self._max_wait,
+            )
+        self._adaptive = adaptive
         if max_concurrent_batches is not None and max_concurrent_batches != self._slots:
             if self._owns_executor and max_concurrent_batches > self._pool_size:
                 # A pool cannot grow in place: the old one finishes what it runs, then exits.
@@ -459,6 +504,7 @@ class Batcher(Generic[T, R]):
                 for r in batch
                 if r.state is RequestState.RUNNING
             ),
+            adaptive=None if self._adaptive is None else self._adaptive.state(),
         )
 
     async def aclose(self, *, grace_period: float | None = None) -> None:
@@ -538,11 +584,11 @@ class Batcher(Generic[T, R]):
         # every settling path clears on_cancel: no garbage for the collector per request.
         future.on_cancel = functools.partial(self._cancelled, request)
         if timeout is not None:
-            request.deadline_timer = loop.call_at(
-                request.enqueued_at + timeout, self._expire, request, timeout
-            )
+            request.deadline = request.enqueued_at + timeout
+            request.deadline_timer = loop.call_at(request.deadline, self._expire, request, timeout)
         queue.push(request)
         counters.submitted += 1
+        counters.submitted_rows += size
         waiter = self._waiter
         if (
             waiter is not None
@@ -685,6 +731,7 @@ class Batcher(Generic[T, R]):
                 # Read each pass: configure() may change them (and wakes this loop when it does).
                 max_rows = self._max_batch_size
                 max_wait = self._max_wait
+                adaptive = self._adaptive
                 if len(self._running) >= self._slots:
                     await self._sleep(_NEVER)  # until a batch finishes and frees a slot
                     continue
@@ -697,18 +744,27 @@ class Batcher(Generic[T, R]):
                             continue
                     await self._sleep(1)
                     continue
+                now = loop.time()
+                ready_rows = max_rows  # rows that make a bucket ready at once
+                if adaptive is not None:  # it chooses the batch's size and lingering
+                    adaptive.plan(now, self._counters.submitted_rows, queue.rows, self._slots)
+                    max_rows = adaptive.batch_cap
+                    ready_rows = adaptive.batch_target
+                    max_wait = adaptive.linger
                 # Lingering (max_wait) is per bucket: one is ready when full or old enough.
                 key, found, ready_at = queue.choose(
-                    loop.time(), max_rows, self._max_requests, 0.0 if self._closing else max_wait
+                    now, ready_rows, self._max_requests, 0.0 if self._closing else max_wait
                 )
                 if not found:
-                    await self._sleep(max_rows, ready_at)  # or a submit that fills a bucket
+                    await self._sleep(ready_rows, ready_at)  # or a submit that fills a bucket
                     continue
                 batch, rows, full = queue.take(key, max_rows, self._max_requests)
                 if full:
                     reason = CloseReason.FULL
                 elif self._closing:
                     reason = CloseReason.SHUTDOWN
+                elif ready_rows > 1 and rows >= ready_rows:
+                    reason = CloseReason.TARGET
                 elif max_wait:
                     reason = CloseReason.MAX_WAIT
                 else:
@@ -738,6 +794,14 @@ class Batcher(Generic[T, R]):
             batch, rows = self._drop_withdrawn(batch)
             if not batch:
                 return
+        adaptive = self._adaptive
+        if adaptive is not None:
+            # A request whose deadline falls before its batch would end fails now, not late.
+            now, takes = loop.time(), adaptive.predict(rows)
+            if any(request.deadline < now + takes for request in batch):
+                batch, rows = self._fail_hopeless(batch, now, takes)
+                if not batch:
+                    return
         counters.batches += 1
         counters.batch_sizes[rows] += 1
         counters.close_reasons[reason] += 1
@@ -756,6 +820,38 @@ class Batcher(Generic[T, R]):
             future.set_exception(exc)
         self._running[future] = batch
         future.add_done_callback(functools.partial(self._finish_batch, batch, rows, now))
+
+    def _fail_hopeless(
+        self, batch: list[QueuedRequest[T]], now: float, takes: float
+    ) -> tuple[list[QueuedRequest[T]], int]:
+        """Fail the requests whose deadline falls before ``now + takes``; return the others."""
+        adaptive = self._adaptive
+        assert adaptive is not None
+        counters = self._counters
+        ends = now + takes
+        live = []
+        for request in batch:
+            if request.deadline >= ends:
+                live.append(request)
+                continue
+            timer = request.deadline_timer
+            if timer is not None:
+                timer.cancel()
+                request.deadline_timer = None
+            request.state = RequestState.DONE
+            request.future.on_cancel = None
+            request.future.set_exception(
+                DeadlineExceeded(
+                    f"the request could not meet its deadline: "
+                    f"{max(0.0, request.deadline - now) * 1e3:.3g} ms were left, and its batch "
+                    f"would take about {takes * 1e3:.3g} ms"
+                )
+            )
+            counters.expired += 1
+            counters.error_seconds += now - request.enqueued_at
+            adaptive.failed_early += 1
+        logger.debug("batcher %r: failed %d requests early", self._name, len(batch) - len(live))
+        return live, sum(request.size for request in live)
 
     def _drop_withdrawn(self, batch: list[QueuedRequest[T]]) -> tuple[list[QueuedRequest[T]], int]:
         """Drop requests whose futures were cancelled while queued (``submit_nowait``)."""
@@ -789,6 +885,9 @@ class Batcher(Generic[T, R]):
             for request in batch:
                 self._fail(request, BatchFailed("coserve failed to deliver this batch's results"))
         finally:
+            adaptive = self._adaptive
+            if adaptive is not None and not future.cancelled() and future.exception() is None:
+                adaptive.batch_finished(rows, now - started_at, now, self._slots)
             self._wake()
 
     def _deliver(
@@ -834,6 +933,8 @@ class Batcher(Generic[T, R]):
         cancelled = 0
         answered = 0.0  # summed submit-to-answer seconds of the delivered requests
         errored = 0.0  # the same for the items answered with their own error
+        # Each answered request's latency, for the adaptive mode's trim on the measured target.
+        latencies: list[float] | None = None if self._adaptive is None else []
         done = RequestState.DONE
         for request, result in zip(batch, results, strict=False):  # lengths checked above
             if request.state is done:  # its outcome came first: cancelled or expired
@@ -855,6 +956,8 @@ class Batcher(Generic[T, R]):
                 delivered += 1
                 delivered_rows += request.size
                 answered += now - request.enqueued_at
+                if latencies is not None:
+                    latencies.append(now - request.enqueued_at)
         counters = self._counters
         counters.completed += delivered
         counters.completed_rows += delivered_rows
@@ -864,6 +967,8 @@ class Batcher(Generic[T, R]):
         counters.failed += len(item_errors)
         counters.error_seconds += errored
         counters.cancelled += cancelled
+        if latencies and self._adaptive is not None:
+            self._adaptive.record(latencies)
         if item_errors:
             logger.warning(
                 "batcher %r: %d of %d items failed, the first with %r",

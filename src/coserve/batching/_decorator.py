@@ -11,6 +11,7 @@ from typing import Any, Generic, TypedDict, TypeVar, overload
 
 from coserve.batching._batcher import Batcher, BatchFunction
 from coserve.batching._statistics import BatcherStatistics, Counters
+from coserve.batching._target import LatencyTarget
 
 __all__ = ["Batched", "BatchedMethod", "batched"]
 
@@ -29,6 +30,7 @@ class BatcherOptions(TypedDict):
     timeout: float | None
     executor: Executor | None
     grace_period: float
+    target_latency: LatencyTarget | str | None
 
 
 class Batched(Generic[T, R]):
@@ -200,6 +202,7 @@ def batched(
     timeout: float | None = None,
     executor: Executor | None = None,
     grace_period: float = 30.0,
+    target_latency: LatencyTarget | str | None = None,
 ) -> _BatchedDecorator: ...
 def batched(
     fn: Callable[..., Any] | None = None,
@@ -212,6 +215,7 @@ def batched(
     timeout: float | None = None,
     executor: Executor | None = None,
     grace_period: float = 30.0,
+    target_latency: LatencyTarget | str | None = None,
 ) -> Batched[Any, Any] | BatchedMethod[Any, Any, Any] | _BatchedDecorator:
     """Decorate ``def f(items: list[X]) -> list[Y]`` (sync or async) so callers ``await f(x)``.
 
@@ -235,6 +239,12 @@ def batched(
         timeout=timeout,
         executor=executor,
         grace_period=grace_period,
+        # parsed now, so a bad target fails at the decorator, not at the first call
+        target_latency=(
+            LatencyTarget.parse(target_latency)
+            if isinstance(target_latency, str)
+            else target_latency
+        ),
     )
     if fn is None:
         return _BatchedDecorator(options)

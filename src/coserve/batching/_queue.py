@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import math
 from collections import deque
 from collections.abc import Callable, Hashable
 from enum import IntEnum
@@ -23,6 +24,7 @@ __all__ = ["BucketedQueue", "QueuedRequest", "RequestFuture", "RequestQueue", "R
 T = TypeVar("T")
 
 _COMPACT_MIN_DEAD = 64
+_EARLY = 1e-6  # seconds a lingering bucket may be judged ready before its time
 
 
 class RequestState(IntEnum):
@@ -63,6 +65,7 @@ class QueuedRequest(Generic[T]):
     """One submitted item, with its caller's future and its place in the queue."""
 
     __slots__ = (
+        "deadline",
         "deadline_timer",
         "enqueued_at",
         "future",
@@ -89,6 +92,8 @@ class QueuedRequest(Generic[T]):
         self.enqueued_at = enqueued_at
         self.key = key
         self.state = RequestState.QUEUED
+        self.deadline = math.inf
+        """The loop time of its deadline (infinity: none)."""
         self.deadline_timer: asyncio.TimerHandle | None = None
 
 
@@ -307,7 +312,9 @@ class BucketedQueue(Generic[T]):
                 oldest = bucket.oldest_enqueued_at()
                 assert oldest is not None
                 ready_at = oldest + max_wait
-                if now < ready_at:
+                # A timer may fire up to a clock tick early (asyncio's clock resolution, a
+                # virtual clock's microsecond): within one, it is time, or it would spin.
+                if ready_at - now > _EARLY:
                     soonest = ready_at if soonest is None else min(soonest, ready_at)
                     continue
             if best is None or (-priority, enqueued_at) < (-best[0], best[1]):

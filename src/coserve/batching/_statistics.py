@@ -10,6 +10,8 @@ from types import MappingProxyType
 
 import numpy as np
 
+from coserve.batching._adaptive import AdaptiveState
+
 __all__ = ["BatcherStatistics", "CloseReason", "DurationSummary"]
 
 _SAMPLES_KEPT = 4096
@@ -21,11 +23,14 @@ class CloseReason(StrEnum):
     FULL = "full"
     """``max_batch_size`` rows were queued (or the next request would not fit)."""
     MAX_WAIT = "max_wait"
-    """``max_wait`` passed since the oldest queued request arrived."""
+    """``max_wait`` passed since the oldest queued request arrived (adaptive mode: the
+    oldest request's linger, as long as the target allows, passed)."""
     SLOT_FREE = "slot_free"
     """An execution slot was free, so whatever was queued went at once (``max_wait=0``)."""
     SHUTDOWN = "shutdown"
     """The batcher was closing and flushed its queue without lingering."""
+    TARGET = "target"
+    """Adaptive mode: the rows the controller chose (``batch_target``, over 1) were queued."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +135,8 @@ class BatcherStatistics:
             (a batch still running is in ``batch_sizes`` but not here yet).
         last_batch_end: When the last batch finished, in seconds since the epoch (0.0 before the
             first).
+        adaptive: The adaptive mode's model and choices (None when the batcher has no
+            ``target_latency``).
     """
 
     queued: int
@@ -156,6 +163,7 @@ class BatcherStatistics:
     error_seconds: float = 0.0
     batch_execution_seconds: Mapping[int, float] = field(default_factory=dict)
     last_batch_end: float = 0.0
+    adaptive: AdaptiveState | None = None
 
     @property
     def mean_batch_size(self) -> float:
@@ -187,10 +195,12 @@ class Counters:
         "rejected_closed",
         "rejected_queue_full",
         "submitted",
+        "submitted_rows",
     )
 
     def __init__(self) -> None:
         self.submitted = 0
+        self.submitted_rows = 0  # the adaptive mode's arrival rate counts rows
         self.completed = 0
         self.failed = 0
         self.expired = 0
@@ -215,7 +225,13 @@ class Counters:
         self.last_batch_end = 0.0
 
     def snapshot(
-        self, *, queued: int, queued_rows: int, running_batches: int, in_flight: int
+        self,
+        *,
+        queued: int,
+        queued_rows: int,
+        running_batches: int,
+        in_flight: int,
+        adaptive: AdaptiveState | None = None,
     ) -> BatcherStatistics:
         """Freeze the counters together with the queue's current state."""
         return BatcherStatistics(
@@ -245,4 +261,5 @@ class Counters:
                 {s: self.batch_seconds.get(s, 0.0) for s in sorted(self.batch_sizes)}
             ),
             last_batch_end=self.last_batch_end,
+            adaptive=adaptive,
         )

@@ -21,6 +21,9 @@ The format, with every key (all optional but ``platform``)::
     pad_to_allowed_batch_size = false   # pad a batch up to the next allowed size
     combine_requests = true             # false: each request runs alone, never batched with
                                         # others (TF Serving without --enable_batching)
+    target_latency = "p99<20ms"         # adaptive: the batcher picks each batch's size and
+                                        # linger to meet it (max_batch_size and max_wait > 0
+                                        # bound them); off when absent
 
     [padding]                           # variable-length inputs, padded so requests batch
     inputs = ["tokens"]                 # the inputs whose length (dimension 1) varies
@@ -76,6 +79,7 @@ from pathlib import Path
 from typing import Any
 
 from coserve._exceptions import ConfigError
+from coserve.batching import LatencyTarget
 from coserve.models._specs import TensorSpec
 
 __all__ = [
@@ -163,6 +167,8 @@ class BatchingConfig:
     padding: PaddingConfig | None = None
     """Variable-length inputs padded to buckets (``[padding]``); None: requests batch with
     requests of exactly their shapes."""
+    target_latency: LatencyTarget | None = None
+    """Adaptive batching to this latency target (``Batcher``'s ``target_latency``)."""
 
     def warm_up_sizes(self) -> list[int]:
         """The batch sizes a warm-up should run: the allowed ones, else powers of two.
@@ -548,6 +554,12 @@ class _Parser:
         for key in ("pad_to_allowed_batch_size", "combine_requests"):
             if key in table:
                 options[key] = self.typed(table, key, bool, where)
+        if "target_latency" in table:
+            text = self.typed(table, "target_latency", str, where)
+            try:
+                options["target_latency"] = LatencyTarget.parse(text)
+            except ValueError as error:
+                raise self.fail(where + "target_latency", str(error)) from None
         config = BatchingConfig(**options)
         if "allowed_batch_sizes" in table:
             sizes = self.typed(table, "allowed_batch_sizes", list, where)

@@ -19,7 +19,7 @@ from coserve._exceptions import (
     ModelError,
     QueueFull,
 )
-from coserve.batching import Batcher, BatcherStatistics
+from coserve.batching import Batcher, BatcherStatistics, LatencyTarget
 from coserve.models._backend import Backend, SequenceFlags
 from coserve.models._config import BatchingConfig, ModelConfig
 from coserve.models._padding import Padded, Padder, shape_key
@@ -94,6 +94,7 @@ class ModelHandle:
             grace_period=batching.grace_period,
             name=f"{self.backend.name}:{self.backend.version}",
             max_requests_per_batch=None if batching.combine_requests else 1,
+            target_latency=batching.target_latency,
         )
 
     @property
@@ -151,6 +152,7 @@ class ModelHandle:
         "max_concurrent_batches",
         "max_queue_size",
         "timeout",
+        "target_latency",
     )
     """The batching options :meth:`configure` changes while the model serves."""
 
@@ -168,11 +170,13 @@ class ModelHandle:
         """Change this model version's batching while it serves; no request is lost or failed.
 
         ``changes`` maps some of :data:`LIVE_OPTIONS` to new values (``timeout`` may be None:
-        no default deadline). They apply from the next batch, as :meth:`Batcher.configure
-        <coserve.Batcher.configure>` describes, to this handle and its other signatures'. The
-        model's ``max_batch_size`` and ``max_concurrent_batches`` as loaded are the most a
-        change may set: the model (and its backend's instances) were loaded and warmed up for
-        them; raise them in the model's config to go further.
+        no default deadline; ``target_latency`` is text such as ``"p99<20ms"`` or a
+        :class:`~coserve.LatencyTarget`, or None to stop adapting). They apply from the next
+        batch, as :meth:`Batcher.configure <coserve.Batcher.configure>` describes, to this
+        handle and its other signatures'. The model's ``max_batch_size`` and
+        ``max_concurrent_batches`` as loaded are the most a change may set: the model (and its
+        backend's instances) were loaded and warmed up for them; raise them in the model's
+        config to go further.
 
         Returns:
             The batching policy now in force (also :attr:`batching`).
@@ -188,8 +192,14 @@ class ModelHandle:
                 f"serving; the options that can are: {', '.join(self.LIVE_OPTIONS)}"
             )
         for option, value in changes.items():
-            if value is None and option != "timeout":
+            if value is None and option not in ("timeout", "target_latency"):
                 raise InvalidInput(f"model {self.name!r}: {option} needs a value, got None")
+        target = changes.get("target_latency")
+        if isinstance(target, str):
+            try:
+                changes = {**changes, "target_latency": LatencyTarget.parse(target)}
+            except ValueError as error:
+                raise InvalidInput(f"model {self.name!r}: target_latency: {error}") from None
         allowed = self.batching.allowed_batch_sizes
         new_max = changes.get("max_batch_size")
         if allowed and new_max is not None and new_max not in allowed:

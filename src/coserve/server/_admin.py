@@ -8,10 +8,13 @@ that is not ``application/json`` is refused, so a page in the operator's browser
 anything.
 
 - ``GET /v2/admin/models/{model}[/versions/{version}]/batching``: the options in force.
+  With a ``target_latency``, the answer's ``adaptive`` object holds what the adaptive mode
+  learned and chose (:class:`~coserve.AdaptiveState`) on the worker that answered.
 - ``POST`` to the same path with a JSON object of options (``max_batch_size``, ``max_wait``,
-  ``max_concurrent_batches``, ``max_queue_size``, ``timeout``): applied from the next batch
-  without dropping or failing a request (:meth:`ModelHandle.configure`); the answer is the
-  options now in force. A bad value is a 400 and changes nothing.
+  ``max_concurrent_batches``, ``max_queue_size``, ``timeout``, ``target_latency`` as text such
+  as ``"p99<20ms"`` or null): applied from the next batch without dropping or failing a request
+  (:meth:`ModelHandle.configure`); the answer is the options now in force. A bad value is a
+  400 and changes nothing.
 
 With ``--workers N``, the worker that takes a change applies it, then passes it to every other
 worker over their private sockets (``?local=1`` applies it on one worker only); a worker that
@@ -23,6 +26,7 @@ one at a time. A worker the supervisor replaces after a crash starts from the mo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import json
 from typing import Any
@@ -62,11 +66,14 @@ def is_local(request: Request) -> bool:
 
 
 def _options(handle: ModelHandle) -> dict[str, Any]:
-    return {
-        "name": handle.name,
-        "version": handle.version,
-        "batching": {option: getattr(handle.batching, option) for option in handle.LIVE_OPTIONS},
-    }
+    batching = {option: getattr(handle.batching, option) for option in handle.LIVE_OPTIONS}
+    target = batching["target_latency"]
+    batching["target_latency"] = None if target is None else str(target)
+    answer: dict[str, Any] = {"name": handle.name, "version": handle.version, "batching": batching}
+    adaptive = handle.statistics().adaptive
+    if adaptive is not None:  # what the adaptive mode learned and chose, on this worker
+        answer["adaptive"] = dataclasses.asdict(adaptive)
+    return answer
 
 
 def admin_routes(repository: ModelRepository, worker: WorkerInfo | None) -> list[Route]:

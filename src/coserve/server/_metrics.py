@@ -20,6 +20,7 @@ from prometheus_client.core import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from coserve.batching import AdaptiveState
 from coserve.models import ModelRepository
 from coserve.server._sessions import SessionManager
 
@@ -27,6 +28,22 @@ __all__ = ["Metrics"]
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _OUTCOMES = ("completed", "failed", "expired", "cancelled", "aborted")
+
+
+def _adaptive_values(state: AdaptiveState) -> list[tuple[str, float]]:
+    values = [
+        ("intercept_seconds", state.intercept),
+        ("slope_seconds_per_row", state.slope),
+        ("spread_seconds", state.spread),
+        ("arrival_rate", state.arrival_rate),
+        ("batch_target", float(state.batch_target)),
+        ("batch_cap", float(state.batch_cap)),
+        ("linger_seconds", state.linger),
+        ("margin", state.margin),
+    ]
+    if state.measured is not None:
+        values.append(("measured_seconds", state.measured))
+    return values
 
 
 class _BatcherCollector(Collector):
@@ -56,6 +73,19 @@ class _BatcherCollector(Collector):
         )
         running = GaugeMetricFamily(
             "coserve_running_batches", "Batches executing now", labels=labels
+        )
+        adaptive = GaugeMetricFamily(
+            "coserve_adaptive",
+            "The adaptive batcher's model and choices (target_latency): intercept_seconds and "
+            "slope_seconds_per_row of the batch latency fit, spread_seconds, arrival_rate rows/s,"
+            " batch_target and batch_cap rows, linger_seconds, margin, measured_seconds (the "
+            "target's statistic over the last trim window), target_seconds",
+            labels=[*labels, "value"],
+        )
+        failed_early = CounterMetricFamily(
+            "coserve_adaptive_failed_early",
+            "Requests failed at once because their deadline fell before their batch would end",
+            labels=labels,
         )
         closes = CounterMetricFamily(
             "coserve_batch_close_reasons", "Why each batch was closed", labels=[*labels, "reason"]
@@ -100,8 +130,16 @@ class _BatcherCollector(Collector):
             key = [handle.name, handle.version]
             for option in handle.LIVE_OPTIONS:
                 value = getattr(handle.batching, option)
-                if value is not None:
+                if isinstance(value, int | float):  # the target is text: in the adaptive gauges
                     options.add_metric([*key, option], float(value))
+            state = stats.adaptive
+            if state is not None:
+                target = handle.batching.target_latency
+                assert target is not None
+                adaptive.add_metric([*key, "target_seconds"], target.limit)
+                for name, value in _adaptive_values(state):
+                    adaptive.add_metric([*key, name], value)
+                failed_early.add_metric(key, state.failed_early)
             for outcome in _OUTCOMES:
                 outcomes.add_metric([*key, outcome], getattr(stats, outcome))
             rejected.add_metric([*key, "queue_full"], stats.rejected_queue_full)
@@ -124,6 +162,7 @@ class _BatcherCollector(Collector):
                 family.add_metric(key, summary.count, summary.mean * summary.count)
         yield from (outcomes, rejected, queued, running, closes, sizes, queue_time, exec_time)
         yield options
+        yield from (adaptive, failed_early)
         yield from (bucket_requests, bucket_rows, bucket_batches, elements)
 
 
