@@ -1,7 +1,8 @@
 """The ``coserve`` command line: ``coserve serve`` runs the inference server.
 
 ``coserve tfserving`` takes TensorFlow Serving's flags instead (``_tfserving_cli``);
-``coserve bench`` measures a running server (``coserve.bench``).
+``coserve bench`` measures a running server (``coserve.bench``); ``coserve tune`` searches its
+batching options for the most throughput under an SLO.
 """
 
 from __future__ import annotations
@@ -90,6 +91,13 @@ def _parser() -> argparse.ArgumentParser:
         "bench",
         help="load a model on a running server and measure it: latency percentiles, "
         "throughput, goodput under an SLO, the server's batching (coserve bench --help)",
+        add_help=False,
+    )
+    commands.add_parser(
+        "tune",
+        help="find the batching options that serve the most under a latency SLO, set live "
+        "through the admin API: Pareto front, best config as a [batching] block "
+        "(coserve tune --help)",
         add_help=False,
     )
     serve = commands.add_parser(
@@ -390,6 +398,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 1
         return bench(argv[1:])
+    if argv[:1] == ["tune"]:
+        try:
+            from coserve.bench._tune import main as tune
+        except ImportError as error:
+            print(
+                f"coserve tune needs the tools extra ({error.name} is missing): "
+                "pip install 'coserve[tools]'",
+                file=sys.stderr,
+            )
+            return 1
+        return tune(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args, argv)

@@ -22,7 +22,13 @@ from typing import Any
 from coserve._exceptions import CoserveError
 from coserve.batching._target import LatencyTarget, parse_duration, parse_targets
 
-__all__ = ["main", "parse_range"]
+__all__ = [
+    "add_input_arguments",
+    "add_target_arguments",
+    "build_bodies",
+    "main",
+    "parse_range",
+]
 
 _DEFAULT_URL = "http://127.0.0.1:8000"
 EXIT_ERROR = 1
@@ -117,25 +123,8 @@ def _value_range(text: str) -> tuple[float, float]:
     return pair
 
 
-def parser() -> argparse.ArgumentParser:
-    """The ``coserve bench`` argument parser."""
-    p = argparse.ArgumentParser(
-        prog="coserve bench",
-        description=(
-            "Load a model on a running server and measure it: closed loop over a range of "
-            "concurrencies (-c), open loop at a rate or a range of rates (--rate) with latency "
-            "from each request's intended send time (no coordinated omission), a load profile "
-            "(--profile ramp|step|spike), or the highest rate that meets an SLO (--find-max "
-            "--slo 'p99<20ms'). Each step is measured in windows until three agree within "
-            "--stability; the server's batch sizes, queue and execution times for the same "
-            "windows are read from its /metrics."
-        ),
-        epilog=(
-            "exit status: 0 done; 1 target or input error; 2 bad flags; 3 --compare found a "
-            "regression; 4 an offered rate was not achieved; 5 --strict and a step was "
-            "unstable; 6 --find-max found no rate meeting the SLO"
-        ),
-    )
+def add_target_arguments(p: argparse.ArgumentParser) -> None:
+    """TARGET, ``--url``, ``--protocol``, ``--grpc-address``, ``--model-version`` (bench, tune)."""
     p.add_argument(
         "target",
         metavar="TARGET",
@@ -160,6 +149,53 @@ def parser() -> argparse.ArgumentParser:
         "--grpc-address", default=None, metavar="HOST:PORT", help="gRPC (default: HOST:8001)"
     )
     p.add_argument("--model-version", default=None, metavar="V")
+
+
+def add_input_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``inputs`` group: ``--batch-size``, ``--shape``, ``--input-data``, ``--data-range``."""
+    data = p.add_argument_group("inputs")
+    data.add_argument("--batch-size", type=int, default=1, metavar="ROWS", help="rows per request")
+    data.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="NAME:DIMS",
+        help="shape of an input with variable dimensions: tokens:1,32, or tokens:1,8..64 for a "
+        "length drawn per request (repeatable)",
+    )
+    data.add_argument(
+        "--input-data",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="real inputs: .npy (one input), .npz (by name) or JSON lines (a V2 body, or "
+        "name → nested list, per line)",
+    )
+    data.add_argument(
+        "--data-range", type=_value_range, default=None, metavar="LOW:HIGH", help="random values"
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    """The ``coserve bench`` argument parser."""
+    p = argparse.ArgumentParser(
+        prog="coserve bench",
+        description=(
+            "Load a model on a running server and measure it: closed loop over a range of "
+            "concurrencies (-c), open loop at a rate or a range of rates (--rate) with latency "
+            "from each request's intended send time (no coordinated omission), a load profile "
+            "(--profile ramp|step|spike), or the highest rate that meets an SLO (--find-max "
+            "--slo 'p99<20ms'). Each step is measured in windows until three agree within "
+            "--stability; the server's batch sizes, queue and execution times for the same "
+            "windows are read from its /metrics."
+        ),
+        epilog=(
+            "exit status: 0 done; 1 target or input error; 2 bad flags; 3 --compare found a "
+            "regression; 4 an offered rate was not achieved; 5 --strict and a step was "
+            "unstable; 6 --find-max found no rate meeting the SLO"
+        ),
+    )
+    add_target_arguments(p)
     load = p.add_argument_group("load")
     load.add_argument(
         "-c",
@@ -214,27 +250,7 @@ def parser() -> argparse.ArgumentParser:
         "counts); a closed loop has one per slot (default: %(default)s)",
     )
     load.add_argument("--timeout", type=_duration, default=30.0, metavar="TIME")
-    data = p.add_argument_group("inputs")
-    data.add_argument("--batch-size", type=int, default=1, metavar="ROWS", help="rows per request")
-    data.add_argument(
-        "--shape",
-        action="append",
-        default=[],
-        metavar="NAME:DIMS",
-        help="shape of an input with variable dimensions: tokens:1,32, or tokens:1,8..64 for a "
-        "length drawn per request (repeatable)",
-    )
-    data.add_argument(
-        "--input-data",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="real inputs: .npy (one input), .npz (by name) or JSON lines (a V2 body, or "
-        "name → nested list, per line)",
-    )
-    data.add_argument(
-        "--data-range", type=_value_range, default=None, metavar="LOW:HIGH", help="random values"
-    )
+    add_input_arguments(p)
     measure = p.add_argument_group("measurement")
     measure.add_argument("--window", type=_duration, default=None, metavar="TIME")
     measure.add_argument("--warmup", type=_duration, default=2.0, metavar="TIME")
@@ -302,6 +318,34 @@ def resolve_target(args: argparse.Namespace) -> Any:
         protocol = "ws" if scheme.startswith("ws") else "tfserving" if found["api"] == "1" else "v2"
     grpc_address = args.grpc_address or f"{host.strip('[]')}:8001"
     return Target(base, model, version, args.protocol or protocol, grpc_address)
+
+
+def build_bodies(args: argparse.Namespace, target: Any) -> list[Any]:
+    """The encoded requests the input flags ask for, from the target's metadata.
+
+    Raises:
+        CoserveError: The metadata cannot be read, or the inputs are wrong.
+    """
+    from coserve.bench._payload import (
+        encode_bodies,
+        fetch_input_specs,
+        load_input_file,
+        parse_shapes,
+        random_inputs,
+    )
+
+    specs = fetch_input_specs(target)
+    if args.input_data is not None:
+        variants = load_input_file(args.input_data, specs, args.batch_size)
+    else:
+        try:
+            shapes = parse_shapes(args.shape)
+        except ValueError as error:
+            raise CoserveError(str(error)) from None
+        variants = random_inputs(
+            specs, rows=args.batch_size, shapes=shapes, value_range=args.data_range
+        )
+    return list(encode_bodies(target, variants))
 
 
 def _fail_url(url: str) -> Any:
@@ -478,13 +522,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _bench(args: argparse.Namespace, console: Any, errors: Any) -> int:
-    from coserve.bench._payload import (
-        encode_bodies,
-        fetch_input_specs,
-        load_input_file,
-        parse_shapes,
-        random_inputs,
-    )
     from coserve.bench._report import (
         compare,
         results_table,
@@ -498,18 +535,7 @@ def _bench(args: argparse.Namespace, console: Any, errors: Any) -> int:
     from coserve.bench._runner import LoadRunner, Step, WindowPolicy
 
     target = resolve_target(args)
-    specs = fetch_input_specs(target)
-    if args.input_data is not None:
-        variants = load_input_file(args.input_data, specs, args.batch_size)
-    else:
-        try:
-            shapes = parse_shapes(args.shape)
-        except ValueError as error:
-            raise CoserveError(str(error)) from None
-        variants = random_inputs(
-            specs, rows=args.batch_size, shapes=shapes, value_range=args.data_range
-        )
-    bodies = encode_bodies(target, variants)
+    bodies = build_bodies(args, target)
     if args.profile:
         points = _profile_points(args)
         window = args.window or 0.5

@@ -27,12 +27,15 @@ from coserve.bench._runner import StepResult, latency_summary, statistic_ms
 
 __all__ = [
     "Regression",
+    "Series",
     "compare",
     "results_table",
     "step_record",
+    "terminal_scatter",
     "write_csv",
     "write_json",
     "write_plot",
+    "write_scatter",
 ]
 
 
@@ -364,12 +367,19 @@ def write_plot(path: Path, results: Sequence[StepResult], title: str) -> None:
         axes.set_title(title)
         axes.legend()
         axes.grid(alpha=0.3)
+    _save_figure(figure, path, title, results_table(results, ()))
+
+
+def _save_figure(figure: Any, path: Path, title: str, table: Any) -> None:
+    """PNG or SVG as the suffix says, or an HTML page of the plot (SVG) and ``table``."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
-    if suffix == ".html":
+    if path.suffix.lower() == ".html":
         svg = io.StringIO()
         figure.savefig(svg, format="svg")
         console = Console(record=True, width=160, file=io.StringIO())
-        console.print(results_table(results, ()))
+        console.print(table)
         page = (
             "<!doctype html><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title>"
@@ -380,3 +390,77 @@ def write_plot(path: Path, results: Sequence[StepResult], title: str) -> None:
     else:
         figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+@dataclass(frozen=True)
+class Series:
+    """One set of (x, y) points for :func:`terminal_scatter` and :func:`write_scatter`."""
+
+    name: str
+    xs: list[float]
+    ys: list[float]
+    joined: bool = False
+    """Draw a line through the points (in x order), not just markers."""
+    labels: tuple[str, ...] = ()
+    """A note beside each point (image plots only)."""
+    bound: bool = False
+    """A reference line (a limit): dashed, without markers, in the image plots."""
+
+
+def terminal_scatter(
+    series: Sequence[Series], title: str, width: int = 100, height: int = 24
+) -> str:
+    """Points (and lines) as text (plotext), for the terminal."""
+    import plotext
+
+    plotext.clear_figure()
+    plotext.plotsize(width, height)
+    plotext.theme("clear")
+    for item in series:
+        if item.joined:
+            plotext.plot(item.xs, item.ys, label=item.name, marker="dot")
+        else:
+            plotext.scatter(item.xs, item.ys, label=item.name, marker="x")
+    plotext.title(title)
+    text: str = plotext.build()
+    return text
+
+
+def write_scatter(
+    path: Path,
+    series: Sequence[Series],
+    title: str,
+    *,
+    xlabel: str,
+    ylabel: str,
+    table: Any = None,
+) -> None:
+    """Points (and lines) as ``FILE.png``, ``.svg`` or ``.html`` (with ``table`` below the plot).
+
+    Raises:
+        ValueError: Not a .png, .svg or .html file.
+        ImportError: matplotlib is not installed (``pip install 'coserve[plot]'``).
+    """
+    if path.suffix.lower() not in (".png", ".svg", ".html"):
+        raise ValueError(f"--plot {path}: expected a .png, .svg or .html file")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(9, 5))
+    for item in series:
+        if item.bound:
+            axes.plot(item.xs, item.ys, linestyle="--", color="tab:red", label=item.name)
+        elif item.joined:
+            axes.plot(item.xs, item.ys, marker="o", label=item.name)
+        else:
+            axes.scatter(item.xs, item.ys, marker="x", alpha=0.6, label=item.name)
+        for x, y, label in zip(item.xs, item.ys, item.labels, strict=False):
+            axes.annotate(label, (x, y), fontsize=7)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.legend()
+    axes.grid(alpha=0.3)
+    _save_figure(figure, path, title, table if table is not None else "")
