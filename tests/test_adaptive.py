@@ -322,7 +322,7 @@ class TestAdaptiveBatcher:
         """A request with less time left than its batch takes fails at once, unrun."""
         model = SleepModel()
         async with Batcher(model, target_latency="p99<20ms") as batcher:
-            for size in (1, 4):  # learn c and a
+            for size in (1, 4) * 8:  # learn c and a: 16 batches before it fails any early
                 await asyncio.gather(*(batcher.submit(i) for i in range(size)))
             ran = len(model.sizes)
             loop = asyncio.get_running_loop()
@@ -373,6 +373,59 @@ class TestAdaptiveBatcher:
             second = await asyncio.gather(*static)
         assert first == [2 * i for i in range(len(adapting))]
         assert second == [2 * i for i in range(len(static))]
+
+    @pytest.mark.looptime
+    async def test_a_fit_that_over_predicts_never_fails_everything(self) -> None:
+        """One slow first batch must not make every request with a deadline hopeless."""
+        model = SleepModel()
+        model.c = 0.5  # a warm-up: the first batch takes half a second
+        async with Batcher(model, target_latency="p99<20ms") as batcher:
+            assert await batcher.submit(1) == 2
+            model.c = C
+            results = [await batcher.submit(i, timeout=0.05) for i in range(20)]
+            stats = batcher.statistics()
+        assert results == [2 * i for i in range(20)]  # each ran, and the fit learned
+        assert stats.adaptive is not None
+        assert stats.adaptive.failed_early == 0
+
+    @pytest.mark.looptime
+    async def test_a_stale_fit_lets_a_batch_run_to_refresh_it(self) -> None:
+        """With no batch finished for a second, nothing is failed early on the old fit."""
+        model = SleepModel(c=0.2, a=0.0)
+        async with Batcher(model, target_latency="p99<1s") as batcher:
+            for i in range(16):
+                await batcher.submit(i)
+            model.c = C  # the model got fast; the fit still says 200 ms
+            await asyncio.sleep(2.0)
+            assert await batcher.submit(7, timeout=0.1) == 14
+            stats = batcher.statistics()
+        assert stats.adaptive is not None
+        assert stats.adaptive.failed_early == 0
+
+    @pytest.mark.looptime
+    async def test_a_controller_that_fails_turns_adaptive_off_not_the_batcher(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A bug in the controller is logged; the batcher carries on with its options."""
+        model = SleepModel()
+        async with Batcher(model, target_latency="p99<20ms") as batcher:
+            assert await batcher.submit(1) == 2
+
+            def broken(*args: object) -> None:
+                raise ZeroDivisionError("a controller bug")
+
+            monkeypatch.setattr(AdaptiveController, "plan", broken)
+            assert await asyncio.gather(*(batcher.submit(i) for i in range(5))) == [
+                0, 2, 4, 6, 8
+            ]  # fmt: skip
+            assert batcher.statistics().adaptive is None
+            assert batcher.options().target_latency is None
+
+    async def test_a_target_must_have_a_positive_bound(self) -> None:
+        with pytest.raises(ValueError, match="bound must be > 0"):
+            LatencyTarget(99, 0.0)
+        with pytest.raises(ValueError, match="percentile"):
+            LatencyTarget(120, 0.01)
 
     async def test_a_bad_target_is_refused(self) -> None:
         with pytest.raises(ValueError, match="not a latency target"):

@@ -182,6 +182,10 @@ def test_batching_block_is_ready_toml() -> None:
     with_workers = batching_block(TuneConfig(2, 1, 4, 0.0))
     assert "--workers 2" in with_workers
     assert tomllib.loads(with_workers)["batching"]["max_wait"] == 0.0
+    # measured with the model's adaptive mode off: the block says so, and sets no target
+    was_adaptive = batching_block(TuneConfig(1, 1, 8, 0.0), "p99<20ms")
+    assert "without target_latency = 'p99<20ms'" in was_adaptive
+    assert "target_latency" not in tomllib.loads(was_adaptive)["batching"]
 
 
 def test_defaults_come_from_the_options_in_force() -> None:

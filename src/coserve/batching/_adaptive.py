@@ -20,7 +20,8 @@ the measured latency (``research/adaptive-and-bench.md`` §5):
   long that ``age + ŝ(b*) ≥ m·L/2``; until then it lingers. At low load ``b* = 1``: every
   request runs at once, exactly as with ``max_wait=0``.
 - **Early failure.** A request whose deadline falls before its batch would end
-  (``now + ŝ(rows)``) fails at once with ``DeadlineExceeded`` instead of running late.
+  (``now + c + a·rows``, once 16 batches are fitted and one finished in the last second) fails
+  at once with ``DeadlineExceeded`` instead of running late.
 - **Trim.** Every 2 s (and 200 batches at least), the statistic the target names is measured
   over the requests answered since the last trim. Above ``m·L`` while the load was one the
   batcher keeps up with: ``B`` shrinks by 10% and ``m`` by 5% (the model under-predicts: noise,
@@ -55,6 +56,9 @@ _TRIM_MIN_BATCHES = 200
 _TRIM_LOW = 0.7  # below 0.7·m·L the target has room to spare
 _FREEZE_UTILISATION = 0.3
 _SAMPLES_KEPT = 1 << 17  # latencies kept per trim window (its first ones, if it has more)
+_EARLY_MIN_BATCHES = 16  # batches fitted before a request is failed early on the fit's word
+_EARLY_FRESH = 1.0  # seconds: with no batch finished for longer, the fit may be stale
+_FLAT = 1e-9  # seconds per row below which the slope reads as flat
 
 
 class LatencyFit:
@@ -215,12 +219,16 @@ class AdaptiveController:
         self.batch_target = 1
         self.batch_cap = max_batch_size
         self.linger = 0.0
+        self.slack = 0.0
+        """The time a batch of ``batch_target`` takes (``ŝ``): lingering stops when the oldest
+        request has only this long left before its deadline."""
         self.failed_early = 0
         self.latencies: list[float] = []
         """Answered requests' latencies (submit to answer) since the last trim."""
         self.measured: float | None = None
         self.trims_down = 0
         self.trims_up = 0
+        self._last_batch_at: float | None = None
         self._window_start: float | None = None
         self._window_batches = 0
         self._window_busy = 0.0
@@ -241,6 +249,22 @@ class AdaptiveController:
     def predict(self, rows: int) -> float:
         """``ŝ(rows)``: how long a batch of ``rows`` is expected to take, with margin."""
         return self.fit.predict(rows)
+
+    def hopeless_before(self, now: float, rows: int) -> float:
+        """The deadline before which a request in a batch of ``rows`` starting now is hopeless.
+
+        The fit's own estimate ``c + a·rows``, without the margin for noise: a request is
+        failed early only when even a typical batch would end past its deadline. And only on a
+        fit of 16 batches or more, one of them finished in the last second: a request failed
+        early never runs, so a fit that over-predicts (one slow warm-up batch, an outlier)
+        would otherwise fail every request with a deadline, for good. Returns ``-inf`` when
+        no request should be failed early.
+        """
+        fit = self.fit
+        last = self._last_batch_at
+        if fit.batches < _EARLY_MIN_BATCHES or last is None or now - last > _EARLY_FRESH:
+            return -math.inf
+        return now + fit.intercept + fit.slope * rows
 
     def plan(self, now: float, arrived_rows: int, queued_rows: int, slots: int) -> None:
         """Decide :attr:`batch_target`, :attr:`batch_cap` and :attr:`linger` for the next batch.
@@ -281,12 +305,14 @@ class AdaptiveController:
         if self.max_wait:
             linger = min(linger, self.max_wait)
         self.linger = linger
+        self.slack = fit.predict(target)
         if queued_rows > cap:
             self._window_pressed = True
 
     def batch_finished(self, rows: int, seconds: float, now: float, slots: int) -> None:
         """Take a finished batch into the fit; trim when a window is complete."""
         self.fit.add(rows, seconds)
+        self._last_batch_at = now
         if rows >= self.batch_cap:
             self._window_pressed = True
         if self._window_start is None:
@@ -342,9 +368,10 @@ class AdaptiveController:
         if only is not None:
             # No slope yet: explore by doubling while the one size fits, halve if it does not.
             return max(1, min(limit, 2 * only if room >= 0 else only // 2))
-        if fit.slope <= 0:
+        if fit.slope <= _FLAT:
             return limit if room >= 0 else 1
-        return max(1, min(limit, math.floor(room / fit.slope + 1e-6)))  # 1e-6: float dust
+        rows = room / fit.slope + 1e-6  # 1e-6: float dust
+        return max(1, min(limit, math.floor(rows))) if math.isfinite(rows) else limit
 
     def _update_rate(self, now: float, arrived_rows: int) -> None:
         if self._rate_at is None:

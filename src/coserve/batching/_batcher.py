@@ -19,6 +19,7 @@ import enum
 import functools
 import inspect
 import logging
+import math
 import sys
 import time
 from collections import deque
@@ -133,7 +134,7 @@ def _check_positive(name: str, value: float | None, *, allow_zero: bool = False)
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero) or value != value:
+    if value < 0 or (value == 0 and not allow_zero) or not math.isfinite(value):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
@@ -746,14 +747,15 @@ class Batcher(Generic[T, R]):
                     continue
                 now = loop.time()
                 ready_rows = max_rows  # rows that make a bucket ready at once
-                if adaptive is not None:  # it chooses the batch's size and lingering
-                    adaptive.plan(now, self._counters.submitted_rows, queue.rows, self._slots)
-                    max_rows = adaptive.batch_cap
+                slack = None
+                if adaptive is not None and self._plan(adaptive, now):
+                    max_rows = adaptive.batch_cap  # it chose the batch's size and lingering
                     ready_rows = adaptive.batch_target
                     max_wait = adaptive.linger
+                    slack = adaptive.slack
                 # Lingering (max_wait) is per bucket: one is ready when full or old enough.
                 key, found, ready_at = queue.choose(
-                    now, ready_rows, self._max_requests, 0.0 if self._closing else max_wait
+                    now, ready_rows, self._max_requests, 0.0 if self._closing else max_wait, slack
                 )
                 if not found:
                     await self._sleep(ready_rows, ready_at)  # or a submit that fills a bucket
@@ -781,6 +783,24 @@ class Batcher(Generic[T, R]):
             self._fail_queued(f"the batcher's dispatcher crashed: {exc!r}")
             raise
 
+    def _plan(self, adaptive: AdaptiveController, now: float) -> bool:
+        """Let the adaptive controller decide the next batch; False if it failed (and is off)."""
+        try:
+            adaptive.plan(now, self._counters.submitted_rows, self._queue.rows, self._slots)
+        except Exception:  # a bug in the controller must not stop the batcher: batch without it
+            self._controller_failed("plan the next batch")
+            return False
+        return True
+
+    def _controller_failed(self, what: str) -> None:
+        logger.exception(
+            "batcher %r: the adaptive controller failed to %s; adaptive batching is off, the "
+            "batcher carries on with its options",
+            self._name,
+            what,
+        )
+        self._adaptive = None
+
     def _fail_queued(self, reason: str) -> None:
         for request in self._queue.drain():
             self._fail(request, BatcherClosed(reason))
@@ -797,9 +817,10 @@ class Batcher(Generic[T, R]):
         adaptive = self._adaptive
         if adaptive is not None:
             # A request whose deadline falls before its batch would end fails now, not late.
-            now, takes = loop.time(), adaptive.predict(rows)
-            if any(request.deadline < now + takes for request in batch):
-                batch, rows = self._fail_hopeless(batch, now, takes)
+            now = loop.time()
+            hopeless = adaptive.hopeless_before(now, rows)
+            if any(request.deadline < hopeless for request in batch):
+                batch, rows = self._fail_hopeless(batch, now, hopeless - now)
                 if not batch:
                     return
         counters.batches += 1
@@ -885,10 +906,13 @@ class Batcher(Generic[T, R]):
             for request in batch:
                 self._fail(request, BatchFailed("coserve failed to deliver this batch's results"))
         finally:
-            adaptive = self._adaptive
-            if adaptive is not None and not future.cancelled() and future.exception() is None:
-                adaptive.batch_finished(rows, now - started_at, now, self._slots)
             self._wake()
+        adaptive = self._adaptive
+        if adaptive is not None and not future.cancelled() and future.exception() is None:
+            try:
+                adaptive.batch_finished(rows, now - started_at, now, self._slots)
+            except Exception:
+                self._controller_failed("take in a finished batch")
 
     def _deliver(
         self,
@@ -968,7 +992,7 @@ class Batcher(Generic[T, R]):
         counters.error_seconds += errored
         counters.cancelled += cancelled
         if latencies and self._adaptive is not None:
-            self._adaptive.record(latencies)
+            self._adaptive.record(latencies)  # a bounded list extend: nothing to fail
         if item_errors:
             logger.warning(
                 "batcher %r: %d of %d items failed, the first with %r",

@@ -141,13 +141,13 @@ class RequestQueue(Generic[T]):
                 return priority, lane[0].enqueued_at
         return None
 
-    def oldest_enqueued_at(self) -> float | None:
-        """When the longest-waiting live request was queued, or None if none is."""
-        oldest: float | None = None
+    def oldest(self) -> QueuedRequest[T] | None:
+        """The longest-waiting live request, or None if none is."""
+        oldest: QueuedRequest[T] | None = None
         for lane in self._lanes.values():
             self._drop_dead_head(lane)
-            if lane and (oldest is None or lane[0].enqueued_at < oldest):
-                oldest = lane[0].enqueued_at
+            if lane and (oldest is None or lane[0].enqueued_at < oldest.enqueued_at):
+                oldest = lane[0]
         return oldest
 
     def take(
@@ -290,11 +290,13 @@ class BucketedQueue(Generic[T]):
         max_rows: int,
         max_requests: int | None,
         max_wait: float,
+        slack: float | None = None,
     ) -> tuple[Hashable, bool, float | None]:
         """The bucket to take the next batch from, or when one will be ready.
 
         A bucket is ready when it is full (``max_rows`` rows or ``max_requests`` requests), or
-        its oldest request has waited ``max_wait`` (0: at once). Returns ``(key, True, None)``
+        its oldest request has waited ``max_wait`` (0: at once), or (with ``slack``) has only
+        ``slack`` seconds left before its deadline. Returns ``(key, True, None)``
         for the chosen ready bucket, else ``(None, False, when)``: the earliest time one will
         be ready by waiting alone (a submit may fill one sooner; None: nothing is queued).
         """
@@ -309,9 +311,11 @@ class BucketedQueue(Generic[T]):
                 max_requests is not None and bucket.count >= max_requests
             )
             if not full and max_wait:
-                oldest = bucket.oldest_enqueued_at()
+                oldest = bucket.oldest()
                 assert oldest is not None
-                ready_at = oldest + max_wait
+                ready_at = oldest.enqueued_at + max_wait
+                if slack is not None:  # lingering must leave the batch time to end in time
+                    ready_at = min(ready_at, oldest.deadline - slack)
                 # A timer may fire up to a clock tick early (asyncio's clock resolution, a
                 # virtual clock's microsecond): within one, it is time, or it would spin.
                 if ready_at - now > _EARLY:

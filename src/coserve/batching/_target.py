@@ -41,6 +41,13 @@ class LatencyTarget:
     limit: float
     """The bound, in seconds."""
 
+    def __post_init__(self) -> None:
+        percentile = self.percentile
+        if percentile is not None and not 0 < percentile <= 100:
+            raise ValueError(f"a latency target's percentile must be in (0, 100], got {percentile}")
+        if not 0 < self.limit < math.inf:  # also refuses NaN
+            raise ValueError(f"a latency target's bound must be > 0 seconds, got {self.limit}")
+
     @classmethod
     def parse(cls, text: str) -> LatencyTarget:
         """``p99<20ms``, ``p99.9<50ms``, ``p50<=2ms``, ``mean<5ms``, ``max<1s``.

@@ -276,6 +276,8 @@ class _Run:
     results: list[ConfigResult] = field(default_factory=list)
     confirm: Any = None
     restored: bool | None = None
+    adaptive_target: str | None = None
+    """The model's target_latency when tune began (tune measures with it off)."""
 
 
 class _Tuner:
@@ -296,6 +298,7 @@ class _Tuner:
         )
         self.server: _Server | None = None
         self.bodies: list[Body] | None = None
+        self.adaptive_target: str | None = None  # target_latency as the model had it
 
     def use(self, workers: int | None) -> _Server:
         """The server for ``workers`` (None: the one TARGET names), started if need be."""
@@ -343,6 +346,8 @@ class _Tuner:
                 managed.close()
             raise
         self.server = _Server(target, admin, runner, original, workers, managed)
+        if original.get("target_latency") is not None:
+            self.adaptive_target = str(original["target_latency"])
         return self.server
 
     def close(self) -> bool | None:
@@ -361,6 +366,12 @@ class _Tuner:
                 restored = True
         except CoserveError as error:
             self.errors.print(f"[red]could not restore the batching options:[/] {error}")
+        except KeyboardInterrupt:
+            self.errors.print(
+                "[red]interrupted before the batching options were restored;[/] they were: "
+                + ", ".join(f"{k}={server.original[k]!r}" for k in _changed(server.original))
+            )
+            raise
         finally:
             server.runner.close()
             if server.managed is not None:
@@ -566,6 +577,7 @@ def _tune(args: argparse.Namespace, console: Any, errors: Any) -> int:
             run.confirm = _confirm(tuner, winner)
     finally:
         run.restored = tuner.close()
+        run.adaptive_target = tuner.adaptive_target
     status = _report(args, console, errors, run, winner, started)
     if run.restored is False:
         status = status or EXIT_ERROR
@@ -627,7 +639,7 @@ def _report(
     except ValueError as error:
         errors.print(str(error))
         status = EXIT_ERROR
-    block = batching_block(winner.config) if winner else None
+    block = batching_block(winner.config, run.adaptive_target) if winner else None
     confirm = run.confirm
     confirmed = None
     if winner is None:

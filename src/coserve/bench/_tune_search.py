@@ -72,9 +72,18 @@ class TuneConfig:
         return {"workers": self.workers, **self.options()}
 
 
-def batching_block(config: TuneConfig) -> str:
-    """The configuration as a ready ``[batching]`` block of a model's ``config.toml``."""
+def batching_block(config: TuneConfig, adaptive_target: str | None = None) -> str:
+    """The configuration as a ready ``[batching]`` block of a model's ``config.toml``.
+
+    ``adaptive_target``: the model's ``target_latency`` when tune began; tune measured with
+    it off, so the block says to leave it out.
+    """
     lines = ["[batching]"]
+    if adaptive_target is not None:
+        lines.append(
+            f"# measured without target_latency = {adaptive_target!r}: leave it out to run "
+            "these options as measured"
+        )
     lines.append(f"max_batch_size = {config.max_batch_size}")
     lines.append(f"max_wait = {float(config.max_wait)!r}  # seconds")
     lines.append(f"max_concurrent_batches = {config.max_concurrent_batches}")

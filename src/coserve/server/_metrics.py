@@ -135,8 +135,8 @@ class _BatcherCollector(Collector):
             state = stats.adaptive
             if state is not None:
                 target = handle.batching.target_latency
-                assert target is not None
-                adaptive.add_metric([*key, "target_seconds"], target.limit)
+                if target is not None:
+                    adaptive.add_metric([*key, "target_seconds"], target.limit)
                 for name, value in _adaptive_values(state):
                     adaptive.add_metric([*key, name], value)
                 failed_early.add_metric(key, state.failed_early)
