@@ -115,12 +115,14 @@ class TestController:
             controller.fit.add(rows, C + A * rows)
         controller.rate = 2000.0  # rows/s
         controller._rate_at = 0.0
-        controller.plan(0.0, 0, 0, slots=1)
+        controller.plan(0.0, 0, 1, slots=1)
         # b >= 1.1·λc/(k - λa) = 1.1·2000·0.002/(1 - 0.4) = 7.33
         assert controller.batch_target == 8
         assert controller.batch_cap == fitted_cap(0.020) == 35
-        # it lingers until age + ŝ(8) reaches m·L/2
-        assert controller.linger == pytest.approx(0.009 - (C + 8 * A))
+        # with one row queued, waiting pays while Δ < c - n·(a + 1/λ) = 2 - 0.7 ms
+        assert controller.linger == pytest.approx(C - (A + 1 / 2000))
+        controller.plan(0.0, 0, 3, slots=1)  # with three, waiting costs more than it saves
+        assert controller.linger == 0.0
 
     def test_low_load_takes_one_row_and_never_lingers(self) -> None:
         controller = AdaptiveController(LatencyTarget.parse("p99<20ms"), 64, 0.0)
@@ -147,7 +149,7 @@ class TestController:
             controller.fit.add(rows, C + A * rows)
         controller.rate = 2000.0
         controller._rate_at = 0.0
-        controller.plan(0.0, 0, 0, slots=1)
+        controller.plan(0.0, 0, 1, slots=1)
         assert controller.batch_target == 8
         assert controller.linger == 0.0005
 
@@ -298,8 +300,12 @@ class TestAdaptiveBatcher:
         assert model.sizes[learned:] == [64, 64, 64, 64, 44]
 
     @pytest.mark.looptime
-    async def test_at_a_steady_rate_it_batches_at_the_control_limit(self) -> None:
-        """2000 rows/s on c=2 ms, a=0.2 ms: b* = ⌈1.1·λc/(1-λa)⌉ = 8, and batches hold it."""
+    async def test_at_a_steady_rate_on_one_slot_it_keeps_up_without_waiting(self) -> None:
+        """2000 rows/s on c=2 ms, a=0.2 ms: b* = ⌈1.1·λc/(1-λa)⌉ = 8, yet it hardly lingers.
+
+        On one slot the batches a free slot finds (λc/(1-λa) = 6.7 rows) keep up, and waiting
+        for more would cost the queued rows more than it saves the next ones.
+        """
         model = SleepModel()
         async with Batcher(model, max_batch_size=64, target_latency="p99<20ms") as batcher:
             futures = await steady(batcher, 2000, 6.0)
@@ -311,11 +317,28 @@ class TestAdaptiveBatcher:
         assert state.arrival_rate == pytest.approx(2000, rel=0.05)
         assert state.batch_target == 8
         late = model.sizes[len(model.sizes) // 2 :]  # the rate estimate has settled
-        assert sum(late) / len(late) == pytest.approx(8, abs=0.5)
-        assert stats.close_reasons["target"] > 0
-        # every request within the target: its own batch (≤ 3.6 ms) after a linger (≤ 0.9 ms)
-        # and at most one batch ahead of it
+        assert sum(late) / len(late) == pytest.approx(0.002 * 2000 / (1 - 0.4), abs=0.5)
+        assert stats.close_reasons["max_wait"] <= stats.batches // 100
+        # each request within the target: at most the batch ahead of it, then its own
         assert stats.queue_time.max + stats.execution_time.max < 0.020
+
+    @pytest.mark.looptime
+    async def test_with_two_slots_and_a_large_fixed_cost_lingering_pays(self) -> None:
+        """c=20 ms on two slots at 1000 rows/s: waiting where it pays lowers the mean latency.
+
+        Below max_wait=0's, on the same arrivals.
+        """
+        means = {}
+        for target in (None, "p99<100ms"):
+            model = SleepModel(c=0.020, a=0.0001)
+            async with Batcher(model, max_concurrent_batches=2, target_latency=target) as batcher:
+                futures = await steady(batcher, 1000, 4.0)
+                await asyncio.gather(*futures)
+                stats = batcher.statistics()
+            means[target] = stats.completed_seconds / stats.completed
+            if target is not None:
+                assert stats.close_reasons["max_wait"] + stats.close_reasons["target"] > 0
+        assert means["p99<100ms"] < 0.9 * means[None]
 
     @pytest.mark.looptime
     async def test_requests_that_cannot_meet_their_deadline_fail_early(self) -> None:

@@ -16,9 +16,14 @@ the measured latency (``research/adaptive-and-bench.md`` §5):
   ``[1, B]``. When ``b* > B`` the target cannot hold at this rate, and keeping up comes first:
   the cap rises to ``b*`` (to ``max_batch_size`` when nothing keeps up), or the queue and
   everyone's latency would grow without bound. With a free slot the batcher runs what is queued
-  (at most ``B`` rows) once ``b*`` rows are queued, or once the oldest request has waited so
-  long that ``age + ŝ(b*) ≥ m·L/2``; until then it lingers. At low load ``b* = 1``: every
-  request runs at once, exactly as with ``max_wait=0``.
+  (at most ``B`` rows) once ``b*`` rows are queued; with fewer, it lingers only while waiting
+  pays: ``n`` rows run now hold the slot for ``c + a·n`` and the rows arriving meanwhile wait
+  that out, while waiting ``Δ`` delays the ``n``; summed over both, waiting wins while
+  ``Δ < c - n·(a + 1/λ)`` (one step of look-ahead). It never lingers past
+  ``age + ŝ(b*) = m·L/2``, nor so long that the oldest request's deadline comes within
+  ``ŝ(b*)``. On one slot the batches a free slot finds already keep up, so waiting rarely pays;
+  with several slots and a large ``c`` it does. At low load ``b* = 1``: every request runs at
+  once, exactly as with ``max_wait=0``.
 - **Early failure.** A request whose deadline falls before its batch would end
   (``now + c + a·rows``, once 16 batches are fitted and one finished in the last second) fails
   at once with ``DeadlineExceeded`` instead of running late.
@@ -301,7 +306,14 @@ class AdaptiveController:
             target = max(1, math.ceil(needed))
         self.batch_cap = cap
         self.batch_target = target
-        linger = max(0.0, budget / 2 - fit.predict(target)) if target > 1 else 0.0
+        linger = 0.0
+        if target > max(1, queued_rows) and rate > 0:
+            # Waiting pays only while the rows it waits for would save more than it costs: a
+            # batch of n now holds the slot for c + a·n, and the rows arriving meanwhile wait
+            # that out; waiting Δ instead delays the n. Summed over both, lingering wins while
+            # Δ < c - n·(a + 1/λ) (one step of look-ahead); never past m·L/2 - ŝ(b*) either.
+            pays = c - queued_rows * (a + 1.0 / rate)
+            linger = max(0.0, min(budget / 2 - fit.predict(target), pays))
         if self.max_wait:
             linger = min(linger, self.max_wait)
         self.linger = linger
