@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
-.PHONY: serve demo test lint typecheck unit bench bench-models bench-serving bench-heavy bench-sessions bench-overload bench-vs-wrk clean
+.PHONY: serve demo test lint typecheck unit bench bench-models bench-serving bench-heavy bench-sessions bench-overload bench-vs-wrk bench-adaptive clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,9 @@ bench-overload: $(VENV)/.installed-bench
 
 bench-vs-wrk: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/bench_vs_wrk.py
+
+bench-adaptive: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/adaptive.py
 
 bench-sessions: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/sessions.py
