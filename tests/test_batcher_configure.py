@@ -262,6 +262,9 @@ steps = st.lists(
         st.tuples(st.just("max_concurrent_batches"), st.integers(1, 3)),
         st.tuples(st.just("max_queue_size"), st.integers(1, 30)),
         st.tuples(st.just("max_requests_per_batch"), st.one_of(st.none(), st.integers(1, 4))),
+        st.tuples(
+            st.just("target_latency"), st.sampled_from([None, "p99<1ms", "p99<50ms", "mean<5ms"])
+        ),
     ),
     min_size=1,
     max_size=30,
@@ -275,7 +278,8 @@ def test_reconfiguring_under_load_loses_nothing(plan: list[tuple[str, object]]) 
 
     Each batch holds at most the max_batch_size in force when it started (or one request,
     queued under a larger limit), at most max_requests_per_batch requests, and no more batches
-    run at once than the slots in force when the last of them started.
+    run at once than the slots in force when the last of them started; adaptive batching
+    (target_latency) turned on and off among them keeps within the same bounds.
     """
 
     async def scenario() -> None:

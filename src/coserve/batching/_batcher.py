@@ -848,28 +848,20 @@ class Batcher(Generic[T, R]):
         """Fail the requests whose deadline falls before ``now + takes``; return the others."""
         adaptive = self._adaptive
         assert adaptive is not None
-        counters = self._counters
         ends = now + takes
         live = []
         for request in batch:
             if request.deadline >= ends:
                 live.append(request)
                 continue
-            timer = request.deadline_timer
-            if timer is not None:
-                timer.cancel()
-                request.deadline_timer = None
-            request.state = RequestState.DONE
-            request.future.on_cancel = None
-            request.future.set_exception(
+            self._fail(
+                request,
                 DeadlineExceeded(
                     f"the request could not meet its deadline: "
                     f"{max(0.0, request.deadline - now) * 1e3:.3g} ms were left, and its batch "
                     f"would take about {takes * 1e3:.3g} ms"
-                )
+                ),
             )
-            counters.expired += 1
-            counters.error_seconds += now - request.enqueued_at
             adaptive.failed_early += 1
         logger.debug("batcher %r: failed %d requests early", self._name, len(batch) - len(live))
         return live, sum(request.size for request in live)
@@ -1021,6 +1013,8 @@ class Batcher(Generic[T, R]):
             self._counters.error_seconds += self._loop.time() - request.enqueued_at
         if isinstance(error, BatcherClosed):
             self._counters.aborted += 1
+        elif isinstance(error, DeadlineExceeded):  # failed early: it could not make it
+            self._counters.expired += 1
         else:
             self._counters.failed += 1
 
