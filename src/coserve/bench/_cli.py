@@ -289,7 +289,10 @@ def resolve_target(args: argparse.Namespace) -> Any:
         if "/" in text or ":" in text:
             raise CoserveError(f"{text!r} is neither a model name nor a URL naming a model")
         base, model, protocol = (args.url or _DEFAULT_URL).rstrip("/"), text, "v2"
-        host = (_URL.fullmatch(base) or _fail_url(base)).group("host")
+        base_match = _URL.fullmatch(base)
+        if base_match is None:
+            raise CoserveError(f"--url {base!r} is not http://HOST:PORT")
+        host = base_match.group("host")
     else:
         scheme, host = match.group("scheme"), match.group("host")
         path = (match.group("path") or "").rstrip("/")
@@ -346,10 +349,6 @@ def build_bodies(args: argparse.Namespace, target: Any) -> list[Any]:
             specs, rows=args.batch_size, shapes=shapes, value_range=args.data_range
         )
     return list(encode_bodies(target, variants))
-
-
-def _fail_url(url: str) -> Any:
-    raise CoserveError(f"--url {url!r} is not http://HOST:PORT")
 
 
 def _profile_points(args: argparse.Namespace) -> tuple[tuple[float, float], ...]:

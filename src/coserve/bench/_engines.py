@@ -386,7 +386,13 @@ class Connector:
         self._timeout = timeout
         self._bodies = [body.data for body in bodies]
         self._http = _http_requests(target, bodies) if target.protocol in _REST else []
-        self.capacity = {"ws": 32, "grpc": 64, "grpc-stream": 64}.get(target.protocol, 1)
+        kinds: dict[str, type[Connection]] = {
+            "ws": _WebSocketConnection,
+            "grpc": _GrpcConnection,
+            "grpc-stream": _GrpcStreamConnection,
+        }
+        self.capacity = kinds.get(target.protocol, _HttpConnection).capacity
+        """Requests one connection carries at once (its class's :attr:`Connection.capacity`)."""
 
     async def open(self) -> Connection:
         """A new connection.
