@@ -200,7 +200,7 @@ class AdaptiveController:
     The batcher calls :meth:`plan` when a slot is free and something is queued,
     :meth:`batch_finished` when a batch ends, and :meth:`record` with the latencies of the
     requests it answered; it fails early the requests whose deadline falls before
-    ``now + predict(rows)``. Times are the batcher's loop clock, in seconds.
+    :meth:`hopeless_before`. Times are the batcher's loop clock, in seconds.
 
     Args:
         target: The latency target.
@@ -250,10 +250,6 @@ class AdaptiveController:
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait
         self._limit = max_batch_size
-
-    def predict(self, rows: int) -> float:
-        """``ŝ(rows)``: how long a batch of ``rows`` is expected to take, with margin."""
-        return self.fit.predict(rows)
 
     def hopeless_before(self, now: float, rows: int) -> float:
         """The deadline before which a request in a batch of ``rows`` starting now is hopeless.
@@ -306,6 +302,7 @@ class AdaptiveController:
             target = max(1, math.ceil(needed))
         self.batch_cap = cap
         self.batch_target = target
+        self.slack = fit.predict(target)  # ŝ(b*)
         linger = 0.0
         if target > max(1, queued_rows) and rate > 0:
             # Waiting pays only while the rows it waits for would save more than it costs: a
@@ -313,11 +310,10 @@ class AdaptiveController:
             # that out; waiting Δ instead delays the n. Summed over both, lingering wins while
             # Δ < c - n·(a + 1/λ) (one step of look-ahead); never past m·L/2 - ŝ(b*) either.
             pays = c - queued_rows * (a + 1.0 / rate)
-            linger = max(0.0, min(budget / 2 - fit.predict(target), pays))
+            linger = max(0.0, min(budget / 2 - self.slack, pays))
         if self.max_wait:
             linger = min(linger, self.max_wait)
         self.linger = linger
-        self.slack = fit.predict(target)
         if queued_rows > cap:
             self._window_pressed = True
 

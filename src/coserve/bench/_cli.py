@@ -482,15 +482,21 @@ def _find_max(
     return tried, best
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``coserve bench``; returns the exit status."""
-    args = parser().parse_args(argv)
+def consoles() -> tuple[Any, Any]:
+    """The rich consoles for results and for errors (wide when not a terminal)."""
     from rich.console import Console
 
     console = Console(highlight=False)
     if not console.is_terminal:  # a log or a pipe: keep the table's columns whole
         console = Console(highlight=False, width=200)
     errors = Console(stderr=True, highlight=False, width=None if console.is_terminal else 200)
+    return console, errors
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``coserve bench``; returns the exit status."""
+    args = parser().parse_args(argv)
+    console, errors = consoles()
     if args.find_max and not args.slo:
         errors.print("--find-max needs --slo, such as --slo 'p99<20ms'")
         return 2

@@ -45,6 +45,7 @@ from coserve.bench._cli import (
     add_input_arguments,
     add_target_arguments,
     build_bodies,
+    consoles,
     parse_range,
     resolve_target,
 )
@@ -211,12 +212,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``coserve tune``; returns the exit status."""
     args = parser().parse_args(argv)
-    from rich.console import Console
-
-    console = Console(highlight=False)
-    if not console.is_terminal:  # a log or a pipe: keep the table's columns whole
-        console = Console(highlight=False, width=200)
-    errors = Console(stderr=True, highlight=False, width=None if console.is_terminal else 200)
+    console, errors = consoles()
     problem = _check_flags(args)
     if problem:
         errors.print(f"coserve tune: {problem}")
