@@ -56,6 +56,10 @@ __all__ = [
     "QueueFull",
     "RequestRejected",
     "RequestTooLarge",
+    "SessionConflict",
+    "SessionError",
+    "SessionNotFound",
+    "SessionStoreError",
     "UnmatchedSignal",
     "Unsupported",
     "WouldBlock",
@@ -167,3 +171,22 @@ class ConfigError(ModelLoadError):
 
 class MissingDependency(ModelError, ImportError):  # noqa: N818 - reads as a status
     """The backend needs an optional extra that is not installed; the message says which."""
+
+
+class SessionError(CoserveError):
+    """A session's stored state could not be saved, found or resumed."""
+
+
+class SessionNotFound(SessionError, KeyError):  # noqa: N818 - reads as a status, like HTTP's
+    """No stored session matches the resume token (unknown, expired, or another app's)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class SessionConflict(SessionError):  # noqa: N818 - reads as a status, like HTTP 409
+    """A write lost to a newer owner (fencing) or a newer version: the caller's copy is stale."""
+
+
+class SessionStoreError(SessionError):
+    """The session store failed or cannot be reached; the session cannot be made durable."""

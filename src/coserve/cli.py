@@ -305,6 +305,24 @@ def _parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     serve.add_argument(
+        "--session-store",
+        default=None,
+        metavar="URL",
+        help="keep session state where it outlives the process: each answer is checkpointed "
+        "first, and the hello's resume token resumes the session on any worker or host sharing "
+        "the store (/sessions/APP?resume=TOKEN). sqlite:PATH (one host, every worker), "
+        "redis://HOST:PORT/DB (many hosts; the redis extra) or memory (one process) "
+        "(default: none, a session ends with its connection)",
+    )
+    serve.add_argument(
+        "--session-ttl",
+        type=_positive_seconds,
+        default=3600.0,
+        metavar="SECONDS",
+        help="how long a stored session may be resumed after its last answer "
+        "(default: %(default)s)",
+    )
+    serve.add_argument(
         "--workers",
         type=_positive_int,
         default=1,
@@ -373,6 +391,8 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
         apps=tuple(args.app),
         max_sessions=args.max_sessions,
         session_idle_timeout=args.session_idle_timeout or None,
+        session_store=args.session_store,
+        session_ttl=args.session_ttl,
         workers=args.workers,
         worker_index=args.worker_index,
         worker_dir=args.worker_dir,

@@ -22,6 +22,7 @@ Messages (JSON objects; an optional ``"id"`` is echoed in the answer):
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,8 @@ __all__ = ["Assistant", "ConfidenceGate", "create", "parse"]
 Message = dict[str, Any]
 COMMANDS = ("undo", "clear", "history", "correct", "mode")
 DEFAULT_THRESHOLD = 0.9
+HISTORY = 100
+"""History entries kept (the answers show the last 20): a session's state stays small."""
 
 
 async def parse(message: Message) -> Message:
@@ -97,7 +100,11 @@ class ConfidenceGate(Node):
 
 
 class Assistant(Node):
-    """Holds the session's state and answers every message; switches modes by rewiring."""
+    """Holds the session's state and answers every message; switches modes by rewiring.
+
+    Its state (the digits, the history, the mode and its threshold) is what a session store
+    keeps: a client that resumes finds its number, and careful mode's gate wired in again.
+    """
 
     inp: Input[Message]
     out: Output[Message]
@@ -105,9 +112,31 @@ class Assistant(Node):
     def __init__(self, model: ModelNode) -> None:
         self.model = model
         self.digits: list[int] = []
-        self.history: list[str] = []
+        self.history: deque[str] = deque(maxlen=HISTORY)
         self.mode = "quick"
         self.gate: ConfidenceGate | None = None
+
+    def snapshot(self) -> Message:
+        """The session's number, history and mode."""
+        threshold = self.gate.threshold if self.gate is not None else None
+        return {
+            "digits": self.digits,
+            "history": list(self.history),
+            "mode": self.mode,
+            "threshold": threshold,
+        }
+
+    def restore(self, state: Any) -> None:
+        """Set the state back, and in careful mode put the gate back in the pipeline."""
+        self.digits = [int(digit) for digit in state["digits"]]
+        self.history = deque(state["history"], maxlen=HISTORY)
+        self.mode = state["mode"]
+        if self.mode == "careful":
+            graph = self.graph
+            assert graph is not None
+            self.gate = graph.insert(
+                ConfidenceGate(float(state["threshold"])), self.model.out, self.inp
+            )
 
     async def run(self) -> None:
         """Answer readings and commands in the order they arrive."""
@@ -148,7 +177,11 @@ class Assistant(Node):
             self.digits.append(command["digit"])
         elif name == "mode":
             message = self._switch(command["mode"], command.get("threshold", DEFAULT_THRESHOLD))
-        answer: Message = {"number": self.number, "mode": self.mode, "history": self.history[-20:]}
+        answer: Message = {
+            "number": self.number,
+            "mode": self.mode,
+            "history": list(self.history)[-20:],
+        }
         if message:
             answer["message"] = message
         return answer

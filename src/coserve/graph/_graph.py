@@ -300,11 +300,21 @@ class Graph:
         self._inlets.append(sender)
         return sender
 
-    def outlet(self, output: Output[T], *, capacity: int = 16) -> ReceiveChannel[Signal[T]]:
+    def outlet(
+        self,
+        output: Output[T],
+        *,
+        capacity: int = 16,
+        on_send: Callable[[Signal[T]], None] | None = None,
+    ) -> ReceiveChannel[Signal[T]]:
         """A receive channel fed by ``output``, to read from outside the graph.
 
         It ends when the graph's nodes feeding it finish. Closing it tells them nobody listens.
+        ``on_send`` is called with each message as ``output``'s node begins sending it, before
+        anything awaits: the moment to :meth:`snapshot` the state that message reflects.
         """
+        if on_send is not None:
+            output.on_send = on_send
         outlet = _Outlet()
         outlet.inp = outlet._inputs["inp"] = Input(
             outlet, "inp", output.type, capacity=capacity, required=True
@@ -316,6 +326,33 @@ class Graph:
             outlet.inp._seal()
         receiver: ReceiveChannel[Signal[T]] = outlet.inp._receiver
         return receiver
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every stateful node's :meth:`Node.snapshot`, by node name, in the order added."""
+        states: dict[str, Any] = {}
+        for name, node in self._nodes.items():
+            if not isinstance(node, _Outlet) and (state := node.snapshot()) is not None:
+                states[name] = state
+        return states
+
+    def restore(self, states: dict[str, Any]) -> None:
+        """Set back a :meth:`snapshot` into this graph, built and not yet started.
+
+        Nodes are restored in the snapshot's order, so a node that a restore inserts (as
+        its graph once did at run time) is there for its own state.
+
+        Raises:
+            GraphError: The graph has started, or has no node of a name in ``states``.
+        """
+        if self._state != "idle":
+            raise GraphError(f"graph {self.name!r} has started: restore before start()")
+        for name, state in states.items():
+            node = self._nodes.get(name)
+            if node is None:
+                raise GraphError(
+                    f"graph {self.name!r} has no node {name!r} to restore its state into"
+                )
+            node.restore(state)
 
     @property
     def nodes(self) -> dict[str, Node]:

@@ -137,12 +137,19 @@ class Node:
     its inputs. If ``run`` raises, the graph's supervisor restarts it (calling
     :meth:`on_restart` first) or gives up; the messages it held become dead letters.
 
+    A node with state worth keeping (a session's) declares it: list the attributes in
+    ``state_fields``, or override :meth:`snapshot` and :meth:`restore`. A session server with a
+    store checkpoints that state after each answer and restores it into a fresh graph when the
+    client resumes, on any process (coroutines cannot be pickled; their state can).
+
     Class attributes:
         feedback: Set to True on a node that is meant to sit in a cycle (it must not wait on
             its own output); ``Graph.validate`` rejects cycles without one.
+        state_fields: The attributes :meth:`snapshot` saves and :meth:`restore` sets back.
     """
 
     feedback: ClassVar[bool] = False
+    state_fields: ClassVar[tuple[str, ...]] = ()
     _coserve_ports: ClassVar[tuple[_PortSpec, ...]]
 
     name: str
@@ -196,6 +203,28 @@ class Node:
 
     def on_restart(self) -> None:
         """Called before ``run`` starts again after a crash; reset state that may be corrupt."""
+
+    def snapshot(self) -> Any:
+        """The node's state as JSON-able values, or None for a node without state.
+
+        The default reads ``state_fields``. It is called on the loop between two of the node's
+        steps and serialized at once, so it may return the live objects.
+        """
+        if not self.state_fields:
+            return None
+        return {name: getattr(self, name) for name in self.state_fields}
+
+    def restore(self, state: Any) -> None:
+        """Set back a state :meth:`snapshot` returned, before the graph starts.
+
+        The default sets ``state_fields``. A node that rewired its graph at run time (inserted
+        a node, say) rewires it here again: the graph is being built, so wiring calls work.
+        """
+        if not isinstance(state, dict):
+            raise TypeError(f"{self.name}: expected the dict snapshot() makes, got {state!r}")
+        for name in self.state_fields:
+            if name in state:
+                setattr(self, name, state[name])
 
     @property
     def inputs(self) -> dict[str, Input[Any]]:

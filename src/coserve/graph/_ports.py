@@ -20,7 +20,7 @@ import asyncio
 import itertools
 import types
 import typing
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
@@ -346,13 +346,16 @@ class Output(_Port[T]):
     full (backpressure). A message sent with nothing connected is counted as dropped.
     """
 
-    __slots__ = ("_deliveries", "dropped", "linked")
+    __slots__ = ("_deliveries", "dropped", "linked", "on_send")
 
     def __init__(self, node: Node, name: str, type_: Any) -> None:
         super().__init__(node, name, type_)
         self.dropped = 0
         self.linked = False  # ever connected: losing every link then ends the sender
         self._deliveries: list[_Delivery] = []  # sends in progress that may redeliver
+        self.on_send: Callable[[Signal[T]], None] | None = None
+        """Called with each message as its send begins, before anything awaits: the sending
+        node's state is then exactly what it was when it made the message (a checkpoint)."""
 
     async def send(self, signal: Signal[T]) -> None:
         """Deliver ``signal`` to every connected input, waiting while one is full.
@@ -360,6 +363,8 @@ class Output(_Port[T]):
         The request with this id leaves the node's hands once it is delivered. If every target
         goes away while the send waits, the message becomes a dead letter.
         """
+        if self.on_send is not None:
+            self.on_send(signal)
         links = self.links
         if len(links) == 1:  # the common case, without the bookkeeping of fan-out
             link = links[0]

@@ -161,6 +161,7 @@ def create_app(
                 await grpc_server.stop(state.graceful_timeout)
             state.accepting = False
             await repository.aclose(grace_period=state.graceful_timeout)
+            await sessions.aclose()
 
     async def server_metadata(request: Request) -> Response:
         return json_response({"name": "coserve", "version": __version__, "extensions": EXTENSIONS})

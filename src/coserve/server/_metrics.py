@@ -183,6 +183,8 @@ class _SessionCollector(Collector):
                 ("errors", "Session failures: graph failures and messages answered with 5xx"),
                 ("messages", "Messages received from session clients, by app"),
                 ("lost_answers", "Answers dropped because their session closed first"),
+                ("resumed", "Sessions resumed from the session store with a resume token"),
+                ("taken_over", "Connections closed because their session resumed on another"),
             )
         }
         for app, counters in self._sessions.counters.items():

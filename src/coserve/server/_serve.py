@@ -20,12 +20,13 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from coserve._exceptions import ConfigError
+from coserve._exceptions import ConfigError, MissingDependency
 from coserve.models._config import BatchingConfig
 from coserve.server._limits import ServerLimits
 
 if TYPE_CHECKING:
     from coserve.models import ModelRepository
+    from coserve.server._session_state import SessionStates
 
 __all__ = ["ServeOptions", "serve"]
 
@@ -83,6 +84,10 @@ class ServeOptions:
     """Session apps as ``(name, "module:factory")``."""
     max_sessions: int = 1000
     session_idle_timeout: float | None = 300.0
+    session_store: str | None = None
+    """Where sessions' state is checkpointed (``open_store``'s URL); None: not kept."""
+    session_ttl: float = 3600.0
+    """Seconds a stored session may be resumed after its last answer."""
     workers: int = 1
     worker_index: int | None = None
     """Set in the worker processes that ``workers > 1`` starts."""
@@ -135,12 +140,18 @@ def serve(options: ServeOptions, argv: Sequence[str]) -> int:
     except ConfigError as error:
         log.error("%s", error)
         return 2
+    try:
+        states = _session_states(options)
+    except ConfigError as error:
+        log.error("%s", error)
+        return 2
     sessions = SessionManager(
         repository,
         apps,
         max_sessions=options.max_sessions,
         idle_timeout=options.session_idle_timeout,
         drain_timeout=options.graceful_timeout,
+        states=states,
     )
     limits = options.limits.replace(
         max_connections=options.limit_connections or connection_budget()
@@ -234,6 +245,29 @@ def serve(options: ServeOptions, argv: Sequence[str]) -> int:
     server = Server(config)
     server.run(sockets=sockets)
     return 0 if server.started else 1
+
+
+def _session_states(options: ServeOptions) -> SessionStates | None:
+    """The session store the options name, or None.
+
+    Raises:
+        ConfigError: The URL is not a store's, or ``memory`` was asked of several workers.
+    """
+    from coserve.server._session_state import SessionStates
+    from coserve.sessions import MemoryStore, open_store
+
+    if options.session_store is None:
+        return None
+    try:
+        store = open_store(options.session_store)
+    except MissingDependency as error:
+        raise ConfigError(str(error)) from error
+    if isinstance(store, MemoryStore) and options.workers > 1:
+        raise ConfigError(
+            "--session-store memory keeps each worker's sessions to itself: with --workers, "
+            "use sqlite:PATH"
+        )
+    return SessionStates(store, session_ttl=options.session_ttl)
 
 
 def _repository(options: ServeOptions) -> ModelRepository:

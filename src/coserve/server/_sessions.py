@@ -15,8 +15,12 @@ answer and the graph's ports are bounded, so that excess is bounded too. An erro
 within a session is logged once, then counted (see :class:`coserve._log.RepeatedLog`).
 
 Closing the socket closes the entry: the graph drains what it holds (answers still go out while
-the socket is open) and stops. Close codes: 4404 unknown app, 1013 too many sessions (try again
-later), 4408 idle for too long, 1011 the app failed.
+the socket is open) and stops. Close codes: 4404 unknown app, 1013 too many sessions or the
+session store failing (try again later), 4408 idle for too long, 1011 the app failed, 4409 the
+session was resumed on another connection, 4410 no stored session for the resume token.
+
+With a session store (:mod:`coserve.server._session_state`) each answer is checkpointed before
+it is sent, and the hello carries a ``resume`` token for ``/sessions/{app}?resume=TOKEN``.
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ import contextlib
 import importlib
 import itertools
 import logging
+import os
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from starlette.websockets import WebSocket
@@ -41,17 +46,23 @@ from coserve._exceptions import (
     ConfigError,
     CoserveError,
     GraphFailed,
+    SessionConflict,
+    SessionError,
+    SessionNotFound,
 )
 from coserve._log import RepeatedLog
 from coserve.channels import ReceiveChannel, SendChannel
 from coserve.graph import DeadLetter, Graph, Input, Output, Signal
 from coserve.models import ModelRepository
 from coserve.server._errors import status_of
+from coserve.server._session_state import Checkpoints, DurableSession, SessionStates
 
 __all__ = [
     "CLOSE_APP_FAILED",
     "CLOSE_APP_NOT_FOUND",
+    "CLOSE_CANNOT_RESUME",
     "CLOSE_IDLE",
+    "CLOSE_TAKEN_OVER",
     "CLOSE_TOO_MANY_SESSIONS",
     "Session",
     "SessionCounters",
@@ -71,6 +82,12 @@ CLOSE_TOO_MANY_SESSIONS = 1013
 """Close code: the server is at its session cap; RFC 6455's "try again later"."""
 CLOSE_APP_FAILED = 1011
 """Close code: the app could not build its graph, or the graph failed."""
+CLOSE_TAKEN_OVER = 4409
+"""Close code: the session was resumed on another connection, which now owns it (HTTP 409)."""
+CLOSE_CANNOT_RESUME = 4410
+"""Close code: no stored session matches the resume token, or no store is set (HTTP 410)."""
+
+_TAKEN_OVER = (CLOSE_TAKEN_OVER, "the session was resumed on another connection")
 
 _OUTBOUND_CAPACITY = 256
 """Answers a session holds for a client before it stops reading the client's messages."""
@@ -144,6 +161,10 @@ class SessionCounters:
     messages: int = 0
     lost_answers: int = 0
     """Answers dropped because their session had closed (or ran out of time to send them)."""
+    resumed: int = 0
+    """Sessions resumed from the store with a resume token."""
+    taken_over: int = 0
+    """Connections closed because their session was resumed on another connection."""
 
 
 class _Outbox:
@@ -223,6 +244,8 @@ class _Connection:
     graph: Graph
     outbox: _Outbox
     counters: SessionCounters
+    durable: DurableSession | None = None
+    checkpoints: Checkpoints | None = None
     log: RepeatedLog = field(default_factory=lambda: RepeatedLog(logger))
     ids: Any = field(default_factory=lambda: itertools.count(1))
 
@@ -237,6 +260,8 @@ class SessionManager:
         idle_timeout: Seconds a client may stay silent before its session expires (4408);
             None for no limit.
         drain_timeout: Seconds a closing session's graph has to finish what it holds.
+        states: The session store's side, to checkpoint sessions and resume them (None: a
+            session lives and dies with its connection).
     """
 
     def __init__(
@@ -247,6 +272,7 @@ class SessionManager:
         max_sessions: int = 1000,
         idle_timeout: float | None = 300.0,
         drain_timeout: float = 10.0,
+        states: SessionStates | None = None,
     ) -> None:
         if max_sessions < 1:
             raise ValueError(f"max_sessions must be >= 1, got {max_sessions!r}")
@@ -255,6 +281,7 @@ class SessionManager:
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
         self.drain_timeout = drain_timeout
+        self.states = states
         self.counters = {name: SessionCounters() for name in self.apps}
         self._active = 0
 
@@ -262,6 +289,11 @@ class SessionManager:
     def active(self) -> int:
         """Sessions open now, across apps."""
         return self._active
+
+    async def aclose(self) -> None:
+        """Close the session store, if any (after the sessions have closed)."""
+        if self.states is not None:
+            await self.states.store.aclose()
 
     async def serve(self, websocket: WebSocket) -> None:
         """The WebSocket endpoint: run one session until the client leaves or it expires."""
@@ -279,24 +311,59 @@ class SessionManager:
                 f"the server is at its limit of {self.max_sessions} sessions",
             )
             return
-        session = Session(uuid.uuid4().hex, name, self.repository)
-        try:
-            pipeline = factory(session)
-            if not isinstance(pipeline, SessionPipeline):
-                raise TypeError(f"the factory returned {pipeline!r}, not a SessionPipeline")
-        except Exception:
-            counters.errors += 1
-            logger.exception("session app %r failed to build a session", name)
-            await websocket.close(CLOSE_APP_FAILED, "the app could not start a session")
-            return
+        # Counted from here, so the cap holds while the store is asked.
         self._active += 1
         counters.active += 1
-        counters.created += 1
         try:
-            await self._run(session, pipeline, websocket, counters)
+            durable = await self._open(websocket, name, counters)
+            if durable is False:
+                return
+            session_id = durable.id if durable is not None else uuid.uuid4().hex
+            session = Session(session_id, name, self.repository)
+            try:
+                pipeline = factory(session)
+                if not isinstance(pipeline, SessionPipeline):
+                    raise TypeError(f"the factory returned {pipeline!r}, not a SessionPipeline")
+                if durable is not None and durable.resumed:
+                    pipeline.graph.restore(durable.states)
+            except Exception:
+                counters.errors += 1
+                logger.exception("session app %r failed to build a session", name)
+                await websocket.close(CLOSE_APP_FAILED, "the app could not start a session")
+                if durable is not None and self.states is not None:
+                    await self.states.close(durable, finished=False)
+                return
+            if durable is None or not durable.resumed:
+                counters.created += 1
+            await self._run(session, pipeline, websocket, counters, durable)
         finally:
             self._active -= 1
             counters.active -= 1
+
+    async def _open(
+        self, websocket: WebSocket, app: str, counters: SessionCounters
+    ) -> DurableSession | Literal[False] | None:
+        """The session's place in the store (None without one); False if the socket closed."""
+        resume = websocket.query_params.get("resume")
+        if self.states is None:
+            if resume is None:
+                return None
+            await websocket.close(
+                CLOSE_CANNOT_RESUME, "this server keeps no session state (see --session-store)"
+            )
+            return False
+        try:
+            durable = await self.states.open(app, resume)
+        except SessionNotFound as error:
+            await websocket.close(CLOSE_CANNOT_RESUME, str(error)[:120])
+            return False
+        except SessionError as error:
+            counters.errors += 1
+            logger.error("session app %r: the session store failed: %s", app, error)
+            await websocket.close(CLOSE_TOO_MANY_SESSIONS, "the session store is unavailable")
+            return False
+        counters.resumed += durable.resumed
+        return durable
 
     async def _run(
         self,
@@ -304,14 +371,21 @@ class SessionManager:
         pipeline: SessionPipeline,
         websocket: WebSocket,
         counters: SessionCounters,
+        durable: DurableSession | None,
     ) -> None:
         graph = pipeline.graph
         outbox = _Outbox(_OUTBOUND_CAPACITY)
-        connection = _Connection(session, websocket, graph, outbox, counters)
+        connection = _Connection(session, websocket, graph, outbox, counters, durable)
         graph.on_dead_letter = lambda letter: self._answer_error(connection, letter)
+        if durable is not None:
+            connection.checkpoints = Checkpoints(graph, durable.envelope)
         try:
             inlet = graph.inlet(pipeline.entry)
-            outlet = graph.outlet(pipeline.exit, capacity=_OUTBOUND_CAPACITY)
+            outlet = graph.outlet(
+                pipeline.exit,
+                capacity=_OUTBOUND_CAPACITY,
+                on_send=None if connection.checkpoints is None else connection.checkpoints.take,
+            )
             await graph.start()  # validates the wiring: an app's bug surfaces here
         except Exception:
             counters.errors += 1
@@ -319,20 +393,49 @@ class SessionManager:
             await graph.stop(drain=False)
             with contextlib.suppress(Exception):
                 await websocket.close(CLOSE_APP_FAILED, "the app could not start a session")
+            if durable is not None and self.states is not None:
+                await self.states.close(durable, finished=False)
             return
-        hello = {"event": "session", "session": session.id, "app": session.app}
+        hello: dict[str, Any] = {
+            "event": "session",
+            "session": session.id,
+            "app": session.app,
+            "worker": os.getpid(),
+        }
+        if durable is not None:
+            hello.update(
+                resume=durable.token,
+                resumed=durable.resumed,
+                version=durable.version,
+                last=durable.last,
+            )
         outbox.append(orjson.dumps(hello))
         writer = asyncio.create_task(self._write(websocket, outbox))
         forwarder = asyncio.create_task(self._forward(outlet, connection))
         reader = asyncio.create_task(self._read(websocket, inlet, connection))
+        watched = [reader, forwarder]
+        keeper = None
+        if durable is not None and self.states is not None:
+            keeper = asyncio.create_task(self.states.keep(durable))
+            watched.append(keeper)
         close_code, reason = 1000, "the session's graph has finished"
+        finished = False
         try:
             # The client leaving ends the reader; the graph finishing (or failing) ends the
-            # forwarder, since its outlet closes: whichever comes first ends the session.
-            await asyncio.wait((reader, forwarder), return_when=asyncio.FIRST_COMPLETED)
+            # forwarder, since its outlet closes; another connection taking the session over
+            # ends the keeper (or the forwarder's next checkpoint): the first ends the session.
+            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
             if reader.done():
                 close_code, reason = reader.result()
+            elif forwarder.done() and forwarder.result() is not None:
+                close_code, reason = forwarder.result()  # type: ignore[misc]
+            elif keeper is not None and keeper.done():
+                close_code, reason = _TAKEN_OVER
+            else:
+                finished = True
         finally:
+            if keeper is not None:
+                keeper.cancel()
             reader.cancel()
             inlet.close()
             await graph.stop(drain=True, timeout=self.drain_timeout)
@@ -357,6 +460,11 @@ class SessionManager:
             if graph.state == "failed":
                 counters.errors += 1
                 close_code, reason = CLOSE_APP_FAILED, "the session's graph failed"
+                finished = False  # its last checkpoint stays, to resume from
+            if close_code == CLOSE_TAKEN_OVER:
+                counters.taken_over += 1
+            if durable is not None and self.states is not None:
+                await self.states.close(durable, finished=finished)
             with contextlib.suppress(Exception):  # the client may be gone already
                 await websocket.close(close_code, reason)
 
@@ -400,9 +508,19 @@ class SessionManager:
                 self._send_error(connection, request_id, "the session's graph has stopped", 503)
                 return CLOSE_APP_FAILED, "the session's graph has stopped"
 
-    async def _forward(self, outlet: ReceiveChannel[Signal[Any]], connection: _Connection) -> None:
-        """Graph answers to the writer, tagged with their ids."""
+    async def _forward(
+        self, outlet: ReceiveChannel[Signal[Any]], connection: _Connection
+    ) -> tuple[int, str] | None:
+        """Graph answers to the writer, tagged with their ids, each checkpointed first.
+
+        Returns the close code to use if a checkpoint could not be committed (None when the
+        graph has finished): an answer the store does not hold is never sent.
+        """
         async for signal in outlet:
+            if connection.checkpoints is not None:
+                failed = await self._checkpoint(connection, signal)
+                if failed is not None:
+                    return failed
             value = signal.value
             body = (
                 {"id": signal.id, **value}
@@ -425,6 +543,29 @@ class SessionManager:
                     {"id": signal.id, "error": "the app's answer is not JSON", "status": 500}
                 )
             await connection.outbox.send(data)
+        return None
+
+    async def _checkpoint(
+        self, connection: _Connection, signal: Signal[Any]
+    ) -> tuple[int, str] | None:
+        """Commit the state ``signal`` reflects; the close code if that failed."""
+        assert connection.checkpoints is not None
+        assert connection.durable is not None
+        assert self.states is not None
+        data = connection.checkpoints.of(signal)
+        if data is None:  # logged where it was taken; the answer still goes out
+            connection.counters.errors += 1
+            return None
+        try:
+            await self.states.save(connection.durable, data)
+        except SessionConflict:
+            return _TAKEN_OVER
+        except SessionError as error:
+            connection.counters.errors += 1
+            logger.error("session %s: checkpoint failed: %s", connection.session.id, error)
+            return CLOSE_TOO_MANY_SESSIONS, "the session store is unavailable: resume later"
+        connection.durable.last = signal.id
+        return None
 
     @staticmethod
     async def _write(websocket: WebSocket, outbox: _Outbox) -> None:
