@@ -19,6 +19,11 @@ Part B measures coserve.graph's in-process overhead: messages/s through a 5-node
 joined by ``asyncio.Queue(maxsize=16)`` with an end sentinel, interleaved, on asyncio's own loop
 and on uvloop.
 
+``--stores off,sqlite,redis`` runs part A once per session store, in that order (``sqlite``: a
+file in a temporary folder; ``redis``: a ``redis-server`` started on a free loopback port), and
+compares each store's median messages/s and p99 with the store off: what checkpointing every
+answer before it is sent costs.
+
 Run: ``python benchmarks/sessions.py`` (about 2 minutes on a 2-core VM); ``--part a`` or
 ``--part b`` runs one half; ``--profile`` adds a cProfile of the graph pipeline.
 """
@@ -131,7 +136,7 @@ def parse_metrics(text: str) -> dict[str, float]:
 class Server:
     """``coserve serve`` as a subprocess: start, readiness, /metrics, RSS, CPU, SIGTERM."""
 
-    def __init__(self) -> None:
+    def __init__(self, *args: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
@@ -145,7 +150,7 @@ class Server:
             str(self.port),
         ]
         self.process = subprocess.Popen(
-            [*command, "--log-level", "warning"],
+            [*command, "--log-level", "warning", *args],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
@@ -581,12 +586,70 @@ async def sessions_benchmark(server: Server, opts: argparse.Namespace) -> Sessio
     return SessionsReport(0.0, baseline, warmup, rounds)
 
 
-def run_part_a(opts: argparse.Namespace) -> SessionsReport:
+class StoreServer:
+    """What ``--session-store`` a run passes, with the redis-server it needs, if any."""
+
+    def __init__(self, store: str, folder: Path) -> None:
+        self.store = store
+        self.redis: subprocess.Popen[bytes] | None = None
+        if store == "off":
+            self.args: tuple[str, ...] = ()
+        elif store == "sqlite":
+            self.args = ("--session-store", f"sqlite:{folder / 'sessions.db'}")
+        else:
+            port = free_port()
+            self.redis = subprocess.Popen(
+                [
+                    "redis-server",
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(folder),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if self.redis.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("redis-server did not start") from None
+                    time.sleep(0.05)
+            self.args = ("--session-store", f"redis://127.0.0.1:{port}/0")
+
+    def close(self) -> None:
+        """Stop the redis-server, if one was started."""
+        if self.redis is not None:
+            self.redis.terminate()
+            self.redis.wait(10)
+
+
+def run_part_a(opts: argparse.Namespace, store: str = "off") -> SessionsReport:
     """Start the server, run the sessions benchmark on the client loop, stop it with SIGTERM."""
     old, new = raise_fd_limit(opts.sessions + 512)  # the server inherits the raised limit
     if new != old:
         print(f"RLIMIT_NOFILE soft limit raised from {old} to {new}", file=sys.stderr)
-    server = Server()
+    folder = tempfile.TemporaryDirectory()
+    backing = StoreServer(store, Path(folder.name))
+    try:
+        return _run_part_a(opts, backing)
+    finally:
+        backing.close()
+        folder.cleanup()
+
+
+def _run_part_a(opts: argparse.Namespace, backing: StoreServer) -> SessionsReport:
+    print(f"session store: {backing.store}", file=sys.stderr, flush=True)
+    server = Server(*backing.args)
     try:
         ready = server.wait_ready()
         print(f"coserve serve ready in {ready:.1f} s", file=sys.stderr, flush=True)
@@ -615,10 +678,13 @@ def round_row(label: str, result: RoundResult) -> str:
     )
 
 
-def print_part_a(report: SessionsReport, opts: argparse.Namespace) -> bool:
+def print_part_a(report: SessionsReport, opts: argparse.Namespace, store: str = "off") -> bool:
     """Print part A's tables; whether every correctness check passed."""
     rounds = report.rounds
-    print(f"\n## A. {opts.sessions} concurrent sessions on `coserve serve` (/sessions/{APP})\n")
+    print(
+        f"\n## A. {opts.sessions} concurrent sessions on `coserve serve` (/sessions/{APP}),"
+        f" session store {store}\n"
+    )
     print(
         f"Each session sends {opts.messages} images (scikit-learn digits, ids 0 to"
         f" {opts.messages - 1}, at most {opts.window} unanswered), reads the answers, then"
@@ -639,6 +705,31 @@ def print_part_a(report: SessionsReport, opts: argparse.Namespace) -> bool:
     ok = all(round_ok(result) for result in [report.warmup, *rounds])
     print_a_checks(report, opts, ok)
     return ok
+
+
+def print_store_costs(sessions: list[tuple[str, SessionsReport]]) -> None:
+    """Each store's median msg/s and p99 over its rounds, against the store off."""
+    by_store: dict[str, list[RoundResult]] = {}
+    for store, report in sessions:
+        by_store.setdefault(store, []).extend(report.rounds)
+    medians = {
+        store: (
+            statistics.median(r.rate for r in rounds),
+            statistics.median(r.p99_ms for r in rounds),
+            statistics.median(r.server_cpu_us for r in rounds),
+        )
+        for store, rounds in by_store.items()
+    }
+    base = medians.get("off")
+    print("\n## Session store cost (medians over each store's rounds)\n")
+    print("| store | rounds | msg/s | p99 ms | server CPU µs/msg | msg/s vs off | p99 vs off |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for store, (rate, p99, cpu) in medians.items():
+        ratios = ("", "") if base is None else (f"{rate / base[0]:.2f}x", f"{p99 / base[1]:.2f}x")
+        print(
+            f"| {store} | {len(by_store[store])} | {rate:,.0f} | {p99:.0f} | {cpu:.0f} "
+            f"| {ratios[0]} | {ratios[1]} |"
+        )
 
 
 def round_ok(result: RoundResult) -> bool:
@@ -981,6 +1072,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--client-loop", choices=tuple(LOOPS), default="uvloop", help="event loop of the client"
     )
+    parser.add_argument(
+        "--stores",
+        type=lambda text: text.split(","),
+        default=["off"],
+        help="part A once per session store, in order: off, sqlite, redis (comma-separated)",
+    )
     parser.add_argument("--count", type=int, default=200_000, help="part B: messages per run")
     parser.add_argument("--repeats", type=int, default=5, help="part B: runs of each pipeline")
     parser.add_argument("--profile", action="store_true", help="part B: cProfile the graph too")
@@ -988,6 +1085,8 @@ def parse_args() -> argparse.Namespace:
     opts = parser.parse_args()
     if not 1 <= opts.sessions <= DEFAULT_MAX_SESSIONS:
         parser.error(f"--sessions must be 1..{DEFAULT_MAX_SESSIONS} (the server's default cap)")
+    if not opts.stores or set(opts.stores) - {"off", "sqlite", "redis"}:
+        parser.error("--stores takes off, sqlite and redis, comma-separated")
     if min(opts.messages, opts.window, opts.rounds, opts.warmup_sessions, opts.count) < 1:
         parser.error("--messages, --window, --rounds, --warmup-sessions, --count must be >= 1")
     return opts
@@ -998,15 +1097,19 @@ def main() -> None:
     began = time.monotonic()
     raw: dict[str, Any] = {"command": shlex.join([sys.executable, *sys.argv])}
     ok = True
-    sessions = run_part_a(opts) if opts.part in ("a", "both") else None
+    stores = opts.stores if opts.part in ("a", "both") else []
+    sessions = [(store, run_part_a(opts, store)) for store in stores]
     overhead = run_part_b(opts) if opts.part in ("b", "both") else None
     profile = profile_graph(opts.count // 4) if opts.profile else None
 
     print("\n# coserve sessions benchmark\n")
     print("\n".join(machine_lines()))
-    if sessions is not None:
-        ok = print_part_a(sessions, opts)
-        raw["sessions"] = asdict(sessions)
+    for store, report in sessions:
+        ok = print_part_a(report, opts, store) and ok
+    if sessions:
+        raw["sessions"] = [{"store": store, **asdict(report)} for store, report in sessions]
+    if len({store for store, _ in sessions}) > 1:
+        print_store_costs(sessions)
     if overhead is not None:
         print_part_b(overhead, opts)
         raw["overhead"] = overhead
