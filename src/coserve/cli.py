@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -192,11 +193,13 @@ def _parser() -> argparse.ArgumentParser:
         "--http-port",
         dest="port",
         type=int,
-        default=8000,
-        help="HTTP port to bind; --http-port is Triton's spelling (default: %(default)s)",
+        default=None,
+        help="HTTP port to bind; --http-port is Triton's spelling (default: the PORT "
+        "environment variable, as Knative and KServe set it, else 8000)",
     )
     serve.add_argument(
         "--grpc-port",
+        dest="grpc_port",
         type=int,
         default=None,
         metavar="PORT",
@@ -340,7 +343,45 @@ def _parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="log level (default: %(default)s)",
     )
+    kserve = serve.add_argument_group(
+        "KServe",
+        "the flags a KServe ServingRuntime passes (deploy/kserve/): --model_name={{.Name}} "
+        "--model_dir=/mnt/models --http_port=8080 --grpc_port=8081",
+    )
+    kserve.add_argument(
+        "--model_dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the storage initializer put the model: one model folder (numbered "
+        "versions, or a config file) is served as --model_name; a folder of model folders is "
+        "served as a repository",
+    )
+    kserve.add_argument("--model_name", dest="model_name", help=argparse.SUPPRESS)
+    kserve.add_argument("--http_port", dest="port", type=int, help=argparse.SUPPRESS)
+    kserve.add_argument("--grpc_port", dest="grpc_port", type=int, help=argparse.SUPPRESS)
     return parser
+
+
+def _is_model_folder(path: Path) -> bool:
+    """Whether ``path`` is one model's folder (not a repository of them)."""
+    markers = ("config.toml", "config.pbtxt", "saved_model.pb")
+    return any((path / name).is_file() for name in markers) or any(
+        child.is_dir() and child.name.isdigit() for child in path.iterdir()
+    )
+
+
+def _http_port(args: argparse.Namespace) -> int | None:
+    """--port, else the PORT environment variable (Knative's), else 8000."""
+    if args.port is not None:
+        return int(args.port)
+    port = os.environ.get("PORT", "")
+    if not port:
+        return 8000
+    try:
+        return int(port)
+    except ValueError:
+        raise SystemExit(f"coserve serve: PORT={port!r} is not a port number") from None
 
 
 def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -353,8 +394,27 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from coserve.server._limits import ServerLimits
 
     log = logging.getLogger("coserve")
+    if args.model_dir is not None:
+        if args.model_repository is not None or args.model_base_path is not None:
+            log.error("--model_dir names the models: drop --model-repository/--model-base-path")
+            return 2
+        if not args.model_dir.is_dir():
+            log.error("--model_dir %s is not a folder", args.model_dir)
+            return 2
+        if _is_model_folder(args.model_dir):
+            args.model_base_path = args.model_dir
+        else:
+            args.model_repository = args.model_dir
+            if args.model_name is not None:
+                log.info(
+                    "--model_dir %s holds model folders: serving each by its folder's name, "
+                    "not as %r",
+                    args.model_dir,
+                    args.model_name,
+                )
+                args.model_name = None
     if args.model_name is not None and args.model_base_path is None:
-        log.error("--model-name needs --model-base-path")
+        log.error("--model-name needs --model-base-path (or --model_dir)")
         return 2
     if args.model_control_mode == "explicit" and args.workers > 1:
         # Each worker would keep its own set of loaded models: a load reaches one of them.
@@ -374,7 +434,7 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
         strict_model_config=args.strict_model_config,
         admin=args.admin,
         host=args.host,
-        port=args.port,
+        port=_http_port(args),
         limits=ServerLimits(
             max_request_size=args.max_request_size,
             max_json_size=args.max_json_size,
