@@ -14,6 +14,10 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from coserve.server import ServeOptions
 
 __all__ = ["main", "parse_size"]
 
@@ -92,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
         "bench",
         help="load a model on a running server and measure it: latency percentiles, "
         "throughput, goodput under an SLO, the server's batching (coserve bench --help)",
+        add_help=False,
+    )
+    commands.add_parser(
+        "ray",
+        help="deploy a model repository on Ray Serve, coserve's server and batcher in each "
+        "replica (coserve ray deploy --help; the ray extra)",
         add_help=False,
     )
     commands.add_parser(
@@ -390,17 +400,29 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
         level=args.log_level.upper(),
         format=f"%(asctime)s %(levelname)-7s %(name)s{worker_tag}: %(message)s",
     )
-    from coserve.server import ServeOptions, serve
+    from coserve.server import serve
+
+    options = serve_options(args)
+    return 2 if options is None else serve(options, argv)
+
+
+def serve_options(args: argparse.Namespace) -> ServeOptions | None:
+    """The options ``coserve serve``'s parsed flags describe; None (logged) if they conflict.
+
+    Also what :mod:`coserve.integrations.ray` runs each replica with, so every serve flag
+    works there too.
+    """
+    from coserve.server import ServeOptions
     from coserve.server._limits import ServerLimits
 
     log = logging.getLogger("coserve")
     if args.model_dir is not None:
         if args.model_repository is not None or args.model_base_path is not None:
             log.error("--model_dir names the models: drop --model-repository/--model-base-path")
-            return 2
+            return None
         if not args.model_dir.is_dir():
             log.error("--model_dir %s is not a folder", args.model_dir)
-            return 2
+            return None
         if _is_model_folder(args.model_dir):
             args.model_base_path = args.model_dir
         else:
@@ -415,14 +437,14 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 args.model_name = None
     if args.model_name is not None and args.model_base_path is None:
         log.error("--model-name needs --model-base-path (or --model_dir)")
-        return 2
+        return None
     if args.model_control_mode == "explicit" and args.workers > 1:
         # Each worker would keep its own set of loaded models: a load reaches one of them.
         log.error("--model-control-mode explicit serves one worker's models: drop --workers")
-        return 2
+        return None
     if args.load_model and args.model_control_mode != "explicit":
         log.error("--load-model needs --model-control-mode explicit (as in Triton)")
-        return 2
+        return None
     options = ServeOptions(
         model_repository=args.model_repository,
         model_base_path=args.model_base_path,
@@ -457,7 +479,7 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
         worker_index=args.worker_index,
         worker_dir=args.worker_dir,
     )
-    return serve(options, argv)
+    return options
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -489,6 +511,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 1
         return tune(argv[1:])
+    if argv[:1] == ["ray"]:
+        from coserve.integrations.ray import main as ray
+
+        return ray(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args, argv)

@@ -27,6 +27,9 @@ from coserve.server._limits import ServerLimits
 if TYPE_CHECKING:
     from coserve.models import ModelRepository
     from coserve.server._session_state import SessionStates
+    from coserve.server._sessions import SessionFactory
+    from coserve.server._v2_rest import InferenceRoute
+    from coserve.server._workers import WorkerInfo
 
 __all__ = ["ServeOptions", "serve"]
 
@@ -94,37 +97,21 @@ class ServeOptions:
     worker_dir: Path | None = None
 
 
-def serve(options: ServeOptions, argv: Sequence[str]) -> int:
-    """Serve until a signal; returns the exit status.
+def build_app(
+    options: ServeOptions, *, worker: WorkerInfo | None = None, grpc_port: int | None = None
+) -> tuple[InferenceRoute, dict[str, SessionFactory]] | int:
+    """The ASGI app the options describe, and its session apps; an exit status if they are bad.
 
-    ``argv`` is the command line the options came from: the supervisor of ``workers > 1``
-    starts each worker with it.
+    What ``coserve serve`` runs under uvicorn, and what a Ray Serve replica runs under Ray's
+    proxy (:mod:`coserve.integrations.ray`). Nothing is loaded until the app's lifespan starts.
     """
-    worker = None
-    if options.worker_index is not None:
-        assert options.worker_dir is not None, "a worker is started with its --worker-dir"
-        from coserve.server._workers import WorkerInfo, die_with_parent
-
-        die_with_parent()
-        worker = WorkerInfo(options.worker_index, options.workers, options.worker_dir)
-    if options.workers > 1 and worker is None:
-        return _supervise(options, argv)
-
-    import uvicorn
-
     from coserve.models import bundled_repository
     from coserve.models._layout import RepositoryFolders
     from coserve.server._app import create_app
-    from coserve.server._limits import connection_budget, raise_descriptor_limit
+    from coserve.server._limits import connection_budget
     from coserve.server._model_control import ModelControl
-    from coserve.server._native_http import CoserveHttpProtocol
-    from coserve.server._sessions import SessionFactory, SessionManager, load_factory
-    from coserve.server._workers import bind, bind_unix
+    from coserve.server._sessions import SessionManager, load_factory
 
-    raise_descriptor_limit()
-    servable, grpc_port = _grpc_port(options)
-    if not servable:
-        return 2
     try:
         repository = _repository(options)
     except ConfigError as error:
@@ -177,6 +164,40 @@ def serve(options: ServeOptions, argv: Sequence[str]) -> int:
             options.model_control_mode,
         ),
     )
+    return app, apps
+
+
+def serve(options: ServeOptions, argv: Sequence[str]) -> int:
+    """Serve until a signal; returns the exit status.
+
+    ``argv`` is the command line the options came from: the supervisor of ``workers > 1``
+    starts each worker with it.
+    """
+    worker = None
+    if options.worker_index is not None:
+        assert options.worker_dir is not None, "a worker is started with its --worker-dir"
+        from coserve.server._workers import WorkerInfo, die_with_parent
+
+        die_with_parent()
+        worker = WorkerInfo(options.worker_index, options.workers, options.worker_dir)
+    if options.workers > 1 and worker is None:
+        return _supervise(options, argv)
+
+    import uvicorn
+
+    from coserve.server._limits import raise_descriptor_limit
+    from coserve.server._native_http import CoserveHttpProtocol
+    from coserve.server._workers import bind, bind_unix
+
+    raise_descriptor_limit()
+    servable, grpc_port = _grpc_port(options)
+    if not servable:
+        return 2
+    built = build_app(options, worker=worker, grpc_port=grpc_port)
+    if isinstance(built, int):
+        return built
+    app, apps = built
+    repository = app.state.repository
     state = app.state
     grace = options.graceful_timeout
 
