@@ -140,7 +140,9 @@ async def test_a_killed_worker_loses_nothing_acknowledged(
     moved, again = await resume_elsewhere(server, hello["resume"], hello["worker"])
     state = await ask(moved, {"command": "history"})
     assert state["number"] == answered
-    assert again["version"] == 1 + len(answered)
+    # The hello's checkpoint and one for each of the four answers awaited in turn; the two
+    # sent together may share one.
+    assert 5 <= again["version"] <= 1 + len(answered)
     await moved.close()
 
 

@@ -70,9 +70,10 @@ class RedisStore:
     Args:
         url: A redis-py URL: ``redis://HOST:PORT/DB``, ``rediss://`` for TLS, ``unix://PATH``.
         prefix: The key prefix, to share one Redis between deployments.
+        max_connections: Connections this process opens at most; more callers wait.
     """
 
-    def __init__(self, url: str, *, prefix: str = _PREFIX) -> None:
+    def __init__(self, url: str, *, prefix: str = _PREFIX, max_connections: int = 32) -> None:
         try:
             import redis.asyncio as redis
         except ImportError as error:
@@ -82,7 +83,12 @@ class RedisStore:
         self.url = url
         self.prefix = prefix
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
-        self._client: Any = redis.Redis.from_url(url)
+        # A bounded pool that callers wait on: hundreds of sessions checkpointing at once share
+        # a few connections instead of opening one each.
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=30
+        )
+        self._client: Any = redis.Redis.from_pool(pool)  # closing the client closes the pool
         self._acquire = self._client.register_script(_ACQUIRE)
         self._put = self._client.register_script(_PUT)
         self._renew = self._client.register_script(_RENEW)
