@@ -16,14 +16,20 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	$(PIP) install -e '.[tensorflow,onnx,grpc]'
 	@touch $@
 
+# Ray (the ray extra) goes in after the rest, keeping the protobuf they chose: resolved in one
+# step with TensorFlow and tritonclient, pip backtracks for longer than CI allows.
+KEEP_PROTOBUF = "protobuf==$$($(BIN)/python -c 'import google.protobuf as p; print(p.__version__)')"
+
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(PIP) install -e '.[dev]'
 	$(PIP) install --no-deps 'tensorflow-serving-api==2.21.0'  # requires tensorflow, not -cpu
+	$(PIP) install -e '.[ray]' $(KEEP_PROTOBUF)
 	@touch $@
 
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	$(PIP) install -e '.[dev,bench]'
 	$(PIP) install --no-deps 'tensorflow-serving-api==2.21.0'  # requires tensorflow, not -cpu
+	$(PIP) install -e '.[ray]' $(KEEP_PROTOBUF)
 	@touch $@
 
 serve: $(VENV)/.installed-run
