@@ -7,6 +7,7 @@ drains every worker, and start-up failures stop everything with exit status 1.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -228,6 +230,32 @@ def test_local_metrics_show_one_worker_without_a_worker_label(server: ServerProc
     found = COMPLETED.findall(text)
     assert len(found) == 1
     assert found[0][0] == ""  # no worker label
+
+
+def dashboard_frames(server: ServerProcess, count: int) -> list[dict[str, Any]]:
+    """The first ``count`` frames of the dashboard's event stream."""
+    frames: list[dict[str, Any]] = []
+    with httpx.stream("GET", f"{server.url}/dashboard/events", timeout=30) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                frames.append(json.loads(line.removeprefix("data: ")))
+                if len(frames) == count:
+                    break
+    return frames
+
+
+def test_the_dashboard_gathers_every_worker(server: ServerProcess) -> None:
+    """Whichever worker serves the stream, its frames count both workers' requests."""
+    totals = completed_by_worker(server)
+    frames = dashboard_frames(server, 2)
+    frame = frames[-1]
+    assert sorted(w["worker"] for w in frame["workers"]) == [0, 1]
+    types = next(m for m in frame["models"] if m["key"] == "types/1")
+    by_worker = {str(w["worker"]): w["completed"] for w in types["workers"]}
+    assert set(by_worker) == {"0", "1"}
+    # The frame came after the scrape: each worker has answered at least what it had then.
+    assert all(by_worker[w] >= totals[w] for w in ("0", "1")), (by_worker, totals)
+    assert types["totals"]["completed"] == sum(by_worker.values())
 
 
 def test_a_worker_that_dies_is_replaced(server: ServerProcess) -> None:

@@ -421,6 +421,15 @@ class Graph:
                     return found
         return None
 
+    def links(self) -> list[tuple[str, str, str, str]]:
+        """Every link as ``(node, output, target node, input)``, by names, in wiring order."""
+        return [
+            (node.name, port.name, link.input.node.name, link.input.name)
+            for node in self._nodes.values()
+            for port in node._outputs.values()
+            for link in port.links
+        ]
+
     def to_mermaid(self) -> str:
         """The graph as a Mermaid flowchart, one edge per link labelled ``output → input``."""
         ids = {node: f"n{index}" for index, node in enumerate(self._nodes.values())}

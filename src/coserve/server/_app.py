@@ -3,7 +3,7 @@
 Open Inference Protocol (KServe V2) REST under ``/v2`` (inference itself in ``_v2_rest``, served
 natively by coserve's HTTP protocol, ``_native_http``), streaming inference over WebSocket,
 per-session graphs over WebSocket at ``/sessions/{app}``, TensorFlow Serving REST under ``/v1``,
-health and ``/metrics``.
+health, ``/metrics`` and the live ``/dashboard``.
 
 Errors map to statuses in one table, shared by every endpoint and protocol: ``_errors``.
 """
@@ -30,6 +30,7 @@ from coserve._exceptions import ModelLoadError, ModelNotFound
 from coserve.models import ModelHandle, ModelRepository
 from coserve.models._triton_config import triton_model_config
 from coserve.server._admin import admin_routes
+from coserve.server._dashboard import Dashboard
 from coserve.server._decoding import serving
 from coserve.server._limits import ServerLimits
 from coserve.server._metrics import Metrics
@@ -108,6 +109,7 @@ def create_app(
     state = ServerState(repository, limits=limits, graceful_timeout=graceful_timeout)
     sessions = sessions if sessions is not None else SessionManager(repository, {})
     metrics = Metrics(repository, sessions)
+    dashboard = Dashboard(repository, sessions, metrics, worker=worker)
     control = model_control or ModelControl(repository, None, "none")
     service = InferenceService(state, metrics.observe_request)
     grpc_server = None
@@ -157,6 +159,7 @@ def create_app(
                         await poller
         finally:
             state.ready = False
+            await dashboard.aclose()
             if grpc_server is not None:  # begun at the signal; its accepted calls answered
                 await grpc_server.stop(state.graceful_timeout)
             state.accepting = False
@@ -201,6 +204,7 @@ def create_app(
                     "health": ["/v2/health/live", "/v2/health/ready"],
                     "tensorflow_serving": "/v1/models/{model}",
                     "metrics": "/metrics",
+                    "dashboard": "/dashboard",
                     "sessions": [f"/sessions/{app}" for app in sessions.apps],
                 },
             }
@@ -287,6 +291,7 @@ def create_app(
             methods=["GET", "POST"],
         ),
     ]
+    routes += dashboard.routes()
     if admin:
         routes += admin_routes(repository, worker)
     app = Starlette(
@@ -295,4 +300,5 @@ def create_app(
 
     route = InferenceRoute(app, service)
     route.grpc = grpc_server
+    route.dashboard = dashboard
     return route

@@ -7,7 +7,8 @@ nothing for metrics beyond one histogram observation of its own latency.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -24,9 +25,32 @@ from coserve.batching import AdaptiveState
 from coserve.models import ModelRepository
 from coserve.server._sessions import SessionManager
 
-__all__ = ["Metrics"]
+__all__ = ["LatencyCounts", "Metrics"]
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# Fine enough between 10 ms and 1 s to read a p99 under overload, where a request's time is
+# about the time to drain the queue.
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.25,
+    0.35,
+    0.5,
+    0.75,
+    1,
+    2.5,
+    5,
+    10,
+)
 _OUTCOMES = ("completed", "failed", "expired", "cancelled", "aborted")
 
 
@@ -195,6 +219,20 @@ class _SessionCollector(Collector):
         yield from families.values()
 
 
+class LatencyCounts:
+    """One model version's latency histogram: cumulative counts at each bound, and by status."""
+
+    __slots__ = ("bounds", "buckets", "statuses")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = list(bounds)
+        """The buckets' upper bounds in seconds, ``inf`` last."""
+        self.buckets = [0] * len(bounds)
+        """Requests at most each bound (cumulative)."""
+        self.statuses: dict[str, int] = {}
+        """Requests by status (HTTP status, or gRPC status name)."""
+
+
 class Metrics:
     """The server's metrics registry: batcher and session statistics, request latency."""
 
@@ -209,29 +247,7 @@ class Metrics:
             "status (HTTP status, or gRPC status name)",
             ["protocol", "model", "version", "status"],
             registry=self.registry,
-            # Fine enough between 10 ms and 1 s to read a p99 under overload, where a request's
-            # time is about the time to drain the queue.
-            buckets=(
-                0.0005,
-                0.001,
-                0.0025,
-                0.005,
-                0.01,
-                0.025,
-                0.05,
-                0.075,
-                0.1,
-                0.15,
-                0.2,
-                0.25,
-                0.35,
-                0.5,
-                0.75,
-                1,
-                2.5,
-                5,
-                10,
-            ),
+            buckets=_LATENCY_BUCKETS,
         )
 
         self._latency_by_label: dict[tuple[str, str, str, int | str], Any] = {}
@@ -248,6 +264,29 @@ class Metrics:
                 protocol, model, version, str(status)
             )
         child.observe(seconds)
+
+    def latency_counts(self) -> dict[tuple[str, str], LatencyCounts]:
+        """Each model version's request latency histogram, over every protocol and status.
+
+        The buckets' cumulative counts (as Prometheus keeps them, ``+Inf`` last) and each
+        status's count: what the dashboard differences for its percentiles and statuses.
+        """
+        counts: dict[tuple[str, str], LatencyCounts] = {}
+        bounds = [*_LATENCY_BUCKETS, math.inf]
+        for metric in self.request_latency.collect():
+            for sample in metric.samples:
+                labels = sample.labels
+                key = (labels["model"], labels["version"])
+                entry = counts.get(key)
+                if entry is None:
+                    entry = counts[key] = LatencyCounts(bounds)
+                if sample.name.endswith("_bucket"):
+                    index = bounds.index(float(labels["le"]))
+                    entry.buckets[index] += int(sample.value)
+                elif sample.name.endswith("_count"):
+                    status = labels["status"]
+                    entry.statuses[status] = entry.statuses.get(status, 0) + int(sample.value)
+        return counts
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -210,6 +210,9 @@ def serve(options: ServeOptions, argv: Sequence[str]) -> int:
                     "received %s: not ready; draining accepted requests", signal.Signals(sig).name
                 )
             state.ready = False
+            if app.dashboard is not None:  # its streams never end by themselves
+                with contextlib.suppress(RuntimeError):
+                    asyncio.get_running_loop().call_soon_threadsafe(app.dashboard.close)
             if app.grpc is not None:  # gRPC health off and its drain begun, at the next tick
                 with contextlib.suppress(RuntimeError):  # no loop running: nothing to stop
                     asyncio.get_running_loop().call_soon_threadsafe(app.grpc.begin_stop, grace)

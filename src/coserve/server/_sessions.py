@@ -31,6 +31,7 @@ import importlib
 import itertools
 import logging
 import os
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -66,6 +67,7 @@ __all__ = [
     "CLOSE_IDLE",
     "CLOSE_TAKEN_OVER",
     "CLOSE_TOO_MANY_SESSIONS",
+    "LiveSession",
     "Session",
     "SessionCounters",
     "SessionFactory",
@@ -127,6 +129,23 @@ class SessionPipeline:
 
 
 SessionFactory = Callable[[Session], SessionPipeline]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSession:
+    """A session whose graph runs now, as the dashboard lists it.
+
+    Attributes:
+        id: The session's id.
+        app: Its app's name.
+        started: When its connection opened, in seconds since the epoch.
+        graph: Its running graph (read its ``statistics()``, ``links()``).
+    """
+
+    id: str
+    app: str
+    started: float
+    graph: Graph
 
 
 def load_factory(spec: str) -> SessionFactory:
@@ -249,6 +268,7 @@ class _Connection:
     durable: DurableSession | None = None
     checkpoints: Checkpoints | None = None
     log: RepeatedLog = field(default_factory=lambda: RepeatedLog(logger))
+    started: float = field(default_factory=time.time)
     ids: Any = field(default_factory=lambda: itertools.count(1))
 
 
@@ -286,6 +306,21 @@ class SessionManager:
         self.states = states
         self.counters = {name: SessionCounters() for name in self.apps}
         self._active = 0
+        self._live: dict[str, _Connection] = {}
+
+    def live(self) -> list[LiveSession]:
+        """The sessions whose graphs run now, oldest first (for the dashboard)."""
+        return [
+            LiveSession(c.session.id, c.session.app, c.started, c.graph)
+            for c in self._live.values()
+        ]
+
+    def find(self, session_id: str) -> LiveSession | None:
+        """The live session of that id, if its graph runs in this process."""
+        connection = self._live.get(session_id)
+        if connection is None:
+            return None
+        return LiveSession(session_id, connection.session.app, connection.started, connection.graph)
 
     @property
     def active(self) -> int:
@@ -389,6 +424,7 @@ class SessionManager:
                 on_send=None if connection.checkpoints is None else connection.checkpoints.take,
             )
             await graph.start()  # validates the wiring: an app's bug surfaces here
+            self._live[session.id] = connection
         except Exception:
             counters.errors += 1
             logger.exception("session app %r: the session's graph could not start", session.app)
@@ -436,6 +472,7 @@ class SessionManager:
             else:
                 finished = True
         finally:
+            self._live.pop(session.id, None)
             if keeper is not None:
                 keeper.cancel()
             reader.cancel()

@@ -59,6 +59,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
 if TYPE_CHECKING:
+    from coserve.server._dashboard import Dashboard
     from coserve.server._grpc_server import GrpcServer
 
 PROTOCOL = "http"
@@ -341,6 +342,8 @@ class InferenceRoute:
         """The inference service the route drives."""
         self.grpc: GrpcServer | None = None
         """The gRPC server beside it, if ``create_app`` was asked for one."""
+        self.dashboard: Dashboard | None = None
+        """The live dashboard's streams, which a shutdown ends (``create_app`` sets it)."""
 
     @property
     def state(self) -> ServerState:
