@@ -16,18 +16,22 @@ stream), beside MLServer's gRPC on the same SavedModel (adaptive batching 64 / 2
 both are measured on JSON, binary and WebSocket (``ws_load.py``, a Python client) bodies: the
 before and after of a refactor, side by side.
 
+With ``--only dashboard``, coserve's JSON cells run once more with a dashboard event stream
+open (``json-dashboard``), interleaved with the others: what a watched dashboard costs.
+
 Reported per cell: requests/s, p50 and p99 latency, the mean batch size the server formed, errors,
 and the CPU time per request of the load generator and of the server's process tree.
 
 Needs: ``apt-get install wrk nghttp2-client``. The script creates ``benchmarks/.venv-mosec``
 (mosec 0.9.8 and TensorFlow) and ``benchmarks/.venv-mlserver`` on first use. Run:
-``python benchmarks/serving.py [--seconds 10] [--repeats 1] [--only peers,grpc,seam]
+``python benchmarks/serving.py [--seconds 10] [--repeats 1] [--only peers,grpc,seam,dashboard]
 [--baseline REV]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -39,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -238,6 +243,32 @@ def run_wrk(
     return parse_wrk(output), cpu
 
 
+class DashboardWatcher:
+    """A browser's share of the dashboard: its event stream read in a thread, frames counted."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.frames = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.stream("GET", f"{self.url}/dashboard/events", timeout=30) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    self.frames += 1
+                if self._stop.is_set():
+                    return
+
+    def __enter__(self) -> DashboardWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 def run_cell(
     server: Served,
     fmt: str,
@@ -249,13 +280,22 @@ def run_cell(
     """One measured cell (after its warm-up), with the server's CPU and batch sizes."""
     pid = server.process.pid
     rows0, batches0 = server.batches()
-    if fmt in ("json", "binary"):
-        body, header = request_bodies[fmt]
-        run_wrk(server.url, concurrency, opts.warmup, body, header, script)
-        rows0, batches0 = server.batches()
-        cpu0 = tree_cpu_seconds(pid)
-        result, loadgen_cpu = run_wrk(server.url, concurrency, opts.seconds, body, header, script)
-        server_cpu = tree_cpu_seconds(pid) - cpu0
+    if fmt in ("json", "binary", "json-dashboard"):
+        body, header = request_bodies["json" if fmt == "json-dashboard" else fmt]
+        base = server.url.split("/v2/")[0]
+        watcher = DashboardWatcher(base) if fmt == "json-dashboard" else None
+        with watcher or contextlib.nullcontext():
+            run_wrk(server.url, concurrency, opts.warmup, body, header, script)
+            rows0, batches0 = server.batches()
+            cpu0 = tree_cpu_seconds(pid)
+            result, loadgen_cpu = run_wrk(
+                server.url, concurrency, opts.seconds, body, header, script
+            )
+            server_cpu = tree_cpu_seconds(pid) - cpu0
+        if watcher is not None:
+            if watcher.frames < opts.seconds:
+                raise RuntimeError(f"the dashboard stream gave {watcher.frames} frames")
+            result["dashboard_frames"] = watcher.frames
         result["loadgen_cpu_us_per_request"] = loadgen_cpu / max(result["requests"], 1) * 1e6
         result["server_cpu_us_per_request"] = server_cpu / max(result["requests"], 1) * 1e6
     elif fmt in ("grpc", "grpc-stream", "grpc-stream-h2load"):
@@ -326,7 +366,7 @@ def bodies(folder: Path) -> dict[str, tuple[Path, int | None]]:
     return {"json": (json_body, None), "binary": (binary_body, len(header)), "raw": (raw, None)}
 
 
-PARTS = ("peers", "grpc", "seam")
+PARTS = ("peers", "grpc", "seam", "dashboard")
 
 
 def coserve_command(port: int, *args: str) -> list[str]:
@@ -352,7 +392,8 @@ def main() -> None:
         "--only",
         default="peers,grpc",
         help="comma-separated parts: peers (unbatched, mosec, coserve --workers 2), grpc "
-        "(coserve's gRPC and MLServer's), seam (coserve at --baseline); coserve's REST cells "
+        "(coserve's gRPC and MLServer's), seam (coserve at --baseline), dashboard (coserve's "
+        "JSON cells again with a dashboard stream open); coserve's REST cells "
         "always run (default: %(default)s)",
     )
     parser.add_argument(
@@ -399,6 +440,8 @@ def main() -> None:
         coserve_formats += ["grpc", "grpc-stream", "grpc-stream-h2load"]
     if "seam" in parts:
         coserve_formats += ["ws"]
+    if "dashboard" in parts:
+        coserve_formats += ["json-dashboard"]
     grpc_args = ["--grpc-port", str(ports["coserve-grpc"])] if "grpc" in parts else ["--no-grpc"]
     servers = [
         Served(
@@ -589,6 +632,14 @@ def main() -> None:
             for fmt in ("grpc-stream", "grpc-stream-h2load"):
                 line += f" {fmt} {by['coserve', fmt, c]['rps'] / binary['rps']:.2f}x"
             print(line)
+        if "dashboard" in parts:
+            watched, closed = by["coserve", "json-dashboard", c], by["coserve", "json", c]
+            print(
+                f"c={c}: dashboard open/closed throughput {watched['rps'] / closed['rps']:.3f}x, "
+                f"p50 {watched['p50_ms']:.2f} vs {closed['p50_ms']:.2f} ms, "
+                f"server CPU {watched['server_cpu_us_per_request']:.0f} vs "
+                f"{closed['server_cpu_us_per_request']:.0f} µs/req"
+            )
         if "seam" in parts:
             ratios = ", ".join(
                 f"{fmt} {by['coserve', fmt, c]['rps'] / by['coserve-base', fmt, c]['rps']:.2f}x"
