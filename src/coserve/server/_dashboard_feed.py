@@ -204,7 +204,6 @@ class _Model:
     """One model version's frame entry, summed over the sources that serve it."""
 
     def __init__(self, model: Mapping[str, Any]) -> None:
-        self.key = model["key"]
         self.entry: dict[str, Any] = {
             "key": model["key"],
             "name": model["name"],
