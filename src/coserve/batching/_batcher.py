@@ -15,6 +15,7 @@ deadlines are timers set once at submit.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import functools
 import inspect
@@ -35,6 +36,7 @@ from coserve._exceptions import (
     DeadlineExceeded,
     QueueFull,
 )
+from coserve.batching import _observe
 from coserve.batching._adaptive import AdaptiveController
 from coserve.batching._queue import BucketedQueue, QueuedRequest, RequestFuture, RequestState
 from coserve.batching._statistics import BatcherStatistics, CloseReason, Counters
@@ -584,6 +586,8 @@ class Batcher(Generic[T, R]):
         # A cycle (future -> partial -> request -> future) until the request settles, when
         # every settling path clears on_cancel: no garbage for the collector per request.
         future.on_cancel = functools.partial(self._cancelled, request)
+        if _observe.observer is not None:
+            request.tag = _observe.request_tag.get()
         if timeout is not None:
             request.deadline = request.enqueued_at + timeout
             request.deadline_timer = loop.call_at(request.deadline, self._expire, request, timeout)
@@ -621,7 +625,11 @@ class Batcher(Generic[T, R]):
             self._owns_executor = True
             self._pool_size = self._slots
         self._loop = loop
-        self._dispatcher = loop.create_task(self._dispatch(), name=f"coserve-batcher-{self._name}")
+        # A context of its own: started by the first request, the dispatcher must not carry
+        # that request's context (its batch observer's tag, say) into every batch it runs.
+        self._dispatcher = loop.create_task(
+            self._dispatch(), name=f"coserve-batcher-{self._name}", context=contextvars.Context()
+        )
         return loop
 
     async def _shut_down(self, grace_period: float) -> None:
@@ -840,7 +848,7 @@ class Batcher(Generic[T, R]):
             future = loop.create_future()
             future.set_exception(exc)
         self._running[future] = batch
-        future.add_done_callback(functools.partial(self._finish_batch, batch, rows, now))
+        future.add_done_callback(functools.partial(self._finish_batch, batch, rows, now, reason))
 
     def _fail_hopeless(
         self, batch: list[QueuedRequest[T]], now: float, takes: float
@@ -881,6 +889,7 @@ class Batcher(Generic[T, R]):
         batch: list[QueuedRequest[T]],
         rows: int,
         started_at: float,
+        reason: CloseReason,
         future: asyncio.Future[Sequence[R | Exception]],
     ) -> None:
         loop = self._loop
@@ -899,12 +908,53 @@ class Batcher(Generic[T, R]):
                 self._fail(request, BatchFailed("coserve failed to deliver this batch's results"))
         finally:
             self._wake()
+        if _observe.observer is not None:
+            self._report(batch, rows, started_at, now, reason, future)
         adaptive = self._adaptive
         if adaptive is not None and not future.cancelled() and future.exception() is None:
             try:
                 adaptive.batch_finished(rows, now - started_at, now, self._slots)
             except Exception:
                 self._controller_failed("take in a finished batch")
+
+    def _report(
+        self,
+        batch: list[QueuedRequest[T]],
+        rows: int,
+        started_at: float,
+        now: float,
+        reason: CloseReason,
+        future: asyncio.Future[Sequence[R | Exception]],
+    ) -> None:
+        """Tell the batch observer about a finished batch's tagged requests, if it held any."""
+        observer = _observe.observer
+        tags = [(r.tag, r.enqueued_at) for r in batch if r.tag is not None]
+        if observer is None or not tags:
+            return
+        failed = future.cancelled() or future.exception() is not None
+        if failed:
+            failed_items = len(batch)
+        else:
+            try:
+                failed_items = sum(isinstance(result, Exception) for result in future.result())
+            except TypeError:  # not a sequence: _deliver failed every item
+                failed_items = len(batch)
+        record = _observe.BatchRecord(
+            batcher=self._name,
+            rows=rows,
+            requests=len(batch),
+            reason=reason,
+            started=started_at,
+            finished=now,
+            wall_offset=time.time() - now,
+            failed=failed,
+            failed_items=failed_items,
+            tags=tags,
+        )
+        try:
+            observer(record)
+        except Exception:  # an observer's bug must not reach the batcher's callers
+            logger.exception("batcher %r: the batch observer failed", self._name)
 
     def _deliver(
         self,

@@ -74,6 +74,7 @@ class QueuedRequest(Generic[T]):
         "priority",
         "size",
         "state",
+        "tag",
     )
 
     def __init__(
@@ -95,6 +96,8 @@ class QueuedRequest(Generic[T]):
         self.deadline = math.inf
         """The loop time of its deadline (infinity: none)."""
         self.deadline_timer: asyncio.TimerHandle | None = None
+        self.tag: object | None = None
+        """What the batch observer reports the request as (``_observe``); None: unreported."""
 
 
 class RequestQueue(Generic[T]):
