@@ -160,6 +160,7 @@ class Node:
     run_time: float
     _graph: Graph | None
     _in_hand: dict[Hashable, Signal[Any]]
+    _hops: dict[Hashable, float]  # when each traced request's signal arrived (``_hops``)
     _selects: list[Select]
     _inputs: dict[str, Input[Any]]
     _outputs: dict[str, Output[Any]]
@@ -171,6 +172,7 @@ class Node:
         self.name = cls.__name__
         self._graph = None
         self._in_hand = {}
+        self._hops = {}
         self._selects = []
         self._inputs = {}
         self._outputs = {}

@@ -33,6 +33,7 @@ from coserve._exceptions import (
     WouldBlock,
 )
 from coserve.channels import SendChannel, open_channel
+from coserve.graph import _hops
 from coserve.graph._signal import Signal
 
 if TYPE_CHECKING:
@@ -229,6 +230,8 @@ class Input(_Port[T]):
             signal = await receiver._wait_receive()
         self._last = signal
         self.messages += 1
+        if signal.trace is not None and _hops.observer is not None:
+            _hops.received(self.node, signal)
         return signal
 
     def receive_nowait(self) -> Signal[T]:
@@ -242,6 +245,8 @@ class Input(_Port[T]):
         signal = self._receiver.receive_nowait()
         self._last = signal
         self.messages += 1
+        if signal.trace is not None and _hops.observer is not None:
+            _hops.received(self.node, signal)
         return signal
 
     def __aiter__(self) -> Self:
@@ -260,6 +265,8 @@ class Input(_Port[T]):
             raise StopAsyncIteration from None
         self._last = signal
         self.messages += 1
+        if signal.trace is not None and _hops.observer is not None:
+            _hops.received(self.node, signal)
         return signal
 
     # -- used by the graph ----------------------------------------------------------------
@@ -365,6 +372,8 @@ class Output(_Port[T]):
         """
         if self.on_send is not None:
             self.on_send(signal)
+        if signal.trace is not None and _hops.observer is not None:
+            _hops.sent(self.node, signal)
         links = self.links
         if len(links) == 1:  # the common case, without the bookkeeping of fan-out
             link = links[0]

@@ -12,6 +12,7 @@ from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Self
 
 from coserve._exceptions import ClosedChannelError, EndOfChannel, UnmatchedSignal, WouldBlock
+from coserve.graph import _hops
 from coserve.graph._ports import Input
 from coserve.graph._signal import Signal
 
@@ -106,6 +107,8 @@ class Select:
                     return port, None
                 self._turn = index + 1
                 port.messages += 1
+                if signal.trace is not None and _hops.observer is not None:
+                    _hops.received(self._node, signal)
                 return port, signal
             if len(self._ended) == count:
                 raise StopAsyncIteration
@@ -127,6 +130,8 @@ class Select:
             self._ended.add(port)
             return port, None
         port.messages += 1
+        if signal.trace is not None and _hops.observer is not None:
+            _hops.received(self._node, signal)
         return port, signal
 
     async def aclose(self) -> None:
