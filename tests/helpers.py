@@ -59,10 +59,16 @@ class ServerProcess:
 
     With ``grpc``, it serves gRPC too, on another free port (``grpc_port``); without, none.
     ``command="tfserving"`` runs ``coserve tfserving`` with TF Serving's flags for the ports
-    (always with gRPC) instead.
+    (always with gRPC) instead. ``env`` adds to the environment it runs in.
     """
 
-    def __init__(self, *args: str, grpc: bool = False, command: str = "serve") -> None:
+    def __init__(
+        self,
+        *args: str,
+        grpc: bool = False,
+        command: str = "serve",
+        env: dict[str, str] | None = None,
+    ) -> None:
         import os
         import socket
         import subprocess
@@ -102,7 +108,7 @@ class ServerProcess:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, "PYTHONPATH": path},
+            env={**os.environ, **(env or {}), "PYTHONPATH": path},
         )
 
     def wait_ready(self, timeout: float = 90.0) -> None:

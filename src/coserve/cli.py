@@ -353,6 +353,22 @@ def _parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="log level (default: %(default)s)",
     )
+    serve.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="json: every log line a JSON object, plus an access-log line per request (model, "
+        "version, status, latency, queue and execution time, batch size, trace id), written "
+        "by a thread (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--tracing",
+        action="store_true",
+        help="OpenTelemetry spans for requests (continuing an incoming traceparent), batches "
+        "(linked to their requests) and session-graph hops; needs coserve[tracing]; export is "
+        "configured by the OTEL_* environment variables (default: OTLP over http/protobuf to "
+        "localhost:4318)",
+    )
     kserve = serve.add_argument_group(
         "KServe",
         "the flags a KServe ServingRuntime passes (deploy/kserve/): --model_name={{.Name}} "
@@ -395,15 +411,26 @@ def _http_port(args: argparse.Namespace) -> int | None:
 
 
 def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    worker_tag = "" if args.worker_index is None else f"[worker {args.worker_index}]"
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format=f"%(asctime)s %(levelname)-7s %(name)s{worker_tag}: %(message)s",
-    )
+    stop_logging = None
+    if args.log_format == "json":
+        from coserve.server._access_log import json_logging
+
+        worker = {} if args.worker_index is None else {"worker": args.worker_index}
+        stop_logging = json_logging(args.log_level.upper(), static=worker)
+    else:
+        worker_tag = "" if args.worker_index is None else f"[worker {args.worker_index}]"
+        logging.basicConfig(
+            level=args.log_level.upper(),
+            format=f"%(asctime)s %(levelname)-7s %(name)s{worker_tag}: %(message)s",
+        )
     from coserve.server import serve
 
-    options = serve_options(args)
-    return 2 if options is None else serve(options, argv)
+    try:
+        options = serve_options(args)
+        return 2 if options is None else serve(options, argv)
+    finally:
+        if stop_logging is not None:
+            stop_logging()  # what is queued is written before the process exits
 
 
 def serve_options(args: argparse.Namespace) -> ServeOptions | None:
@@ -476,6 +503,8 @@ def serve_options(args: argparse.Namespace) -> ServeOptions | None:
         session_store=args.session_store,
         session_ttl=args.session_ttl,
         workers=args.workers,
+        tracing=args.tracing,
+        log_format=args.log_format,
         worker_index=args.worker_index,
         worker_dir=args.worker_dir,
     )

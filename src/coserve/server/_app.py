@@ -46,7 +46,9 @@ from coserve.server._websocket import websocket_endpoint
 from coserve.server._workers import WorkerInfo, gather_metrics
 
 if TYPE_CHECKING:
+    from coserve.server._access_log import AccessLog
     from coserve.server._grpc_server import GrpcOptions
+    from coserve.server._tracing import Tracing
 
 __all__ = ["EXTENSIONS", "ServerState", "create_app"]
 
@@ -84,6 +86,8 @@ def create_app(
     exit_on_error: bool = False,
     model_control: ModelControl | None = None,
     admin: bool = False,
+    tracing: Tracing | None = None,
+    access_log: AccessLog | None = None,
 ) -> InferenceRoute:
     """The ASGI app serving ``repository``.
 
@@ -101,17 +105,22 @@ def create_app(
     ``exit_on_error`` fails the startup if a model folder or version could not be served
     (Triton's ``--exit-on-error``). ``model_control`` serves Triton's repository API (default:
     an index of what is served, and no loading or unloading). ``admin`` serves the admin API
-    (``_admin``: live batching options, to loopback clients only).
+    (``_admin``: live batching options, to loopback clients only). ``tracing`` traces requests,
+    batches and session-graph hops (``_tracing``; its provider is shut down with the app);
+    ``access_log`` logs a line per request.
     """
     limits = limits if limits is not None else ServerLimits()
     if max_request_size is not None:
         limits = limits.replace(max_request_size=max_request_size)
     state = ServerState(repository, limits=limits, graceful_timeout=graceful_timeout)
     sessions = sessions if sessions is not None else SessionManager(repository, {})
+    sessions.tracing = tracing
     metrics = Metrics(repository, sessions)
     dashboard = Dashboard(repository, sessions, metrics, worker=worker)
     control = model_control or ModelControl(repository, None, "none")
-    service = InferenceService(state, metrics.observe_request)
+    service = InferenceService(
+        state, metrics.observe_request, tracing=tracing, access_log=access_log
+    )
     grpc_server = None
     if grpc is not None:
         from coserve.server._grpc_server import GrpcServer
@@ -138,6 +147,7 @@ def create_app(
             repository.description,
             time.perf_counter() - start,
         )
+        unwatch = service.watch()
         state.accepting = True
         try:
             if grpc_server is not None:
@@ -165,6 +175,9 @@ def create_app(
             state.accepting = False
             await repository.aclose(grace_period=state.graceful_timeout)
             await sessions.aclose()
+            unwatch()
+            if tracing is not None:  # flushes the spans still held: it may block on export
+                await asyncio.to_thread(tracing.shutdown)
 
     async def server_metadata(request: Request) -> Response:
         return json_response({"name": "coserve", "version": __version__, "extensions": EXTENSIONS})

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +67,7 @@ from coserve.server._protos.model_config import (
     ModelConfigRequest,
     ModelConfigResponse,
 )
-from coserve.server._service import EXTENSIONS, InferenceService
+from coserve.server._service import EXTENSIONS, Call, InferenceService
 from coserve.server._statistics import model_statistics, select_handles
 from coserve.server._v2_codec import MAX_DIMENSIONS, binary_tensor, reshape, tensor_from_binary
 
@@ -239,6 +238,7 @@ def submit(
     handle: ModelHandle,
     request: ModelInferRequest,
     deadline: float | None,
+    call: Call,
 ) -> tuple[asyncio.Future[dict[str, np.ndarray]], list[str] | None]:
     """Queue a request on its model: the future of its outputs, and the outputs it asked for.
 
@@ -255,6 +255,7 @@ def submit(
         outputs=outputs,
         parameters=_parameters(request.parameters) if request.parameters else None,
         timeout=deadline,
+        call=call,
     )
     return future, outputs
 
@@ -499,28 +500,30 @@ class InferenceServicer:
 
     async def model_infer(self, request: ModelInferRequest, context: Context) -> ModelInferResponse:
         """One request: decoded, batched with everyone else's, answered raw."""
-        started = time.perf_counter()
+        call = self._service.begin(PROTOCOL, context.invocation_metadata())
         handle: ModelHandle | None = None
         try:
             handle = self._service.resolve(request.model_name, request.model_version or None)
-            response = await self._infer(handle, request, context.time_remaining())
+            response = await self._infer(handle, request, context.time_remaining(), call)
         except asyncio.CancelledError:  # the client cancelled, or its deadline passed
-            self._service.observe(PROTOCOL, handle, "CANCELLED", time.perf_counter() - started)
+            self._service.observe(call, handle, "CANCELLED")
             raise
         except Exception as error:
             failure = self._failure(error, request.model_name, context.time_remaining())
-            self._service.observe(
-                PROTOCOL, handle, failure.grpc_code, time.perf_counter() - started
-            )
+            self._service.observe(call, handle, failure.grpc_code)
             await abort(context, failure)
             raise  # not reached: abort raises
-        self._service.observe(PROTOCOL, handle, "OK", time.perf_counter() - started)
+        self._service.observe(call, handle, "OK")
         return response
 
     async def _infer(
-        self, handle: ModelHandle, request: ModelInferRequest, deadline: float | None
+        self,
+        handle: ModelHandle,
+        request: ModelInferRequest,
+        deadline: float | None,
+        call: Call,
     ) -> ModelInferResponse:
-        future, outputs = submit(self._service, handle, request, deadline)
+        future, outputs = submit(self._service, handle, request, deadline, call)
         try:
             result = await future
         finally:
@@ -584,6 +587,7 @@ class _Stream:
         self._in_read = False
         self._reader: asyncio.Task[None] | None = None
         metadata = context.invocation_metadata() or ()
+        self._metadata = metadata  # each request continues the trace the call's metadata names
         # Triton's switch: errors end the stream with their status instead of error_message.
         self._errors_as_status = any(
             key == "triton_grpc_error" and value == "true" for key, value in metadata
@@ -652,23 +656,21 @@ class _Stream:
 
     def _start(self, request: ModelInferRequest | Undecodable) -> None:
         """Decode and queue one request; its future's callback answers it."""
-        started = time.perf_counter()
+        call = self._service.begin(STREAM_PROTOCOL, self._metadata)
         if type(request) is Undecodable:
-            self._fail(None, None, InvalidInput(request.message), started)
+            self._fail(None, None, InvalidInput(request.message), call)
             return
         assert isinstance(request, ModelInferRequest)
         service = self._service
         handle: ModelHandle | None = None
         try:
             handle = service.resolve(request.model_name, request.model_version or None)
-            future, outputs = submit(service, handle, request, self._context.time_remaining())
+            future, outputs = submit(service, handle, request, self._context.time_remaining(), call)
         except Exception as error:
-            self._fail(request, handle, error, started)
+            self._fail(request, handle, error, call)
             return
         self._pending.add(future)
-        future.add_done_callback(
-            lambda done: self._finished(done, request, handle, outputs, started)
-        )
+        future.add_done_callback(lambda done: self._finished(done, request, handle, outputs, call))
 
     def _finished(
         self,
@@ -676,24 +678,22 @@ class _Stream:
         request: ModelInferRequest,
         handle: ModelHandle,
         outputs: list[str] | None,
-        started: float,
+        call: Call,
     ) -> None:
         self._pending.discard(future)
         if future.cancelled():  # the stream ended first: nobody is left to answer
-            self._service.observe(
-                STREAM_PROTOCOL, handle, "CANCELLED", time.perf_counter() - started
-            )
+            self._service.observe(call, handle, "CANCELLED")
             return
         error = future.exception()
         if error is not None:
-            self._fail(request, handle, error, started)
+            self._fail(request, handle, error, call)
             return
         try:
             response = answer(handle, request, future.result(), outputs)
         except Exception as bug:  # still one answer, and a log line
-            self._fail(request, handle, bug, started)
+            self._fail(request, handle, bug, call)
             return
-        self._service.observe(STREAM_PROTOCOL, handle, "OK", time.perf_counter() - started)
+        self._service.observe(call, handle, "OK")
         self._answers.put_nowait((ModelStreamInferResponse(infer_response=response), None))
 
     def _fail(
@@ -701,13 +701,11 @@ class _Stream:
         request: ModelInferRequest | None,
         handle: ModelHandle | None,
         error: BaseException,
-        started: float,
+        call: Call,
     ) -> None:
         model = request.model_name if request is not None else "?"
         failure = InferenceServicer._failure(error, model, None)
-        self._service.observe(
-            STREAM_PROTOCOL, handle, failure.grpc_code, time.perf_counter() - started
-        )
+        self._service.observe(call, handle, failure.grpc_code)
         answer = ModelStreamInferResponse(error_message=failure.message)
         if request is not None:
             answer.infer_response.id = request.id

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -226,8 +225,8 @@ class TFServingServicer:
 
     async def predict(self, request: PredictRequest, context: Context) -> PredictResponse:
         """One Predict: inputs decoded, batched with everyone else's, answered typed."""
-        started = time.perf_counter()
         service = self._service
+        call = service.begin(PROTOCOL, context.invocation_metadata())
         handle: ModelHandle | None = None
         try:
             handle = self._handle(request.model_spec, serving=True)
@@ -236,7 +235,7 @@ class TFServingServicer:
             inputs = _inputs(runner, request, service.state.limits.max_request_size)
             outputs = list(request.output_filter) or None
             result = await service.infer(
-                runner, inputs, outputs=outputs, timeout=context.time_remaining()
+                runner, inputs, outputs=outputs, timeout=context.time_remaining(), call=call
             )
             response = PredictResponse()
             _model_spec(response.model_spec, handle, _signature_name(runner))
@@ -244,14 +243,14 @@ class TFServingServicer:
             for name, array in result.items():
                 array_to_tensor(array, datatypes.get(name, "BYTES"), response.outputs[name])
         except asyncio.CancelledError:
-            service.observe(PROTOCOL, handle, "CANCELLED", time.perf_counter() - started)
+            service.observe(call, handle, "CANCELLED")
             raise
         except Exception as error:
             failure = report(error, f"TF Serving gRPC predict on {request.model_spec.name}")
-            service.observe(PROTOCOL, handle, failure.grpc_code, time.perf_counter() - started)
+            service.observe(call, handle, failure.grpc_code)
             await abort(context, failure, limit=_MESSAGE_LIMIT)
             raise  # not reached: abort raises
-        service.observe(PROTOCOL, handle, "OK", time.perf_counter() - started)
+        service.observe(call, handle, "OK")
         return response
 
     async def _on_examples(
@@ -265,8 +264,8 @@ class TFServingServicer:
 
         Its latency is observed whatever the outcome; a failure is answered with its status.
         """
-        started = time.perf_counter()
         service = self._service
+        call = service.begin(PROTOCOL, context.invocation_metadata())
         handle: ModelHandle | None = None
         try:
             handle = self._handle(request.model_spec, serving=True)
@@ -277,16 +276,17 @@ class TFServingServicer:
                 request.model_spec.signature_name,
                 examples,
                 timeout=context.time_remaining(),
+                call=call,
             )
         except asyncio.CancelledError:
-            service.observe(PROTOCOL, handle, "CANCELLED", time.perf_counter() - started)
+            service.observe(call, handle, "CANCELLED")
             raise
         except Exception as error:
             failure = report(error, f"TF Serving gRPC {method} on {request.model_spec.name}")
-            service.observe(PROTOCOL, handle, failure.grpc_code, time.perf_counter() - started)
+            service.observe(call, handle, failure.grpc_code)
             await abort(context, failure, limit=_MESSAGE_LIMIT)
             raise  # not reached: abort raises
-        service.observe(PROTOCOL, handle, "OK", time.perf_counter() - started)
+        service.observe(call, handle, "OK")
         return handle, signature, results
 
     async def classify(

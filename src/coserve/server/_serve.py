@@ -92,6 +92,11 @@ class ServeOptions:
     session_ttl: float = 3600.0
     """Seconds a stored session may be resumed after its last answer."""
     workers: int = 1
+    tracing: bool = False
+    """Trace requests, batches and session-graph hops with OpenTelemetry (the ``tracing``
+    extra), configured by the ``OTEL_*`` environment variables."""
+    log_format: str = "text"
+    """``text``, or ``json``: every log record a JSON line, and an access-log line per request."""
     worker_index: int | None = None
     """Set in the worker processes that ``workers > 1`` starts."""
     worker_dir: Path | None = None
@@ -143,6 +148,23 @@ def build_app(
     limits = options.limits.replace(
         max_connections=options.limit_connections or connection_budget()
     )
+    tracing = None
+    if options.tracing:
+        try:
+            from coserve.server._tracing import tracing_from_environment
+
+            tracing = tracing_from_environment()
+        except ImportError as error:
+            log.error("--tracing needs OpenTelemetry: install coserve[tracing] (%s)", error)
+            return 2
+        except ConfigError as error:
+            log.error("--tracing: %s", error)
+            return 2
+    access_log = None
+    if options.log_format == "json":
+        from coserve.server._access_log import AccessLog
+
+        access_log = AccessLog()
     grpc = None
     if grpc_port is not None:
         from coserve.server._grpc_server import GrpcOptions
@@ -158,6 +180,8 @@ def build_app(
         poll_interval=options.poll_interval or None,
         exit_on_error=options.exit_on_error,
         admin=options.admin,
+        tracing=tracing,
+        access_log=access_log,
         model_control=ModelControl(
             repository,
             repository.folders if isinstance(repository.folders, RepositoryFolders) else None,

@@ -9,24 +9,43 @@ the rest is here, once:
 3. :meth:`InferenceService.submit` — Triton's ``timeout``, ``priority`` and sequence parameters, the
    requested outputs, the inputs (the model's checks), then the model's batcher; cancelling the
    returned future withdraws the request before it runs (a client gone, a call's deadline);
-4. :meth:`InferenceService.observe` — the latency metric, by protocol, model and outcome;
+4. :meth:`InferenceService.observe` — the latency metric, by protocol, model and outcome, and,
+   when they are on, the request's span and its access-log line;
 
-and ``_errors.report`` says what a failure means on each protocol, and logs it.
+and ``_errors.report`` says what a failure means on each protocol, and logs it. A request is
+one :class:`Call` from :meth:`InferenceService.begin` to ``observe``: its start, the trace
+context it came with, and what its batches did (filled in by the batch observer, which the
+service installs only while tracing or the access log is on).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from coserve._exceptions import BatcherClosed, DeadlineExceeded, InvalidInput, RequestTooLarge
+from coserve.batching import _observe
+from coserve.graph import _hops
 from coserve.models import ModelHandle, SequenceFlags
 from coserve.server._state import ServerState
 
-__all__ = ["EXTENSIONS", "InferenceService", "Observe", "schedule", "sequence_flags"]
+if TYPE_CHECKING:
+    from coserve.server._access_log import AccessLog
+    from coserve.server._tracing import Tracing
+
+__all__ = [
+    "EXTENSIONS",
+    "Call",
+    "InferenceService",
+    "Observe",
+    "schedule",
+    "sequence_flags",
+    "trace_context",
+]
 
 EXTENSIONS = [
     "binary_tensor_data",
@@ -103,20 +122,136 @@ def sequence_flags(parameters: Mapping[str, Any] | None) -> SequenceFlags | None
     return SequenceFlags(sequence_id, flags["sequence_start"], flags["sequence_end"])
 
 
+def trace_context(headers: Iterable[tuple[Any, Any]]) -> tuple[str | None, str | None]:
+    """The W3C ``traceparent`` and ``tracestate`` among headers (or gRPC metadata), if any.
+
+    Names must be lower-case (as HTTP/1.1 parsers, ASGI and gRPC give them); names and values
+    may be bytes or text.
+    """
+    traceparent = tracestate = None
+    for key, value in headers:
+        if key in (b"traceparent", "traceparent"):
+            traceparent = value.decode("latin-1") if isinstance(value, bytes) else value
+        elif key in (b"tracestate", "tracestate"):
+            tracestate = value.decode("latin-1") if isinstance(value, bytes) else value
+    return traceparent, tracestate
+
+
+class Call:
+    """One inference request, from :meth:`InferenceService.begin` to its ``observe``.
+
+    Attributes:
+        protocol: The protocol that brought it (the latency metric's label).
+        started: When it began (``time.perf_counter()``).
+        wall: When it began (``time.time()``), for its span and log line.
+        traceparent: The W3C trace context it came with, if any.
+        tracestate: The vendor trace state that came with it, if any.
+        span: Its span, once tracing has started one (``_tracing``).
+        queue: Seconds it waited in its batchers' queues (None: it never ran in a batch).
+        execution: Seconds its batches ran.
+        batch_size: The rows of the (last) batch it ran in.
+    """
+
+    __slots__ = (
+        "batch_size",
+        "execution",
+        "protocol",
+        "queue",
+        "span",
+        "started",
+        "traceparent",
+        "tracestate",
+        "wall",
+    )
+
+    def __init__(
+        self, protocol: str, traceparent: str | None = None, tracestate: str | None = None
+    ) -> None:
+        self.protocol = protocol
+        self.started = time.perf_counter()
+        self.wall = 0.0  # set by begin() when something will read it
+        self.traceparent = traceparent
+        self.tracestate = tracestate
+        self.span: Any = None
+        self.queue: float | None = None
+        self.execution: float | None = None
+        self.batch_size: int | None = None
+
+    def batched(self, record: _observe.BatchRecord, queued: float) -> None:
+        """Take in a finished batch this request ran in.
+
+        An ensemble's requests run in several: their times add up.
+        """
+        waited = record.started - queued
+        ran = record.finished - record.started
+        self.queue = waited if self.queue is None else self.queue + waited
+        self.execution = ran if self.execution is None else self.execution + ran
+        self.batch_size = record.rows
+
+
 class InferenceService:
     """The steps every inference request takes, shared by every protocol driver.
 
     Args:
         state: The server's repository, limits and readiness.
         observe: Records a request's latency (``Metrics.observe_request``).
+        tracing: Spans for requests and batches (None: no tracing, and nothing of
+            OpenTelemetry imported).
+        access_log: One line per request (None: no access log).
     """
 
-    __slots__ = ("_observe", "state")
+    __slots__ = ("_access_log", "_observe", "_tracing", "_watched", "state")
 
-    def __init__(self, state: ServerState, observe: Observe) -> None:
+    def __init__(
+        self,
+        state: ServerState,
+        observe: Observe,
+        *,
+        tracing: Tracing | None = None,
+        access_log: AccessLog | None = None,
+    ) -> None:
         self.state = state
         """The server's shared state (repository, limits, readiness)."""
         self._observe = observe
+        self._tracing = tracing
+        self._access_log = access_log
+        self._watched = tracing is not None or access_log is not None
+
+    @property
+    def tracing(self) -> Tracing | None:
+        """The service's tracing, if on."""
+        return self._tracing
+
+    def watch(self) -> Callable[[], None]:
+        """Install the batch and hop observers that tracing and the access log need.
+
+        Returns the undo. The batch observer is on with either; the graphs' hop observer with
+        tracing. Called by the app's lifespan, so batches and hops report to the running server
+        only.
+        """
+        if not self._watched:
+            return lambda: None
+        batches = _observe.set_batch_observer(self._batch_finished)
+        hops = _hops.set_hop_observer(self._tracing.hop if self._tracing is not None else None)
+
+        def undo() -> None:
+            _observe.set_batch_observer(batches)
+            _hops.set_hop_observer(hops)
+
+        return undo
+
+    def begin(self, protocol: str, headers: Iterable[tuple[Any, Any]] | None = None) -> Call:
+        """A request arrives.
+
+        ``headers`` (or gRPC metadata, names lower-case) may carry the trace context it
+        continues; they are read only when tracing or the access log is on.
+        """
+        call = Call(protocol)
+        if self._watched:
+            call.wall = time.time()
+            if headers is not None:
+                call.traceparent, call.tracestate = trace_context(headers)
+        return call
 
     def resolve(self, model: str, version: str | None) -> ModelHandle:
         """The model version a request is for.
@@ -151,6 +286,7 @@ class InferenceService:
         outputs: Sequence[str] | None = None,
         parameters: Mapping[str, Any] | None = None,
         timeout: float | None = None,
+        call: Call | None = None,
     ) -> asyncio.Future[Outputs]:
         """Queue a decoded request on its model; cancel the future to withdraw it.
 
@@ -164,6 +300,7 @@ class InferenceService:
                 ``sequence_id``, ``sequence_start``, ``sequence_end`` for a stateful model).
             timeout: Seconds the caller will wait (a gRPC call's deadline); the earliest of
                 this, the ``timeout`` parameter and the model's own timeout applies.
+            call: The request's record (from :meth:`begin`), which its batches fill in.
 
         Raises:
             InvalidInput: Bad parameters, inputs or requested outputs.
@@ -181,9 +318,20 @@ class InferenceService:
             if queue_timeout is None or timeout < queue_timeout:
                 queue_timeout = timeout
         handle.check_outputs(outputs)
-        return handle.infer_nowait(
-            inputs, timeout=queue_timeout, priority=priority, outputs=outputs, sequence=sequence
-        )
+        if call is None or not self._watched:
+            return handle.infer_nowait(
+                inputs, timeout=queue_timeout, priority=priority, outputs=outputs, sequence=sequence
+            )
+        if self._tracing is not None:
+            self._tracing.start(call, handle)
+        # The batchers the request reaches (an ensemble's, in tasks started now) tag it.
+        token = _observe.request_tag.set(call)
+        try:
+            return handle.infer_nowait(
+                inputs, timeout=queue_timeout, priority=priority, outputs=outputs, sequence=sequence
+            )
+        finally:
+            _observe.request_tag.reset(token)
 
     async def infer(
         self,
@@ -193,13 +341,14 @@ class InferenceService:
         outputs: Sequence[str] | None = None,
         parameters: Mapping[str, Any] | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - a deadline the batcher enforces
+        call: Call | None = None,
     ) -> Outputs:
         """:meth:`submit`, awaited; the requested outputs only.
 
         Cancelling the awaiting task withdraws the request from its batcher before it runs.
         """
         future = self.submit(
-            handle, inputs, outputs=outputs, parameters=parameters, timeout=timeout
+            handle, inputs, outputs=outputs, parameters=parameters, timeout=timeout, call=call
         )
         try:
             result = await future
@@ -214,15 +363,29 @@ class InferenceService:
             return result
         return {name: result[name] for name in outputs}
 
-    def observe(
-        self, protocol: str, handle: ModelHandle | None, status: int | str, seconds: float
-    ) -> None:
-        """Record a finished request's latency, by protocol, model version and outcome.
+    def observe(self, call: Call, handle: ModelHandle | None, status: int | str) -> None:
+        """Record a finished request, with its span and access-log line when those are on.
 
+        The latency metric is by protocol, model version and outcome.
         ``handle`` is None when the request named no loaded model: the metric's labels name
         only models that exist, so a URL never mints a time series.
         """
+        seconds = time.perf_counter() - call.started
         if handle is None:
-            self._observe(protocol, "_unknown", "", status, seconds)
+            self._observe(call.protocol, "_unknown", "", status, seconds)
         else:
-            self._observe(protocol, handle.name, handle.version, status, seconds)
+            self._observe(call.protocol, handle.name, handle.version, status, seconds)
+        if self._tracing is not None:
+            self._tracing.finish(call, handle, status, seconds)
+        if self._access_log is not None:
+            self._access_log.write(call, handle, status, seconds)
+
+    def _batch_finished(self, record: _observe.BatchRecord) -> None:
+        """The batch observer: fill in the calls a batch ran, and trace the batch."""
+        calls = []
+        for tag, queued in record.tags:
+            if type(tag) is Call:
+                tag.batched(record, queued)
+                calls.append(tag)
+        if self._tracing is not None and calls:
+            self._tracing.batch(record, calls)

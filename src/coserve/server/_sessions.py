@@ -36,7 +36,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from starlette.websockets import WebSocket
@@ -58,7 +58,11 @@ from coserve.channels import ReceiveChannel, SendChannel
 from coserve.graph import DeadLetter, Graph, Input, Output, Signal
 from coserve.models import ModelRepository
 from coserve.server._errors import status_of
+from coserve.server._service import trace_context
 from coserve.server._session_state import Checkpoints, DurableSession, SessionStates
+
+if TYPE_CHECKING:
+    from coserve.server._tracing import Tracing
 
 __all__ = [
     "CLOSE_APP_FAILED",
@@ -94,6 +98,7 @@ CLOSE_CANNOT_RESUME = 4410
 _TAKEN_OVER = (CLOSE_TAKEN_OVER, "the session was resumed on another connection")
 
 _OUTBOUND_CAPACITY = 256
+_MAX_OPEN_SPANS = 1024  # messages of one session traced at once; the oldest end beyond
 """Answers a session holds for a client before it stops reading the client's messages."""
 
 
@@ -270,6 +275,19 @@ class _Connection:
     log: RepeatedLog = field(default_factory=lambda: RepeatedLog(logger))
     started: float = field(default_factory=time.time)
     ids: Any = field(default_factory=lambda: itertools.count(1))
+    spans: dict[Any, Any] = field(default_factory=dict)
+    """The open span of each message in the graph, by id (tracing only)."""
+    trace_parent: Any = None
+    """The trace context the connection's upgrade request named (tracing only)."""
+
+
+def _end_span(connection: _Connection, request_id: Any, status: int | None) -> None:
+    """End a message's span, if it has one, with the status of its answer (None: none)."""
+    span = connection.spans.pop(request_id, None)
+    if span is not None:
+        from coserve.server._tracing import end_span  # loaded already: tracing is on
+
+        end_span(span, status)
 
 
 class SessionManager:
@@ -304,6 +322,8 @@ class SessionManager:
         self.idle_timeout = idle_timeout
         self.drain_timeout = drain_timeout
         self.states = states
+        self.tracing: Tracing | None = None
+        """Traces each message and its hops through the graph (``create_app`` sets it)."""
         self.counters = {name: SessionCounters() for name in self.apps}
         self._active = 0
         self._live: dict[str, _Connection] = {}
@@ -413,6 +433,8 @@ class SessionManager:
         graph = pipeline.graph
         outbox = _Outbox(_OUTBOUND_CAPACITY)
         connection = _Connection(session, websocket, graph, outbox, counters, durable)
+        if self.tracing is not None:
+            connection.trace_parent = self.tracing.parent(*trace_context(websocket.headers.raw))
         graph.on_dead_letter = lambda letter: self._answer_error(connection, letter)
         if durable is not None:
             connection.checkpoints = Checkpoints(graph, durable.envelope)
@@ -494,6 +516,9 @@ class SessionManager:
                     task.cancel()
                 await asyncio.gather(reader, forwarder, writer, return_exceptions=True)
                 connection.log.flush()  # the counts of repeated errors not yet logged
+                for span in connection.spans.values():  # messages never answered
+                    span.end()
+                connection.spans.clear()
             if close_code == CLOSE_IDLE:
                 counters.expired += 1
             if graph.state == "failed":
@@ -540,7 +565,9 @@ class SessionManager:
             request_id = value.get("id")
             if request_id is None or not isinstance(request_id, str | int | float | bool):
                 request_id = f"{connection.session.id[:8]}-{next(connection.ids)}"
-            signal = Signal(value, request_id, connection.session.id)
+            signal = Signal(
+                value, request_id, connection.session.id, self._trace(connection, request_id)
+            )
             try:
                 await inlet.send(signal)
             except ChannelError:  # the graph has stopped taking messages: it failed
@@ -571,7 +598,34 @@ class SessionManager:
                     return failed
             for signal in answers:
                 await connection.outbox.send(self._encode(connection, signal))
+                if connection.spans:
+                    _end_span(connection, signal.id, 200)
         return None
+
+    def _trace(self, connection: _Connection, request_id: Any) -> str | None:
+        """Open a message's span; the ``traceparent`` its signal carries (None: untraced)."""
+        tracing = self.tracing
+        if tracing is None:
+            return None
+        session = connection.session
+        spans = connection.spans
+        if request_id in spans:  # an id reused while the first is in the graph: one span
+            return tracing.traceparent(spans[request_id])
+        if len(spans) >= _MAX_OPEN_SPANS:  # a graph that never answers: bounded
+            _end_span(connection, next(iter(spans)), None)
+        span = tracing.span(
+            f"session {session.app}",
+            parent=connection.trace_parent,
+            start=time.time(),
+            attributes={
+                "coserve.app": session.app,
+                "coserve.session": session.id,
+                "coserve.message_id": str(request_id),
+            },
+            server=True,
+        )
+        spans[request_id] = span
+        return tracing.traceparent(span)
 
     @staticmethod
     def _encode(connection: _Connection, signal: Signal[Any]) -> bytes:
@@ -651,6 +705,8 @@ class SessionManager:
     @staticmethod
     def _send_error(connection: _Connection, request_id: Any, message: str, status: int) -> None:
         connection.counters.errors += status >= 500
+        if connection.spans:
+            _end_span(connection, request_id, status)
         data = orjson.dumps({"id": request_id, "error": message, "status": status})
         try:
             # Past the outbox's bound if need be (this runs in a synchronous callback); the

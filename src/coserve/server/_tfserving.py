@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import re
-import time
 from asyncio import Future
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeGuard
@@ -41,7 +40,7 @@ from coserve.models._signatures import Signature, SignatureTensor
 from coserve.server._decoding import decode_soon
 from coserve.server._errors import CLIENT_GONE_STATUS, describe
 from coserve.server._responses import error_response, json_response, read_body
-from coserve.server._service import InferenceService
+from coserve.server._service import Call, InferenceService
 from coserve.server._tf_examples import decode_examples
 from coserve.server._tfserving_api import (
     DEFAULT_SIGNATURE,
@@ -298,21 +297,21 @@ def tfserving_endpoint(service: InferenceService) -> Callable[[Request], Awaitab
             if version is None and label is None:
                 return json_response(_status(versions(repository, name)))
             return json_response(_status([described.version]))
-        started = time.perf_counter()
+        call = service.begin(PROTOCOL, request.headers.raw)
         served: ModelHandle | None = None
         try:
             served = handle_for(service, name, version, label)
             if action == ":predict":
-                response = await _predict(service, served, request)
+                response = await _predict(service, served, request, call)
             else:
-                response = await _classify_or_regress(service, served, request, action[1:])
+                response = await _classify_or_regress(service, served, request, action[1:], call)
         except Exception as error:
             # A client gone mid-body is answered nothing (see _responses.endpoint): 499.
             gone = isinstance(error, ClientDisconnect)
             status = CLIENT_GONE_STATUS if gone else describe(error).status
-            service.observe(PROTOCOL, served, status, time.perf_counter() - started)
+            service.observe(call, served, status)
             raise
-        service.observe(PROTOCOL, served, 200, time.perf_counter() - started)
+        service.observe(call, served, 200)
         return response
 
     return handle
@@ -342,7 +341,9 @@ def _signature_inputs(handle: ModelHandle) -> dict[str, tuple[TensorSpec, ...]]:
     return inputs
 
 
-async def _predict(service: InferenceService, handle: ModelHandle, request: Request) -> Response:
+async def _predict(
+    service: InferenceService, handle: ModelHandle, request: Request, call: Call
+) -> Response:
     """One ``:predict``: its body checked, read, decoded, run and answered as TF Serving does."""
     body = await _json_body(service, handle, request)
     default = handle.backend.signature_name or DEFAULT_SIGNATURE
@@ -350,7 +351,7 @@ async def _predict(service: InferenceService, handle: ModelHandle, request: Requ
         len(body), decode_predict, body, handle.name, _signature_inputs(handle), default
     )
     signature, inputs, rows = await decoding if isinstance(decoding, Future) else decoding
-    outputs = await service.infer(signature_handle(handle, signature), inputs)
+    outputs = await service.infer(signature_handle(handle, signature), inputs, call=call)
     if rows:
         names = list(outputs)
         if len(names) == 1:
@@ -367,14 +368,14 @@ async def _predict(service: InferenceService, handle: ModelHandle, request: Requ
 
 
 async def _classify_or_regress(
-    service: InferenceService, handle: ModelHandle, request: Request, method: str
+    service: InferenceService, handle: ModelHandle, request: Request, method: str, call: Call
 ) -> Response:
     """One ``:classify`` or ``:regress``: JSON examples as ``tf.Example``s, run, answered."""
     body = await _json_body(service, handle, request)
     decoding = decode_soon(len(body), decode_examples, body, method)  # big ones off the loop
     signature, examples = await decoding if isinstance(decoding, Future) else decoding
     if method == "classify":
-        _, classes = await classify(service, handle, signature, examples)
+        _, classes = await classify(service, handle, signature, examples, call=call)
         return json_response({"results": [[list(pair) for pair in row] for row in classes]})
-    _, values = await regress(service, handle, signature, examples)
+    _, values = await regress(service, handle, signature, examples, call=call)
     return json_response({"results": values})

@@ -17,7 +17,7 @@ import numpy as np
 from coserve._exceptions import InvalidInput, ModelError, ModelNotFound
 from coserve.models import ModelHandle, ModelRepository, TensorSpec
 from coserve.models._signatures import DEFAULT_SIGNATURE, PREDICT, Signature, SignatureTensor
-from coserve.server._service import InferenceService
+from coserve.server._service import Call, InferenceService
 
 __all__ = [
     "DEFAULT_SIGNATURE",
@@ -157,6 +157,7 @@ async def classify(
     examples: Sequence[bytes],
     *,
     timeout: float | None = None,  # noqa: ASYNC109 - a deadline the batcher enforces
+    call: Call | None = None,
 ) -> tuple[str, list[list[tuple[str, float]]]]:
     """Classify serialized examples with a classify signature.
 
@@ -178,7 +179,7 @@ async def classify(
         )
     inputs = _examples_input(runner, "classification", examples)
     wanted = [name for name in ("classes", "scores") if name in outputs]
-    result = await service.infer(runner, inputs, outputs=wanted, timeout=timeout)
+    result = await service.infer(runner, inputs, outputs=wanted, timeout=timeout, call=call)
     count = len(examples)
     classes, scores = result.get("classes"), result.get("scores")
     for name, array in (("classes", classes), ("scores", scores)):
@@ -220,6 +221,7 @@ async def regress(
     examples: Sequence[bytes],
     *,
     timeout: float | None = None,  # noqa: ASYNC109 - a deadline the batcher enforces
+    call: Call | None = None,
 ) -> tuple[str, list[float]]:
     """Regress serialized examples with a regress signature: the signature and one value each.
 
@@ -237,7 +239,7 @@ async def regress(
             f"its output is {outputs[0]!r}, not 'outputs'"
         )
     inputs = _examples_input(runner, "regression", examples)
-    result = (await service.infer(runner, inputs, timeout=timeout))["outputs"]
+    result = (await service.infer(runner, inputs, timeout=timeout, call=call))["outputs"]
     count = len(examples)
     if not (result.ndim == 1 or (result.ndim == 2 and result.shape[1] == 1)):
         raise ModelError(

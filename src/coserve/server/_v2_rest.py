@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +30,7 @@ from coserve._exceptions import BatcherClosed, InvalidInput, QueueFull, RequestT
 from coserve.models import ModelHandle
 from coserve.server._classification import check_classifiable, classify
 from coserve.server._errors import CLIENT_GONE_STATUS, report
-from coserve.server._service import InferenceService
+from coserve.server._service import Call, InferenceService
 from coserve.server._state import ServerState
 from coserve.server._v2_codec import (
     DecodedRequest,
@@ -107,11 +106,11 @@ def _number(key: bytes, value: bytes) -> int:
 
 
 def _submit(
-    service: InferenceService, handle: ModelHandle, decoded: DecodedRequest
+    service: InferenceService, handle: ModelHandle, decoded: DecodedRequest, call: Call
 ) -> asyncio.Future[dict[str, np.ndarray]]:
     check_classifiable(handle.output_datatypes, decoded.classification)
     return service.submit(
-        handle, decoded.inputs, outputs=decoded.outputs, parameters=decoded.parameters
+        handle, decoded.inputs, outputs=decoded.outputs, parameters=decoded.parameters, call=call
     )
 
 
@@ -176,6 +175,7 @@ class InferenceExchange:
     """
 
     __slots__ = (
+        "_call",
         "_decoded",
         "_handle",
         "_header_length",
@@ -184,7 +184,6 @@ class InferenceExchange:
         "_pending",
         "_reply",
         "_service",
-        "_started",
         "finished",
     )
 
@@ -201,7 +200,7 @@ class InferenceExchange:
         self._model = model
         self._reply = reply
         self._on_full = on_full
-        self._started = time.perf_counter()
+        self._call = service.begin(PROTOCOL, headers)
         self._handle: ModelHandle | None = None
         self._header_length: int | None = None
         self._decoded: DecodedRequest | None = None
@@ -246,7 +245,7 @@ class InferenceExchange:
             self._pending.cancel()
             self._pending = None
         logger.debug("client went away; request for %s dropped", self._model)
-        self._service.observe(PROTOCOL, self._handle, CLIENT_GONE_STATUS, self._elapsed())
+        self._service.observe(self._call, self._handle, CLIENT_GONE_STATUS)
 
     # -- callbacks -----------------------------------------------------------------------
 
@@ -262,7 +261,7 @@ class InferenceExchange:
         assert handle is not None
         self._decoded = decoded
         try:
-            pending = _submit(self._service, handle, decoded)
+            pending = _submit(self._service, handle, decoded, self._call)
         except Exception as error:
             self._fail(error)
             return
@@ -321,10 +320,7 @@ class InferenceExchange:
             return
         self.finished = True
         self._reply(status, headers, body)
-        self._service.observe(PROTOCOL, self._handle, status, self._elapsed())
-
-    def _elapsed(self) -> float:
-        return time.perf_counter() - self._started
+        self._service.observe(self._call, self._handle, status)
 
 
 # -- under any ASGI server -----------------------------------------------------------------------
@@ -361,7 +357,7 @@ class InferenceRoute:
     async def _serve(
         self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None
     ) -> None:
-        start = time.perf_counter()
+        call = self.service.begin(PROTOCOL, scope["headers"])
         served: list[ModelHandle] = []
         try:
             if scope["method"] != "POST":
@@ -371,7 +367,9 @@ class InferenceRoute:
                     JSON_HEADERS,
                 )
             else:
-                status, body, headers = await self._infer(scope, receive, model, version, served)
+                status, body, headers = await self._infer(
+                    scope, receive, model, version, served, call
+                )
         except Exception as error:
             status, body, headers = error_answer(error, model)
         if status != CLIENT_GONE_STATUS:
@@ -383,9 +381,7 @@ class InferenceRoute:
                 }
             )
             await send({"type": "http.response.body", "body": body})
-        self.service.observe(
-            PROTOCOL, served[0] if served else None, status, time.perf_counter() - start
-        )
+        self.service.observe(call, served[0] if served else None, status)
 
     async def _infer(
         self,
@@ -394,6 +390,7 @@ class InferenceRoute:
         model: str,
         version: str | None,
         served: list[ModelHandle],
+        call: Call,
     ) -> tuple[int, bytes, Headers]:
         service = self.service
         handle = service.resolve(model, version)
@@ -405,7 +402,7 @@ class InferenceRoute:
         decoded = await decode_request_async(
             body, header_length, max_json_size=limits.max_json_size
         )
-        future = _submit(service, handle, decoded)
+        future = _submit(service, handle, decoded, call)
         # A client that goes away while its request waits: drop the work before it runs. The
         # watcher cancels this task, which withdraws the request; it then ends quietly.
         task = asyncio.current_task()

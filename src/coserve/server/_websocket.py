@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -58,10 +57,17 @@ def _request_id(body: bytes) -> Any:
 
 
 async def _answer(
-    service: InferenceService, handle: ModelHandle, text: str | bytes | None, max_json_size: int
+    service: InferenceService,
+    handle: ModelHandle,
+    text: str | bytes | None,
+    max_json_size: int,
+    headers: list[tuple[bytes, bytes]],
 ) -> bytes:
-    """One child's work: decode, infer, encode; errors become an error message for its id."""
-    started = time.perf_counter()
+    """One child's work: decode, infer, encode; errors become an error message for its id.
+
+    ``headers`` are the connection's: each message continues the trace its upgrade named.
+    """
+    call = service.begin(PROTOCOL, headers)
     body = b""
     try:
         if text is None:
@@ -72,7 +78,11 @@ async def _answer(
         decoded.all_outputs_binary = False
         check_classifiable(handle.output_datatypes, decoded.classification)
         outputs = await service.infer(
-            handle, decoded.inputs, outputs=decoded.outputs, parameters=decoded.parameters
+            handle,
+            decoded.inputs,
+            outputs=decoded.outputs,
+            parameters=decoded.parameters,
+            call=call,
         )
         outputs, datatypes = classify(
             outputs,
@@ -88,11 +98,11 @@ async def _answer(
             outputs=outputs,
             datatypes=datatypes,
         )
-        service.observe(PROTOCOL, handle, 200, time.perf_counter() - started)
+        service.observe(call, handle, 200)
         return answer
     except Exception as error:  # the request still gets its one answer (and, if a bug, a log)
         failure = report(error, f"websocket inference on {handle.name}")
-        service.observe(PROTOCOL, handle, failure.status, time.perf_counter() - started)
+        service.observe(call, handle, failure.status)
         request_id = await _failed_id(body, max_json_size)
         return orjson.dumps({"id": request_id, "error": failure.message, "status": failure.status})
 
@@ -122,13 +132,14 @@ def websocket_endpoint(
             await websocket.close(code=code, reason=str(error)[:120])
             return
         max_json_size = service.state.limits.max_json_size
+        headers = websocket.headers.raw
         answers_in, answers_out = open_channel[bytes](max_in_flight)
         slots = asyncio.Semaphore(max_in_flight)
         children: set[asyncio.Task[None]] = set()
 
         async def child(text: str | bytes | None) -> None:
             try:
-                await answers_in.send(await _answer(service, handle, text, max_json_size))
+                await answers_in.send(await _answer(service, handle, text, max_json_size, headers))
             except ChannelError:
                 pass  # the connection closed first: nobody is left to answer
             finally:
