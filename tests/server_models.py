@@ -51,6 +51,15 @@ def predict(inputs):
     }
 """
 
+TYPES_REQUEST = {
+    "inputs": [
+        {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hi"]},
+        {"name": "flag", "shape": [1], "datatype": "BOOL", "data": [True]},
+        {"name": "count", "shape": [1], "datatype": "INT32", "data": [2]},
+    ]
+}
+"""A request for the 'types' model, as JSON."""
+
 SLOW_CONFIG = """
 platform = "python"
 warm_up = false
@@ -74,6 +83,17 @@ def predict(inputs):
     time.sleep(float(inputs["x"][0]))  # the request says how slow to be
     return {"y": inputs["x"]}
 """
+
+
+def xy_config(**batching: float) -> str:
+    """The config of a Python model from FP32 ``x`` to FP32 ``y``, with these batching options."""
+    options = "".join(f"{key} = {value!r}\n" for key, value in batching.items())
+    return (
+        'platform = "python"\nwarm_up = false\n[batching]\n'
+        f"{options}"
+        '[[inputs]]\nname = "x"\ndatatype = "FP32"\nshape = [-1]\n'
+        '[[outputs]]\nname = "y"\ndatatype = "FP32"\nshape = [-1]\n'
+    )
 
 
 def add_model(root: Path, name: str, config: str, model: str) -> None:

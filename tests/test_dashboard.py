@@ -27,26 +27,12 @@ import pytest
 import websockets
 
 from helpers import ServerProcess
-from server_models import TYPES_CONFIG, TYPES_MODEL, add_model
+from server_models import TYPES_CONFIG, TYPES_MODEL, TYPES_REQUEST, add_model, xy_config
 
 pytestmark = pytest.mark.slow  # starts a real server, and a browser
 
 # Batches of several rows: a short linger, and a model slow enough that requests pile up.
-BATCHED_CONFIG = """
-platform = "python"
-warm_up = false
-[batching]
-max_batch_size = 8
-max_wait = 0.004
-[[inputs]]
-name = "x"
-datatype = "FP32"
-shape = [-1]
-[[outputs]]
-name = "y"
-datatype = "FP32"
-shape = [-1]
-"""
+BATCHED_CONFIG = xy_config(max_batch_size=8, max_wait=0.004)
 BATCHED_MODEL = """
 import time
 
@@ -55,13 +41,6 @@ def predict(inputs):
     return {"y": inputs["x"] * 2}
 """
 X_REQUEST = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.5]}]}
-TYPES_REQUEST = {
-    "inputs": [
-        {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hi"]},
-        {"name": "flag", "shape": [1], "datatype": "BOOL", "data": [True]},
-        {"name": "count", "shape": [1], "datatype": "INT32", "data": [2]},
-    ]
-}
 
 
 @pytest.fixture(scope="module")
@@ -363,3 +342,34 @@ def test_the_page_in_a_browser(server: ServerProcess, tmp_path: Path) -> None:
     target = os.environ.get("COSERVE_SCREENSHOT")
     if target:
         shutil.copyfile(tmp_path / "dashboard.png", target)
+
+
+def test_an_open_event_stream_ends_when_the_server_stops(tmp_path: Path) -> None:
+    """SIGTERM ends the dashboard's streams at once: the shutdown does not wait them out."""
+    add_model(tmp_path, "types", TYPES_CONFIG, TYPES_MODEL)
+    process = ServerProcess("--model-repository", str(tmp_path), "--graceful-timeout", "60")
+    frames: list[str] = []
+    ended = threading.Event()
+
+    def watch() -> None:
+        with httpx.stream("GET", f"{process.url}/dashboard/events", timeout=120) as stream:
+            frames.extend(line for line in stream.iter_lines() if line.startswith("event: stats"))
+        ended.set()
+
+    try:
+        process.wait_ready()
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        for _ in range(600):
+            if frames:
+                break
+            time.sleep(0.05)
+        assert frames, "the stream sent no frame"
+        assert process.stop() == 0
+        assert ended.wait(30), "the stream did not end"
+        output = process.output()
+        # Had the stream stayed open, uvicorn would have waited out --graceful-timeout (60 s)
+        # and then said so.
+        assert "timeout graceful shutdown exceeded" not in output
+    finally:
+        process.close()

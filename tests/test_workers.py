@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from helpers import ServerProcess
-from server_models import SLOW_CONFIG, add_python_models
+from server_models import SLOW_CONFIG, TYPES_REQUEST, add_python_models
 
 pytestmark = pytest.mark.slow  # starts real server processes
 
@@ -34,13 +34,6 @@ COMPLETED = re.compile(
     r'(?:,worker="(\d+)")?\} (\S+)$',
     re.MULTILINE,
 )
-TYPES_REQUEST = {
-    "inputs": [
-        {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hi"]},
-        {"name": "flag", "shape": [1], "datatype": "BOOL", "data": [True]},
-        {"name": "count", "shape": [1], "datatype": "INT32", "data": [2]},
-    ]
-}
 COMMAND = [sys.executable, "-m", "coserve.cli", "serve", "--no-grpc"]
 ANNOUNCED = re.compile(r"starting 2 workers on http://127\.0\.0\.1:(\d+)")
 SLOW_REQUEST = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [2.0]}]}
