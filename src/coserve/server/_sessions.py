@@ -98,8 +98,8 @@ CLOSE_CANNOT_RESUME = 4410
 _TAKEN_OVER = (CLOSE_TAKEN_OVER, "the session was resumed on another connection")
 
 _OUTBOUND_CAPACITY = 256
-_MAX_OPEN_SPANS = 1024  # messages of one session traced at once; the oldest end beyond
 """Answers a session holds for a client before it stops reading the client's messages."""
+_MAX_OPEN_SPANS = 1024  # messages of one session traced at once; the oldest end beyond
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,9 +516,8 @@ class SessionManager:
                     task.cancel()
                 await asyncio.gather(reader, forwarder, writer, return_exceptions=True)
                 connection.log.flush()  # the counts of repeated errors not yet logged
-                for span in connection.spans.values():  # messages never answered
-                    span.end()
-                connection.spans.clear()
+                for request_id in list(connection.spans):  # messages never answered
+                    _end_span(connection, request_id, None)
             if close_code == CLOSE_IDLE:
                 counters.expired += 1
             if graph.state == "failed":
