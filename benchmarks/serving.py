@@ -19,6 +19,11 @@ before and after of a refactor, side by side.
 With ``--only dashboard``, coserve's JSON cells run once more with a dashboard event stream
 open (``json-dashboard``), interleaved with the others: what a watched dashboard costs.
 
+With ``--only tracing``, ``coserve-traced`` (``coserve serve --tracing``, every request sampled,
+spans made and dropped by ``OTEL_TRACES_EXPORTER=none``) runs beside coserve on JSON bodies:
+what making the spans costs (not their export, which depends on the collector). Tracing *off*
+against the code before it existed is ``--baseline REV``.
+
 Reported per cell: requests/s, p50 and p99 latency, the mean batch size the server formed, errors,
 and the CPU time per request of the load generator and of the server's process tree.
 
@@ -366,7 +371,7 @@ def bodies(folder: Path) -> dict[str, tuple[Path, int | None]]:
     return {"json": (json_body, None), "binary": (binary_body, len(header)), "raw": (raw, None)}
 
 
-PARTS = ("peers", "grpc", "seam", "dashboard")
+PARTS = ("peers", "grpc", "seam", "dashboard", "tracing")
 
 
 def coserve_command(port: int, *args: str) -> list[str]:
@@ -393,7 +398,8 @@ def main() -> None:
         default="peers,grpc",
         help="comma-separated parts: peers (unbatched, mosec, coserve --workers 2), grpc "
         "(coserve's gRPC and MLServer's), seam (coserve at --baseline), dashboard (coserve's "
-        "JSON cells again with a dashboard stream open); coserve's REST cells "
+        "JSON cells again with a dashboard stream open), tracing (coserve --tracing beside "
+        "coserve); coserve's REST cells "
         "always run (default: %(default)s)",
     )
     parser.add_argument(
@@ -421,7 +427,15 @@ def main() -> None:
     script = scratch / "post.lua"
     script.write_text(WRK_SCRIPT)
     request_bodies = bodies(scratch)
-    names = ("coserve", "coserve-grpc", "coserve-2w", "coserve-base", "unbatched", "mosec")
+    names = (
+        "coserve",
+        "coserve-grpc",
+        "coserve-2w",
+        "coserve-base",
+        "coserve-traced",
+        "unbatched",
+        "mosec",
+    )
     ports = {
         name: free_port()
         for name in (
@@ -453,6 +467,16 @@ def main() -> None:
             grpc_target=f"127.0.0.1:{ports['coserve-grpc']}",
         )
     ]
+    if "tracing" in parts:
+        servers.append(
+            Served(
+                "coserve-traced",
+                coserve_command(ports["coserve-traced"], "--no-grpc", "--tracing"),
+                f"{local}:{ports['coserve-traced']}/v2/models/digits/infer",
+                f"{local}:{ports['coserve-traced']}/v2/health/ready",
+                {**env, "OTEL_TRACES_EXPORTER": "none"},
+            )
+        )
     worktree = None
     if "seam" in parts:
         worktree = baseline_tree(opts.baseline, scratch)
@@ -639,6 +663,14 @@ def main() -> None:
                 f"p50 {watched['p50_ms']:.2f} vs {closed['p50_ms']:.2f} ms, "
                 f"server CPU {watched['server_cpu_us_per_request']:.0f} vs "
                 f"{closed['server_cpu_us_per_request']:.0f} µs/req"
+            )
+        if "tracing" in parts:
+            traced, plain = by["coserve-traced", "json", c], by["coserve", "json", c]
+            print(
+                f"c={c}: tracing on/off throughput {traced['rps'] / plain['rps']:.3f}x, "
+                f"p50 {traced['p50_ms']:.2f} vs {plain['p50_ms']:.2f} ms, "
+                f"server CPU {traced['server_cpu_us_per_request']:.0f} vs "
+                f"{plain['server_cpu_us_per_request']:.0f} µs/req"
             )
         if "seam" in parts:
             ratios = ", ".join(
