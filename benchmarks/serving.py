@@ -388,6 +388,16 @@ def coserve_command(port: int, *args: str) -> list[str]:
     ]
 
 
+def on_off(on: dict[str, Any], off: dict[str, Any]) -> str:
+    """Two cells of one server, with a feature on and off: throughput, p50 and server CPU."""
+    return (
+        f"throughput {on['rps'] / off['rps']:.3f}x, "
+        f"p50 {on['p50_ms']:.2f} vs {off['p50_ms']:.2f} ms, "
+        f"server CPU {on['server_cpu_us_per_request']:.0f} vs "
+        f"{off['server_cpu_us_per_request']:.0f} µs/req"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
@@ -657,21 +667,11 @@ def main() -> None:
                 line += f" {fmt} {by['coserve', fmt, c]['rps'] / binary['rps']:.2f}x"
             print(line)
         if "dashboard" in parts:
-            watched, closed = by["coserve", "json-dashboard", c], by["coserve", "json", c]
-            print(
-                f"c={c}: dashboard open/closed throughput {watched['rps'] / closed['rps']:.3f}x, "
-                f"p50 {watched['p50_ms']:.2f} vs {closed['p50_ms']:.2f} ms, "
-                f"server CPU {watched['server_cpu_us_per_request']:.0f} vs "
-                f"{closed['server_cpu_us_per_request']:.0f} µs/req"
-            )
+            cells = by["coserve", "json-dashboard", c], by["coserve", "json", c]
+            print(f"c={c}: dashboard open/closed {on_off(*cells)}")
         if "tracing" in parts:
-            traced, plain = by["coserve-traced", "json", c], by["coserve", "json", c]
-            print(
-                f"c={c}: tracing on/off throughput {traced['rps'] / plain['rps']:.3f}x, "
-                f"p50 {traced['p50_ms']:.2f} vs {plain['p50_ms']:.2f} ms, "
-                f"server CPU {traced['server_cpu_us_per_request']:.0f} vs "
-                f"{plain['server_cpu_us_per_request']:.0f} µs/req"
-            )
+            cells = by["coserve-traced", "json", c], by["coserve", "json", c]
+            print(f"c={c}: tracing on/off {on_off(*cells)}")
         if "seam" in parts:
             ratios = ", ".join(
                 f"{fmt} {by['coserve', fmt, c]['rps'] / by['coserve-base', fmt, c]['rps']:.2f}x"
