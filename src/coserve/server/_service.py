@@ -217,11 +217,6 @@ class InferenceService:
         self._access_log = access_log
         self._watched = tracing is not None or access_log is not None
 
-    @property
-    def tracing(self) -> Tracing | None:
-        """The service's tracing, if on."""
-        return self._tracing
-
     def watch(self) -> Callable[[], None]:
         """Install the batch and hop observers that tracing and the access log need.
 
